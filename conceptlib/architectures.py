@@ -1,0 +1,32 @@
+"""The architecture contract: how a plugin builds a conditional energy network.
+
+An energy network maps images ``x`` (``(B, 3, H, W)``, values in [0, 1]) and encoded conditions
+``c`` (``(B, schema.dim)``) to energies ``(B,)``: low for images that show the condition. The
+registry stores the architecture's name and config beside the weights, so any version can be
+rebuilt with the same plugin.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from conceptlib.schema import ConditionSchema
+
+if TYPE_CHECKING:
+    from torch import nn
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """A named network family. ``build(schema, image_size, config)`` returns an ``nn.Module``."""
+
+    name: str
+    build: Callable[[ConditionSchema, int, Mapping[str, Any]], nn.Module]
+    default_config: Mapping[str, Any] = field(default_factory=dict)
+    description: str = ""
+
+    def config(self, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """The defaults overlaid with ``overrides``: what the registry records for a version."""
+        return {**self.default_config, **(overrides or {})}

@@ -1,0 +1,328 @@
+"""The ``concept`` command: a thin click + rich shell over the library.
+
+Every command parses, calls one library function and prints. Errors the user can cause become one
+line on stderr and exit code 2 (Ctrl-C: 130), never a traceback. torch is imported only by the
+commands that train or sample, so ``concept list`` and ``concept --help`` start fast.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from conceptlib.errors import ConceptError, ExpressionError, Interrupted
+
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def fail(exc: ConceptError) -> NoReturn:
+    err.print(f"error: {exc}", markup=False)
+    if isinstance(exc, ExpressionError):
+        err.print(exc.caret(), markup=False)
+    sys.exit(exc.exit_code)
+
+
+class ConceptGroup(click.Group):
+    """Turns usage errors, ``ConceptError`` and Ctrl-C into one line and an exit code."""
+
+    def main(self, args: Sequence[str] | None = None, prog_name: str | None = None, **extra: Any) -> Any:
+        extra.pop("standalone_mode", None)
+        try:
+            code = super().main(args, prog_name, standalone_mode=False, **extra)
+        except click.UsageError as exc:
+            hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx else ""
+            err.print(f"error: {exc.format_message()}{hint}", markup=False)
+            sys.exit(2)
+        except ConceptError as exc:
+            fail(exc)
+        except (click.Abort, KeyboardInterrupt):
+            fail(Interrupted("interrupted: nothing was written"))
+        except click.ClickException as exc:
+            err.print(f"error: {exc.format_message()}", markup=False)
+            sys.exit(exc.exit_code)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+def parse_pairs(pairs: Sequence[str], option: str) -> dict[str, Any]:
+    """``key=value`` options; values that read as JSON (numbers, lists) are decoded."""
+    result: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise click.UsageError(f"{option} takes KEY=VALUE; got {pair!r}")
+        try:
+            result[key] = json.loads(value)
+        except ValueError:
+            result[key] = value
+    return result
+
+
+def open_registry(ctx: click.Context, create: bool = False):
+    from conceptlib.registry import Registry
+
+    return Registry.open(ctx.obj["registry"], create=create)
+
+
+def plugin_manager(ctx: click.Context):
+    from conceptlib.plugins import PluginManager
+
+    return PluginManager(ctx.obj["plugins_dir"])
+
+
+def emit_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, default=str))
+
+
+@click.group(cls=ConceptGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--registry", envvar="CONCEPTLIB_REGISTRY", metavar="URL",
+              help="Registry file or SQLAlchemy URL [default: ./registry.db; env CONCEPTLIB_REGISTRY].")
+@click.option("--plugins-dir", envvar="CONCEPTLIB_PLUGINS_DIR", metavar="DIR",
+              type=click.Path(file_okay=False), help="Also load single-file plugins from DIR.")
+@click.version_option(package_name="conceptlib")
+@click.pass_context
+def cli(ctx: click.Context, registry: str | None, plugins_dir: str | None) -> None:
+    """Train, version, compose and infer energy-based concepts."""
+    ctx.obj = {"registry": registry, "plugins_dir": plugins_dir}
+
+
+# ------------------------------------------------------------------- add
+@cli.command()
+@click.argument("name")
+@click.option("--source", "source_name", required=True, help="Dataset source (see 'concept sources').")
+@click.option("--param", "params", multiple=True, metavar="KEY=VALUE", help="Source parameter, repeatable.")
+@click.option("--attribute", help="Source attribute to learn [default: NAME].")
+@click.option("--with", "frozen", multiple=True, metavar="OTHER[@V]",
+              help="Registered concept to freeze and compose into the sampler, repeatable.")
+@click.option("--arch", "architecture", default="small", show_default=True, help="Energy-network architecture.")
+@click.option("--arch-config", multiple=True, metavar="KEY=VALUE", help="Architecture setting, repeatable.")
+@click.option("--iterations", default=300, show_default=True, type=click.IntRange(1))
+@click.option("--batch-size", default=64, show_default=True, type=click.IntRange(1))
+@click.option("--lr", default=1e-3, show_default=True, type=click.FloatRange(0, min_open=True))
+@click.option("--l2", default=1.0, show_default=True, type=click.FloatRange(0), help="Energy regulariser (eq. 2).")
+@click.option("--steps", default=20, show_default=True, type=click.IntRange(1), help="Langevin steps per update.")
+@click.option("--step-size", default=100.0, show_default=True, type=click.FloatRange(0, min_open=True))
+@click.option("--noise", default=0.005, show_default=True, type=click.FloatRange(0))
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N].")
+@click.option("--description", default="", help="What this concept means (stored on first add).")
+@click.pass_context
+def add(ctx: click.Context, name: str, source_name: str, params: tuple[str, ...], attribute: str | None,
+        frozen: tuple[str, ...], architecture: str, arch_config: tuple[str, ...], iterations: int,
+        batch_size: int, lr: float, l2: float, steps: int, step_size: float, noise: float, seed: int,
+        device: str, description: str) -> None:
+    """Train concept NAME by contrastive divergence and register it as a new version.
+
+    Every --with concept is frozen and composed into the sampler (continual learning).
+    """
+    from conceptlib.devices import resolve_device
+    from conceptlib.jobs import AddRequest, add_concept
+    from conceptlib.progress import job_progress
+    from conceptlib.sampling import LangevinConfig
+    from conceptlib.training import TrainConfig
+
+    request = AddRequest(
+        name=name, source=source_name, params=parse_pairs(params, "--param"), attribute=attribute,
+        frozen=frozen, architecture=architecture, architecture_config=parse_pairs(arch_config, "--arch-config"),
+        train=TrainConfig(iterations=iterations, batch_size=batch_size, lr=lr, l2=l2, seed=seed,
+                          langevin=LangevinConfig(steps=steps, step_size=step_size, noise=noise)),
+        device=resolve_device(device), description=description,
+    )
+    registry = open_registry(ctx, create=True)
+    plugins = plugin_manager(ctx)
+    with job_progress(err) as progress:
+        version = add_concept(registry, plugins, request,
+                              on_load=progress.phase("loading dataset"),
+                              on_iteration=progress.training(iterations))
+    m = version.metrics
+    out.print(f"registered {version.ref}  loss {m['loss']:.4f}  energy gap {m['energy_gap']:.4f}  "
+              f"{m['seconds']:.1f} s  in {registry.display_url}")
+
+
+# --------------------------------------------------------------- compose
+@cli.command("compose")
+@click.argument("expression")
+@click.option("-n", "count", default=16, show_default=True, type=click.IntRange(1), help="Samples to draw.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="PNG grid to write.")
+@click.option("--out-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Also write each sample as a PNG plus a JSON sidecar.")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--steps", default=40, show_default=True, type=click.IntRange(1))
+@click.option("--step-size", default=100.0, show_default=True, type=click.FloatRange(0, min_open=True))
+@click.option("--noise", default=0.005, show_default=True, type=click.FloatRange(0))
+@click.option("--init", default="noise", show_default=True, type=click.Choice(["noise", "gray"]))
+@click.option("--temperature", default=1.0, show_default=True, type=click.FloatRange(0, min_open=True),
+              help="Temperature of OR (-T logsumexp(-E/T)).")
+@click.option("--batch-size", default=64, show_default=True, type=click.IntRange(1))
+@click.option("--device", default="auto", show_default=True)
+@click.pass_context
+def compose_command(ctx: click.Context, expression: str, count: int, output: Path | None, out_dir: Path | None,
+                    seed: int, steps: int, step_size: float, noise: float, init: str, temperature: float,
+                    batch_size: int, device: str) -> None:
+    """Sample images from a composed EXPRESSION, e.g. "position=(0.3,0.7) & color=red & !shape=square"."""
+    from conceptlib.devices import resolve_device
+    from conceptlib.imaging import save_grid
+    from conceptlib.jobs import compose_images
+    from conceptlib.outputs import write_samples
+    from conceptlib.progress import job_progress
+    from conceptlib.sampling import LangevinConfig
+
+    if output is None and out_dir is None:
+        raise click.UsageError("say where to write the samples: -o grid.png and/or --out-dir DIR")
+    sampler = LangevinConfig(steps=steps, step_size=step_size, noise=noise, init=init)
+    registry = open_registry(ctx)
+    plugins = plugin_manager(ctx)
+    with job_progress(err) as progress:
+        result = compose_images(registry, plugins, expression, count, sampler, seed=seed,
+                                device=resolve_device(device), or_temperature=temperature,
+                                batch_size=batch_size, on_step=progress.phase("sampling"))
+    for warning in result.warnings:
+        err.print(f"warning: {warning}", markup=False)
+    if output is not None:
+        save_grid(result.images, output)
+        out.print(f"wrote {count} samples of {result.provenance['expression']} to {output}")
+    if out_dir is not None:
+        write_samples(result.images, result.provenance, out_dir)
+        out.print(f"wrote {count} PNGs with JSON sidecars to {out_dir}")
+
+
+# ------------------------------------------------------- list/show/history
+@cli.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def list_command(ctx: click.Context, as_json: bool) -> None:
+    """List the registered concepts."""
+    concepts = open_registry(ctx).concepts()
+    if as_json:
+        emit_json([c.to_json() for c in concepts])
+        return
+    if not concepts:
+        out.print("no concepts yet; train one with 'concept add NAME --source scenes'")
+        return
+    table = Table("concept", "current", "versions", "aliases", "condition")
+    for c in concepts:
+        aliases = ", ".join(f"@{a}→{n}" for a, n in c.aliases.items())
+        table.add_row(c.name, str(c.current), str(c.versions), aliases, c.schema.describe())
+    out.print(table)
+
+
+@cli.command()
+@click.argument("ref", metavar="NAME[@V]")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def show(ctx: click.Context, ref: str, as_json: bool) -> None:
+    """Show a concept's current version (or NAME@V / NAME@ALIAS) in full."""
+    from conceptlib.jobs import split_ref
+
+    name, version_ref = split_ref(ref)
+    version = open_registry(ctx).resolve(name, version_ref)
+    if as_json:
+        emit_json(version.to_json())
+        return
+    table = Table(show_header=False, box=None)
+    for key, value in version.to_json().items():
+        table.add_row(f"[bold]{key}[/bold]", value if isinstance(value, str) else json.dumps(value))
+    out.print(table)
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def history(ctx: click.Context, name: str, as_json: bool) -> None:
+    """List every version of NAME, oldest first."""
+    versions = open_registry(ctx).history(name)
+    if as_json:
+        emit_json([v.to_json() for v in versions])
+        return
+    table = Table("", "version", "created (UTC)", "source", "dataset", "trained with", "loss", "weights")
+    for v in versions:
+        table.add_row("*" if v.is_current else "", str(v.number) + "".join(f" @{a}" for a in v.aliases),
+                      v.created_at.strftime("%Y-%m-%d %H:%M:%S"), v.source, v.dataset_hash[:10],
+                      ", ".join(map(str, v.lineage)) or "-", f"{v.metrics.get('loss', float('nan')):.4f}",
+                      v.weights_sha256[:10])
+    out.print(table)
+
+
+# ------------------------------------------------------- rollback / alias
+@cli.command()
+@click.argument("name")
+@click.option("--to", "to", metavar="V", help="Version number or alias [default: the one before current].")
+@click.pass_context
+def rollback(ctx: click.Context, name: str, to: str | None) -> None:
+    """Point NAME at an older (or, to undo, newer) version. Nothing is deleted."""
+    before, after = open_registry(ctx).rollback(name, to)
+    out.print(f"{name}: current version {before} -> {after}")
+
+
+@cli.command()
+@click.argument("name")
+@click.argument("alias")
+@click.argument("version", required=False)
+@click.option("--delete", is_flag=True, help="Remove the alias.")
+@click.pass_context
+def alias(ctx: click.Context, name: str, alias: str, version: str | None, delete: bool) -> None:
+    """Point NAME@ALIAS at VERSION (default: the current one), or --delete it."""
+    registry = open_registry(ctx)
+    if delete:
+        registry.remove_alias(name, alias)
+        out.print(f"removed {name}@{alias}")
+        return
+    number = registry.set_alias(name, alias, version)
+    out.print(f"{name}@{alias} -> version {number}")
+
+
+# --------------------------------------------------------------- sources
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def sources(ctx: click.Context, as_json: bool) -> None:
+    """List dataset sources, architectures and the plugins that provide them."""
+    plugins = plugin_manager(ctx)
+    rows = [(r.kind, r.name, r.plugin, r.origin, getattr(r.item, "description", ""))
+            for kind in ("source", "architecture") for r in plugins.registrations(kind)]
+    if as_json:
+        emit_json([dict(zip(("kind", "name", "plugin", "origin", "description"), row)) for row in rows])
+        return
+    table = Table("kind", "name", "plugin", "from", "description")
+    for row in rows:
+        table.add_row(*row)
+    out.print(table)
+
+
+@cli.group()
+def source() -> None:
+    """Inspect a dataset source."""
+
+
+@source.command("sample")
+@click.argument("source_name", metavar="SOURCE")
+@click.option("-n", "count", default=16, show_default=True, type=click.IntRange(1))
+@click.option("--out-dir", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--param", "params", multiple=True, metavar="KEY=VALUE")
+@click.pass_context
+def source_sample(ctx: click.Context, source_name: str, count: int, out_dir: Path, params: tuple[str, ...]) -> None:
+    """Write N images of SOURCE as PNGs plus labels.jsonl with each image's attributes."""
+    from conceptlib.outputs import write_source_samples
+    from conceptlib.progress import job_progress
+
+    src = plugin_manager(ctx.find_root()).source(source_name)
+    given = parse_pairs(params, "--param")
+    if "n" in src.default_params and "n" not in given:
+        given["n"] = count
+    resolved = src.resolve_params(given)
+    with job_progress(err) as progress:
+        dataset = src.load(resolved, progress=progress.phase("rendering"))
+    written = write_source_samples(dataset, min(count, len(dataset)), out_dir, source_name, resolved)
+    out.print(f"wrote {written} images and labels.jsonl to {out_dir}")
+
+
+def main() -> None:
+    cli()

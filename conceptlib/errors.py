@@ -1,0 +1,68 @@
+"""Errors a user can cause. The CLI prints each as one line and exits 2.
+
+Programming errors stay ordinary exceptions: only what the user can fix belongs here, and every
+message says what was wrong and what to do about it.
+"""
+
+from __future__ import annotations
+
+
+class ConceptError(Exception):
+    """Base of every error caused by input: the CLI turns it into one line and exit code 2."""
+
+    exit_code = 2
+
+
+class ExpressionError(ConceptError):
+    """A composition expression that does not parse or does not make sense.
+
+    ``position`` is the 0-based column of the offending token, so callers can draw a caret.
+    """
+
+    def __init__(self, message: str, text: str, position: int) -> None:
+        self.reason = message
+        self.text = text
+        self.position = position
+        super().__init__(f"{message} at column {position + 1}")
+
+    def caret(self) -> str:
+        """The expression with a caret under the offending token (two lines)."""
+        return f"  {self.text}\n  {' ' * self.position}^"
+
+
+class ConditionError(ConceptError):
+    """A condition value that the concept's schema does not accept."""
+
+
+class UnknownConceptError(ConceptError):
+    """A concept, version or alias that the registry does not hold."""
+
+
+class RegistryError(ConceptError):
+    """A registry that cannot be opened, or whose contents fail verification."""
+
+
+class CorruptBlobError(RegistryError):
+    """A weights blob whose bytes do not match the sha256 recorded for its version."""
+
+
+class PluginError(ConceptError):
+    """A plugin that cannot be loaded, or two plugins that register the same name."""
+
+
+class UnknownSourceError(PluginError):
+    """A dataset source or architecture name that no plugin registers."""
+
+
+class SourceParamError(ConceptError):
+    """A dataset-source parameter that is unknown or has a bad value."""
+
+
+class TrainingError(ConceptError):
+    """A training run that diverged (NaN, inf) or cannot start; nothing was registered."""
+
+
+class Interrupted(ConceptError):
+    """Ctrl-C during a long job; nothing was written."""
+
+    exit_code = 130

@@ -1,0 +1,60 @@
+"""The plugin contract: the one page a plugin author reads.
+
+Plugins are modules found through the ``conceptlib`` entry-point group (first-party ones included:
+``conceptlib_scenes``, ``conceptlib_nets``) or single ``.py`` files in the directory named by
+``--plugins-dir`` / ``CONCEPTLIB_PLUGINS_DIR``. A plugin implements any of the hooks below with
+``@hookimpl``; each hook returns a list, and every name across all plugins must be unique.
+
+Example::
+
+    from conceptlib.hookspecs import hookimpl
+    from conceptlib.sources import Source
+
+    class MySource(Source):
+        name = "mine"
+        ...
+
+    @hookimpl
+    def conceptlib_sources():
+        return [MySource()]
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+if TYPE_CHECKING:
+    from conceptlib.architectures import Architecture
+    from conceptlib.sources import Source
+
+hookspec = pluggy.HookspecMarker("conceptlib")
+hookimpl = pluggy.HookimplMarker("conceptlib")
+
+
+@hookspec
+def conceptlib_sources() -> list[Source]:
+    """Dataset sources this plugin provides (``concept add --source NAME``).
+
+    Called once when the plugin manager is first asked for sources.
+    """
+
+
+@hookspec
+def conceptlib_architectures() -> list[Architecture]:
+    """Energy-network architectures this plugin provides (``concept add --arch NAME``).
+
+    Versions record the architecture's name and config, so the plugin must stay installed for
+    concepts trained with it to load.
+    """
+
+
+@hookspec
+def conceptlib_samplers() -> list[Any]:
+    """Samplers for composed energies (reserved: the core does not call this hook yet)."""
+
+
+@hookspec
+def conceptlib_judges() -> list[Any]:
+    """Judges, classifiers that score generated images (reserved: not called by the core yet)."""

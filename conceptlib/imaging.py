@@ -1,0 +1,40 @@
+"""Images in and out: tensors to uint8, PNG files and grids."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+
+def to_uint8(images: np.ndarray | object) -> np.ndarray:
+    """float ``(B, 3, H, W)`` in [0, 1] (tensor or array) -> uint8 ``(B, H, W, 3)``."""
+    array = images.detach().cpu().numpy() if hasattr(images, "detach") else np.asarray(images)
+    return (np.clip(array, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8).transpose(0, 2, 3, 1)
+
+
+def grid(images: np.ndarray, columns: int | None = None, scale: int = 2, pad: int = 2) -> Image.Image:
+    """One picture of uint8 ``(N, H, W, 3)`` images, ``columns`` wide, each scaled up ``scale`` times."""
+    n, h, w, _ = images.shape
+    columns = columns or math.ceil(math.sqrt(n))
+    rows = math.ceil(n / columns)
+    canvas = np.full((rows * (h + pad) + pad, columns * (w + pad) + pad, 3), 255, dtype=np.uint8)
+    for i, image in enumerate(images):
+        r, c = divmod(i, columns)
+        top, left = pad + r * (h + pad), pad + c * (w + pad)
+        canvas[top : top + h, left : left + w] = image
+    picture = Image.fromarray(canvas)
+    if scale > 1:
+        picture = picture.resize((picture.width * scale, picture.height * scale), Image.NEAREST)
+    return picture
+
+
+def save_grid(images: np.ndarray, path: Path, columns: int | None = None, scale: int = 2) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    grid(images, columns, scale).save(path)
+
+
+def save_png(image: np.ndarray, path: Path) -> None:
+    Image.fromarray(image).save(path)

@@ -1,0 +1,474 @@
+"""The registry as a Python API: concepts, append-only versions, lineage, aliases, events.
+
+Every write is one transaction (the version row, its blob, its lineage, the current pointer and the
+event land together or not at all) and is retried with backoff while another process holds the
+database, within a bounded time. Reads return plain dataclasses detached from any session.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, TypeVar
+
+import numpy as np
+from sqlalchemy import Engine, func, select
+from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.orm import Session
+
+from conceptlib.errors import ConceptError, RegistryError, UnknownConceptError
+from conceptlib.registry import blobs
+from conceptlib.registry.engine import open_engine, redact, resolve_url
+from conceptlib.registry.models import Alias, Blob, Concept, CurrentVersion, Event, Lineage, Version
+from conceptlib.schema import ConditionSchema, schema_from_json
+
+T = TypeVar("T")
+WRITE_RETRY_SECONDS = 60.0
+
+
+@dataclass(frozen=True)
+class VersionRef:
+    """A concept version named by concept and number, as lineage records it."""
+
+    concept: str
+    number: int
+
+    def __str__(self) -> str:
+        return f"{self.concept}@{self.number}"
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    concept: str
+    number: int
+    created_at: datetime
+    schema: ConditionSchema
+    architecture: str
+    architecture_config: dict[str, Any]
+    source: str
+    source_params: dict[str, Any]
+    attribute: str
+    dataset_hash: str
+    hyperparameters: dict[str, Any]
+    seed: int
+    metrics: dict[str, Any]
+    weights_sha256: str
+    status: str
+    lineage: tuple[VersionRef, ...]
+    aliases: tuple[str, ...]
+    is_current: bool
+
+    @property
+    def ref(self) -> VersionRef:
+        return VersionRef(self.concept, self.number)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "concept": self.concept,
+            "version": self.number,
+            "created_at": self.created_at.isoformat(),
+            "current": self.is_current,
+            "aliases": list(self.aliases),
+            "schema": self.schema.to_json(),
+            "architecture": self.architecture,
+            "architecture_config": self.architecture_config,
+            "source": self.source,
+            "source_params": self.source_params,
+            "attribute": self.attribute,
+            "dataset_hash": self.dataset_hash,
+            "hyperparameters": self.hyperparameters,
+            "seed": self.seed,
+            "metrics": self.metrics,
+            "weights_sha256": self.weights_sha256,
+            "status": self.status,
+            "lineage": [str(ref) for ref in self.lineage],
+        }
+
+
+@dataclass(frozen=True)
+class ConceptInfo:
+    name: str
+    description: str
+    schema: ConditionSchema
+    current: int | None
+    versions: int
+    aliases: dict[str, int] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "description": self.description,
+            "schema": self.schema.to_json(),
+            "current": self.current,
+            "versions": self.versions,
+            "aliases": self.aliases,
+        }
+
+
+@dataclass(frozen=True)
+class NewVersion:
+    """Everything the trainer knows about a finished run, to be written as one version."""
+
+    concept: str
+    schema: ConditionSchema
+    architecture: str
+    architecture_config: dict[str, Any]
+    source: str
+    source_params: dict[str, Any]
+    attribute: str
+    dataset_hash: str
+    hyperparameters: dict[str, Any]
+    seed: int
+    metrics: dict[str, Any]
+    lineage: Sequence[VersionRef] = ()
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class EventInfo:
+    created_at: datetime
+    kind: str
+    concept: str
+    version: int | None
+    details: dict[str, Any]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "time": self.created_at.isoformat(),
+            "kind": self.kind,
+            "concept": self.concept,
+            "version": self.version,
+            "details": self.details,
+        }
+
+
+class Registry:
+    """A handle on one registry database. Cheap to open; safe to share across threads of one process."""
+
+    def __init__(self, engine: Engine, url: str) -> None:
+        self.engine = engine
+        self.url = url
+
+    @classmethod
+    def open(cls, location: str | None = None, create: bool = False) -> Registry:
+        """Open ``location`` (path or SQLAlchemy URL; default ``$CONCEPTLIB_REGISTRY`` or ./registry.db)."""
+        url = resolve_url(location)
+        return cls(open_engine(url, create=create), url)
+
+    @property
+    def display_url(self) -> str:
+        return redact(self.url)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # ----------------------------------------------------------------- reads
+    def concepts(self) -> list[ConceptInfo]:
+        with Session(self.engine) as session:
+            rows = session.scalars(select(Concept).order_by(Concept.name)).all()
+            return [self._concept_info(session, row) for row in rows]
+
+    def concept(self, name: str) -> ConceptInfo:
+        with Session(self.engine) as session:
+            return self._concept_info(session, self._concept_row(session, name))
+
+    def history(self, name: str) -> list[VersionInfo]:
+        with Session(self.engine) as session:
+            concept = self._concept_row(session, name)
+            rows = session.scalars(
+                select(Version).where(Version.concept_id == concept.id).order_by(Version.number)
+            ).all()
+            return [self._version_info(session, concept, row) for row in rows]
+
+    def resolve(self, name: str, ref: str | int | None = None) -> VersionInfo:
+        """The version ``name@ref``: current for None, a number, or an alias."""
+        with Session(self.engine) as session:
+            concept = self._concept_row(session, name)
+            return self._version_info(session, concept, self._version_row(session, concept, ref))
+
+    def load_weights(self, version: VersionInfo) -> dict[str, np.ndarray]:
+        """The version's tensors, after verifying the blob's sha256 and its provenance header."""
+        with Session(self.engine) as session:
+            blob = session.get(Blob, version.weights_sha256)
+            if blob is None:
+                raise RegistryError(f"weights of {version.ref} are missing from the registry")
+            data = bytes(blob.data)
+        tensors = blobs.decode(data, version.weights_sha256, str(version.ref))
+        meta = blobs.read_metadata(data)
+        if meta.get("concept") != version.concept or meta.get("version") != version.number:
+            raise RegistryError(
+                f"weights blob of {version.ref} says it belongs to "
+                f"{meta.get('concept')}@{meta.get('version')}; the registry is inconsistent"
+            )
+        return tensors
+
+    def events(self, name: str | None = None, limit: int = 100) -> list[EventInfo]:
+        with Session(self.engine) as session:
+            query = select(Event).order_by(Event.id.desc()).limit(limit)
+            if name is not None:
+                query = query.where(Event.concept == name)
+            return [
+                EventInfo(e.created_at, e.kind, e.concept, e.version, dict(e.details))
+                for e in session.scalars(query)
+            ]
+
+    # ---------------------------------------------------------------- writes
+    def add_version(self, new: NewVersion, tensors: dict[str, np.ndarray]) -> VersionInfo:
+        """Write a version, its blob, lineage, the current pointer and an event in one transaction."""
+
+        def write(session: Session) -> tuple[int, int]:
+            concept = session.scalar(select(Concept).where(Concept.name == new.concept))
+            if concept is None:
+                concept = Concept(
+                    name=new.concept, description=new.description, condition_schema=new.schema.to_json()
+                )
+                session.add(concept)
+                session.flush()
+            elif schema_from_json(concept.condition_schema) != new.schema:
+                raise RegistryError(
+                    f"concept {new.concept!r} takes {schema_from_json(concept.condition_schema).describe()}, "
+                    f"but this run's attribute {new.attribute!r} is {new.schema.describe()}; "
+                    "train it under another concept name"
+                )
+            frozen_ids = [self._version_row(session, self._concept_row(session, r.concept), r.number).id
+                          for r in new.lineage]
+            number = (session.scalar(
+                select(func.max(Version.number)).where(Version.concept_id == concept.id)
+            ) or 0) + 1
+            data = blobs.encode(tensors, {
+                "concept": new.concept,
+                "version": number,
+                "schema": new.schema.to_json(),
+                "architecture": new.architecture,
+                "architecture_config": new.architecture_config,
+            })
+            digest = blobs.sha256(data)
+            if session.get(Blob, digest) is None:
+                session.add(Blob(sha256=digest, size=len(data), data=data))
+            version = Version(
+                concept_id=concept.id, number=number, architecture=new.architecture,
+                architecture_config=new.architecture_config, source=new.source,
+                source_params=new.source_params, attribute=new.attribute, dataset_hash=new.dataset_hash,
+                hyperparameters=new.hyperparameters, seed=new.seed, metrics=new.metrics,
+                weights_sha256=digest, status="ready",
+            )
+            session.add(version)
+            session.flush()
+            session.add_all(Lineage(version_id=version.id, frozen_version_id=f) for f in frozen_ids)
+            self._point(session, concept.id, version.id)
+            session.add(Event(kind="add", concept=new.concept, version=number, details={
+                "lineage": [str(r) for r in new.lineage], "weights_sha256": digest,
+            }))
+            return concept.id, number
+
+        _, number = self._write(write)
+        return self.resolve(new.concept, number)
+
+    def rollback(self, name: str, to: int | str | None = None) -> tuple[int, int]:
+        """Point ``name`` at version ``to`` (default: the version before the current one).
+
+        Returns (from, to). Versions are never deleted, so a rollback is undone by rolling
+        'back' to the newer number.
+        """
+
+        def write(session: Session) -> tuple[int, int]:
+            concept = self._concept_row(session, name)
+            current = self._version_row(session, concept, None)
+            if to is None:
+                target = session.scalar(
+                    select(Version)
+                    .where(Version.concept_id == concept.id, Version.number < current.number)
+                    .order_by(Version.number.desc())
+                    .limit(1)
+                )
+                if target is None:
+                    raise ConceptError(
+                        f"{name}@{current.number} is the oldest version; nothing to roll back to "
+                        "(name a newer one with --to)"
+                    )
+            else:
+                target = self._version_row(session, concept, to)
+            if target.id == current.id:
+                raise ConceptError(f"{name}@{target.number} is already the current version")
+            self._point(session, concept.id, target.id)
+            session.add(Event(kind="rollback", concept=name, version=target.number,
+                              details={"from": current.number, "to": target.number}))
+            return current.number, target.number
+
+        return self._write(write)
+
+    def set_alias(self, name: str, alias: str, ref: int | str | None = None) -> int:
+        """Point alias ``name@alias`` at a version (default: the current one); returns its number."""
+        if not alias or alias.isdigit() or not alias.replace("-", "").replace("_", "").isalnum():
+            raise ConceptError(
+                f"alias {alias!r} must be a name of letters, digits, '-' or '_', not a bare number"
+            )
+
+        def write(session: Session) -> int:
+            concept = self._concept_row(session, name)
+            version = self._version_row(session, concept, ref)
+            row = session.get(Alias, (concept.id, alias))
+            previous = None
+            if row is None:
+                session.add(Alias(concept_id=concept.id, name=alias, version_id=version.id))
+            else:
+                previous = session.get(Version, row.version_id).number  # type: ignore[union-attr]
+                row.version_id = version.id
+            session.add(Event(kind="alias", concept=name, version=version.number,
+                              details={"alias": alias, "previous": previous}))
+            return version.number
+
+        return self._write(write)
+
+    def remove_alias(self, name: str, alias: str) -> None:
+        def write(session: Session) -> None:
+            concept = self._concept_row(session, name)
+            row = session.get(Alias, (concept.id, alias))
+            if row is None:
+                raise UnknownConceptError(f"concept {name!r} has no alias {alias!r}")
+            session.delete(row)
+            session.add(Event(kind="unalias", concept=name, version=None, details={"alias": alias}))
+
+        self._write(write)
+
+    # --------------------------------------------------------------- helpers
+    def _write(self, work: Callable[[Session], T]) -> T:
+        """Run ``work`` in one write transaction, retrying while the database is busy."""
+        deadline = time.monotonic() + WRITE_RETRY_SECONDS
+        delay = 0.05
+        while True:
+            try:
+                with self._write_session() as session:
+                    return work(session)
+            except (OperationalError, IntegrityError) as exc:
+                if not _is_contention(exc) or time.monotonic() > deadline:
+                    if _is_contention(exc):
+                        raise RegistryError(
+                            f"registry {self.display_url} stayed busy for {WRITE_RETRY_SECONDS:.0f} s; "
+                            "another process holds it, try again"
+                        ) from None
+                    raise
+                time.sleep(delay * (1 + random.random()))
+                delay = min(delay * 2, 2.0)
+
+    @contextmanager
+    def _write_session(self) -> Iterator[Session]:
+        with self.engine.connect() as connection:
+            connection.execution_options(immediate=True)
+            with connection.begin(), Session(bind=connection, expire_on_commit=False) as session:
+                yield session
+                session.flush()
+
+    @staticmethod
+    def _point(session: Session, concept_id: int, version_id: int) -> None:
+        pointer = session.get(CurrentVersion, concept_id)
+        if pointer is None:
+            session.add(CurrentVersion(concept_id=concept_id, version_id=version_id))
+        else:
+            pointer.version_id = version_id
+
+    @staticmethod
+    def _concept_row(session: Session, name: str) -> Concept:
+        concept = session.scalar(select(Concept).where(Concept.name == name))
+        if concept is None:
+            known = ", ".join(session.scalars(select(Concept.name).order_by(Concept.name))) or "none yet"
+            raise UnknownConceptError(
+                f"concept {name!r} is not in the registry (known: {known}); train it with 'concept add'"
+            )
+        return concept
+
+    @staticmethod
+    def _version_row(session: Session, concept: Concept, ref: str | int | None) -> Version:
+        if ref is None:
+            pointer = session.get(CurrentVersion, concept.id)
+            if pointer is None:
+                raise UnknownConceptError(f"concept {concept.name!r} has no versions yet")
+            version = session.get(Version, pointer.version_id)
+            assert version is not None
+            return version
+        if isinstance(ref, int) or str(ref).isdigit():
+            version = session.scalar(
+                select(Version).where(Version.concept_id == concept.id, Version.number == int(ref))
+            )
+            if version is None:
+                numbers = session.scalars(
+                    select(Version.number).where(Version.concept_id == concept.id).order_by(Version.number)
+                ).all()
+                span = f"{numbers[0]}-{numbers[-1]}" if numbers else "none"
+                raise UnknownConceptError(f"concept {concept.name!r} has no version {ref} (versions: {span})")
+            return version
+        alias = session.get(Alias, (concept.id, str(ref)))
+        if alias is None:
+            known = ", ".join(session.scalars(
+                select(Alias.name).where(Alias.concept_id == concept.id).order_by(Alias.name)
+            )) or "none"
+            raise UnknownConceptError(f"concept {concept.name!r} has no alias {ref!r} (aliases: {known})")
+        version = session.get(Version, alias.version_id)
+        assert version is not None
+        return version
+
+    def _concept_info(self, session: Session, concept: Concept) -> ConceptInfo:
+        pointer = session.get(CurrentVersion, concept.id)
+        current = session.get(Version, pointer.version_id).number if pointer else None  # type: ignore[union-attr]
+        count = session.scalar(select(func.count()).where(Version.concept_id == concept.id)) or 0
+        return ConceptInfo(
+            name=concept.name,
+            description=concept.description,
+            schema=schema_from_json(concept.condition_schema),
+            current=current,
+            versions=count,
+            aliases=self._aliases(session, concept.id),
+        )
+
+    @staticmethod
+    def _aliases(session: Session, concept_id: int) -> dict[str, int]:
+        rows = session.execute(
+            select(Alias.name, Version.number)
+            .join(Version, Version.id == Alias.version_id)
+            .where(Alias.concept_id == concept_id)
+            .order_by(Alias.name)
+        ).all()
+        return {name: number for name, number in rows}
+
+    def _version_info(self, session: Session, concept: Concept, version: Version) -> VersionInfo:
+        lineage = session.execute(
+            select(Concept.name, Version.number)
+            .join(Version, Version.concept_id == Concept.id)
+            .join(Lineage, Lineage.frozen_version_id == Version.id)
+            .where(Lineage.version_id == version.id)
+            .order_by(Concept.name)
+        ).all()
+        pointer = session.get(CurrentVersion, concept.id)
+        aliases = tuple(a for a, n in self._aliases(session, concept.id).items() if n == version.number)
+        return VersionInfo(
+            concept=concept.name,
+            number=version.number,
+            created_at=version.created_at,
+            schema=schema_from_json(concept.condition_schema),
+            architecture=version.architecture,
+            architecture_config=dict(version.architecture_config),
+            source=version.source,
+            source_params=dict(version.source_params),
+            attribute=version.attribute,
+            dataset_hash=version.dataset_hash,
+            hyperparameters=dict(version.hyperparameters),
+            seed=version.seed,
+            metrics=dict(version.metrics),
+            weights_sha256=version.weights_sha256,
+            status=version.status,
+            lineage=tuple(VersionRef(name, number) for name, number in lineage),
+            aliases=aliases,
+            is_current=pointer is not None and pointer.version_id == version.id,
+        )
+
+
+def _is_contention(exc: Exception) -> bool:
+    """True for errors another writer causes: a locked SQLite file, or a racing version number."""
+    message = str(getattr(exc, "orig", exc)).lower()
+    if isinstance(exc, IntegrityError):
+        return "uq_versions_concept_number" in message or "versions.concept_id, versions.number" in message
+    return "locked" in message or "busy" in message or "could not serialize" in message

@@ -1,0 +1,146 @@
+"""Opening a registry: URL handling, SQLite pragmas, and migrations applied on open.
+
+SQLite is opened with WAL (readers never block the writer), foreign keys on, and a busy timeout;
+write transactions begin IMMEDIATE so two writers queue on the lock instead of failing when one
+upgrades a read lock. Migrations run through alembic only when the stored revision is behind, so
+read-only commands stay fast.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from sqlalchemy import Engine, create_engine, event, inspect, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, DatabaseError, NoSuchModuleError, OperationalError
+
+from conceptlib.errors import RegistryError
+
+REGISTRY_ENV = "CONCEPTLIB_REGISTRY"
+DEFAULT_REGISTRY = "registry.db"
+HEAD_REVISION = "0001"
+KNOWN_REVISIONS = ("0001",)
+BUSY_TIMEOUT_MS = 30_000
+SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
+def resolve_url(location: str | None) -> str:
+    """A SQLAlchemy URL from ``--registry``, ``$CONCEPTLIB_REGISTRY`` or ``./registry.db``.
+
+    A bare path means a SQLite file; anything with ``://`` is taken as a SQLAlchemy URL.
+    """
+    location = location or os.environ.get(REGISTRY_ENV) or DEFAULT_REGISTRY
+    if "://" in location:
+        return location
+    return f"sqlite:///{Path(location).expanduser()}"
+
+
+def redact(url: str) -> str:
+    """The URL with any password hidden, for messages and logs."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "<unparseable registry URL>"
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The file behind a SQLite URL, or None for other databases and in-memory SQLite."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or not parsed.database or parsed.database == ":memory:":
+        return None
+    return Path(parsed.database)
+
+
+def open_engine(url: str, create: bool) -> Engine:
+    """An engine on a registry whose schema is at the head revision.
+
+    ``create`` allows a new SQLite file; without it a missing file is an error (a typo in
+    ``--registry`` must not silently start an empty registry).
+    """
+    shown = redact(url)
+    path = sqlite_path(url)
+    if path is not None:
+        _check_sqlite_file(path, create, shown)
+    try:
+        engine = create_engine(url)
+    except (ArgumentError, NoSuchModuleError) as exc:
+        raise RegistryError(f"cannot open registry {shown}: {exc}") from None
+    except ModuleNotFoundError as exc:
+        raise RegistryError(
+            f"cannot open registry {shown}: the driver {exc.name!r} is not installed "
+            "(for PostgreSQL: pip install 'conceptlib[postgres]')"
+        ) from None
+    if engine.dialect.name == "sqlite":
+        _configure_sqlite(engine)
+    try:
+        _migrate(engine, shown)
+    except OperationalError as exc:
+        raise RegistryError(f"cannot open registry {shown}: {exc.orig}") from None
+    except DatabaseError as exc:
+        raise RegistryError(f"registry {shown} is not a usable database: {exc.orig}") from None
+    return engine
+
+
+def _check_sqlite_file(path: Path, create: bool, shown: str) -> None:
+    if path.exists():
+        if path.is_dir():
+            raise RegistryError(f"registry {path} is a directory; pass a .db file with --registry")
+        with path.open("rb") as handle:
+            head = handle.read(len(SQLITE_MAGIC))
+        if head and head != SQLITE_MAGIC:
+            raise RegistryError(f"registry {path} is not a SQLite database; pass a registry file with --registry")
+    elif not create:
+        raise RegistryError(
+            f"no registry at {path}; train a concept with 'concept add' to create one, "
+            f"or point --registry / ${REGISTRY_ENV} at an existing one"
+        )
+    elif not path.parent.exists():
+        raise RegistryError(f"cannot create registry {path}: directory {path.parent} does not exist")
+
+
+def _configure_sqlite(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
+        dbapi_connection.isolation_level = None  # let the "begin" hook below issue BEGIN itself
+        cursor = dbapi_connection.cursor()
+        cursor.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA foreign_keys = ON")
+        cursor.execute("PRAGMA journal_mode = WAL")
+        cursor.execute("PRAGMA synchronous = NORMAL")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection) -> None:  # type: ignore[no-untyped-def]
+        immediate = connection.get_execution_options().get("immediate", False)
+        connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+def _migrate(engine: Engine, shown: str) -> None:
+    with engine.connect() as connection:
+        tables = set(inspect(connection).get_table_names())
+        revision = None
+        if "alembic_version" in tables:
+            revision = connection.execute(text("SELECT version_num FROM alembic_version")).scalar()
+    if revision == HEAD_REVISION:
+        return
+    if revision is not None and revision not in KNOWN_REVISIONS:
+        raise RegistryError(
+            f"registry {shown} has schema revision {revision}, newer than this conceptlib knows "
+            f"({HEAD_REVISION}); upgrade conceptlib to open it"
+        )
+    if revision is None and tables:
+        raise RegistryError(f"{shown} holds tables but is not a conceptlib registry; pass another --registry")
+    _run_alembic(engine)
+
+
+def _run_alembic(engine: Engine) -> None:
+    from alembic import command
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
+    with engine.connect().execution_options(immediate=True) as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, "head")
+        connection.commit()

@@ -1,0 +1,132 @@
+"""Condition schemas: what values a concept's condition ``c`` can take and how they become vectors.
+
+A dataset source declares one schema per attribute it labels; a concept stores the schema of the
+attribute it was trained on, so that ``color=red`` can be checked and encoded without the source.
+Categorical values become one-hot vectors; continuous values are passed through (range-checked).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Union
+
+from conceptlib.errors import ConditionError
+
+Value = Union[str, float, tuple[float, ...]]
+
+
+def format_value(value: Value) -> str:
+    """The expression-language spelling of a condition value."""
+    if isinstance(value, tuple):
+        return "(" + ",".join(repr(float(v)) for v in value) + ")"
+    if isinstance(value, float):
+        return repr(value)
+    return str(value)
+
+
+@dataclass(frozen=True)
+class Categorical:
+    """One of a fixed set of named values (color ``red``, shape ``cube``, ``smiling``)."""
+
+    values: tuple[str, ...]
+    kind = "categorical"
+
+    @property
+    def dim(self) -> int:
+        return len(self.values)
+
+    def encode(self, value: Value, concept: str = "condition") -> list[float]:
+        if not isinstance(value, str) or value not in self.values:
+            raise ConditionError(
+                f"{concept} takes one of {', '.join(self.values)}; got {format_value(value)}"
+            )
+        index = self.values.index(value)
+        return [1.0 if i == index else 0.0 for i in range(self.dim)]
+
+    def encode_label(self, label: Any) -> list[float]:
+        """A dataset label (the value's index) as a one-hot vector."""
+        return self.encode(self.values[int(label)])
+
+    def describe(self) -> str:
+        return "one of " + ", ".join(self.values)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": self.kind, "values": list(self.values)}
+
+
+@dataclass(frozen=True)
+class Continuous:
+    """A point in a box: ``names`` are its axes, each in ``[low, high]``.
+
+    ``spatial`` marks a 2-D point on the image plane ((x, y), 0..1 left-to-right, top-to-bottom), so
+    that architectures can render it as a map instead of a bare vector (LEARNING.md: position fed as
+    a Gaussian bump map learns, fed as constant planes it does not).
+    """
+
+    names: tuple[str, ...]
+    low: float = 0.0
+    high: float = 1.0
+    spatial: bool = False
+    kind = "continuous"
+
+    @property
+    def dim(self) -> int:
+        return len(self.names)
+
+    def encode(self, value: Value, concept: str = "condition") -> list[float]:
+        numbers: Sequence[float]
+        if isinstance(value, tuple):
+            numbers = value
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            numbers = (float(value),)
+        else:
+            raise ConditionError(f"{concept} takes {self.describe()}; got the name {value!r}")
+        if len(numbers) != self.dim:
+            raise ConditionError(
+                f"{concept} takes {self.dim} number{'s' if self.dim > 1 else ''} "
+                f"({', '.join(self.names)}); got {len(numbers)}: {format_value(tuple(numbers))}"
+            )
+        for axis, number in zip(self.names, numbers):
+            if not math.isfinite(number) or not self.low <= number <= self.high:
+                raise ConditionError(
+                    f"{concept}: {axis} must lie in [{self.low:g}, {self.high:g}]; got {number:g}"
+                )
+        return [float(n) for n in numbers]
+
+    def encode_label(self, label: Any) -> list[float]:
+        numbers = [float(v) for v in (label if hasattr(label, "__len__") else [label])]
+        return numbers
+
+    def describe(self) -> str:
+        axes = ", ".join(self.names)
+        shape = f"({axes})" if self.dim > 1 else axes
+        return f"{shape} in [{self.low:g}, {self.high:g}]"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "names": list(self.names),
+            "low": self.low,
+            "high": self.high,
+            "spatial": self.spatial,
+        }
+
+
+ConditionSchema = Union[Categorical, Continuous]
+
+
+def schema_from_json(data: dict[str, Any]) -> ConditionSchema:
+    """Rebuild a schema stored in the registry or in a safetensors header."""
+    kind = data.get("kind")
+    if kind == "categorical":
+        return Categorical(values=tuple(data["values"]))
+    if kind == "continuous":
+        return Continuous(
+            names=tuple(data["names"]),
+            low=float(data["low"]),
+            high=float(data["high"]),
+            spatial=bool(data.get("spatial", False)),
+        )
+    raise ConditionError(f"unknown condition schema kind {kind!r}; this registry may be from a newer release")

@@ -1,0 +1,79 @@
+"""A small, fast conditional energy network for 32x32 and 64x64 scenes.
+
+Three choices measured on this project's CPU (LEARNING.md) shape it:
+- Kaiming init and a zero-initialised output layer, so the input gradient is not ~1e-4 per pixel at
+  the start (PyTorch's default init shrank image differences ~800x through the layers);
+- spatial conditions (a point on the image plane) enter as a Gaussian bump map, an extra input
+  channel, which learned in ~150 iterations where constant condition planes never did;
+- other conditions modulate every block through FiLM (a per-channel scale and shift).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from conceptlib.schema import ConditionSchema
+
+
+def bump_map(points: torch.Tensor, size: int, sigma: float) -> torch.Tensor:
+    """Gaussian bumps ``(B, 1, size, size)`` centred at ``points`` ((x, y) in [0, 1])."""
+    axis = (torch.arange(size, device=points.device, dtype=points.dtype) + 0.5) / size
+    dx = (axis[None, None, :] - points[:, 0, None, None]) ** 2
+    dy = (axis[None, :, None] - points[:, 1, None, None]) ** 2
+    return torch.exp(-(dx + dy) / (2 * sigma**2)).unsqueeze(1)
+
+
+class FiLMBlock(nn.Module):
+    """conv -> FiLM(condition) -> Swish; stride 2 halves the resolution."""
+
+    def __init__(self, c_in: int, c_out: int, embed: int, stride: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1)
+        self.film = nn.Linear(embed, 2 * c_out)
+        nn.init.kaiming_normal_(self.conv.weight, nonlinearity="relu")
+        nn.init.zeros_(self.conv.bias)
+        nn.init.zeros_(self.film.weight)
+        nn.init.zeros_(self.film.bias)
+
+    def forward(self, h: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+        scale, shift = self.film(e).chunk(2, dim=1)
+        h = self.conv(h) * (1 + scale[:, :, None, None]) + shift[:, :, None, None]
+        return F.silu(h)
+
+
+class SmallEnergyNet(nn.Module):
+    def __init__(self, schema: ConditionSchema, image_size: int, config: Mapping[str, Any]) -> None:
+        super().__init__()
+        channels = list(config["channels"])
+        embed = int(config["embed"])
+        self.image_size = image_size
+        self.cond_dim = schema.dim
+        self.spatial = schema.kind == "continuous" and getattr(schema, "spatial", False) and schema.dim == 2
+        self.bump_sigma = float(config["bump_sigma"])
+        self.embed = nn.Sequential(nn.Linear(schema.dim, embed), nn.SiLU(), nn.Linear(embed, embed))
+        downsamplings = max(1, int(math.log2(image_size // 8)))
+        blocks = [FiLMBlock(3 + int(self.spatial), channels[0], embed, stride=1)]
+        for i in range(downsamplings):
+            c_in = channels[min(i, len(channels) - 1)]
+            c_out = channels[min(i + 1, len(channels) - 1)]
+            blocks.append(FiLMBlock(c_in, c_out, embed, stride=2))
+        self.blocks = nn.ModuleList(blocks)
+        side = image_size // 2**downsamplings
+        self.out = nn.Linear(channels[-1] * side * side, 1)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        h = x * 2 - 1
+        if self.spatial:
+            h = torch.cat([h, bump_map(c, self.image_size, self.bump_sigma) * 2 - 1], dim=1)
+        e = self.embed(c)
+        for block in self.blocks:
+            h = block(h, e)
+        return self.out(h.flatten(1)).squeeze(1)
