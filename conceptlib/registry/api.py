@@ -12,15 +12,15 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any, TypeVar
 
 import numpy as np
 from sqlalchemy import Engine, func, select
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import DatabaseError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
-from conceptlib.errors import ConceptError, RegistryError, UnknownConceptError
+from conceptlib.errors import ConceptError, CorruptBlobError, RegistryError, UnknownConceptError
 from conceptlib.registry import blobs
 from conceptlib.registry.engine import open_engine, redact, resolve_url
 from conceptlib.registry.models import Alias, Blob, Concept, CurrentVersion, Event, Lineage, Version
@@ -192,11 +192,14 @@ class Registry:
 
     def load_weights(self, version: VersionInfo) -> dict[str, np.ndarray]:
         """The version's tensors, after verifying the blob's sha256 and its provenance header."""
-        with Session(self.engine) as session:
-            blob = session.get(Blob, version.weights_sha256)
-            if blob is None:
-                raise RegistryError(f"weights of {version.ref} are missing from the registry")
-            data = bytes(blob.data)
+        try:
+            with Session(self.engine) as session:
+                blob = session.get(Blob, version.weights_sha256)
+                if blob is None:
+                    raise RegistryError(f"weights of {version.ref} are missing from the registry")
+                data = bytes(blob.data)
+        except (DatabaseError, TypeError) as exc:
+            raise CorruptBlobError(f"weights of {version.ref} are corrupt and cannot be read: {exc}") from None
         tensors = blobs.decode(data, version.weights_sha256, str(version.ref))
         meta = blobs.read_metadata(data)
         if meta.get("concept") != version.concept or meta.get("version") != version.number:
@@ -212,7 +215,7 @@ class Registry:
             if name is not None:
                 query = query.where(Event.concept == name)
             return [
-                EventInfo(e.created_at, e.kind, e.concept, e.version, dict(e.details))
+                EventInfo(_utc(e.created_at), e.kind, e.concept, e.version, dict(e.details))
                 for e in session.scalars(query)
             ]
 
@@ -447,7 +450,7 @@ class Registry:
         return VersionInfo(
             concept=concept.name,
             number=version.number,
-            created_at=version.created_at,
+            created_at=_utc(version.created_at),
             schema=schema_from_json(concept.condition_schema),
             architecture=version.architecture,
             architecture_config=dict(version.architecture_config),
@@ -464,6 +467,11 @@ class Registry:
             aliases=aliases,
             is_current=pointer is not None and pointer.version_id == version.id,
         )
+
+
+def _utc(moment: datetime) -> datetime:
+    """Timestamps are written in UTC; SQLite hands them back naive, so say so again."""
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=timezone.utc)
 
 
 def _is_contention(exc: Exception) -> bool:

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Rebuild the shipped registry from scratch with the project's own `concept add`: the default scene
+# concepts learned continually, each later one trained with the earlier ones frozen.
+# Usage: scripts/build_registry.sh [REGISTRY_PATH]   (default: registry.db at the repo root)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+target=${1:-registry.db}
+concept=${CONCEPT:-.venv/bin/concept}
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+db="$work/registry.db"
+common=(--source scenes --device auto --seed 0)
+"$concept" --registry "$db" add position "${common[@]}" --iterations "${POSITION_ITERATIONS:-400}" \
+  --description "object centre (x, y) in scene units"
+"$concept" --registry "$db" add shape "${common[@]}" --iterations "${ITERATIONS:-300}" --with position \
+  --description "circle, square or triangle"
+"$concept" --registry "$db" add color "${common[@]}" --iterations "${ITERATIONS:-300}" --with position --with shape \
+  --description "object color"
+"$concept" --registry "$db" add size "${common[@]}" --iterations "${ITERATIONS:-300}" --with position \
+  --with shape --with color --description "object radius as a fraction of the scene"
+
+python3 - "$db" <<'PY'
+import sqlite3, sys
+db = sqlite3.connect(sys.argv[1])
+db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+db.execute("VACUUM")
+db.close()
+PY
+mv "$db" "$target"
+echo "wrote $target"

@@ -1,0 +1,63 @@
+"""Shared fixtures: a CLI runner bound to a per-test registry, and tiny training settings."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner, Result
+
+from conceptlib.cli import cli
+
+torch.set_num_threads(1)
+
+TINY_SOURCE = ["--source", "scenes", "--param", "n=256", "--param", "image_size=16"]
+TINY_TRAINING = [
+    "--arch-config", "channels=[8,8,8]", "--arch-config", "embed=16",
+    "--iterations", "3", "--batch-size", "8", "--steps", "2", "--device", "cpu",
+]
+TINY_SAMPLING = ["--steps", "2", "--device", "cpu"]
+
+Run = Callable[..., Result]
+
+
+@pytest.fixture
+def registry_path(tmp_path: Path) -> Path:
+    return tmp_path / "registry.db"
+
+
+@pytest.fixture
+def run(registry_path: Path, monkeypatch: pytest.MonkeyPatch) -> Run:
+    """Invoke ``concept --registry <tmp> ARGS...``; never touches the repo's registry.db."""
+    monkeypatch.delenv("CONCEPTLIB_REGISTRY", raising=False)
+    monkeypatch.delenv("CONCEPTLIB_PLUGINS_DIR", raising=False)
+    runner = CliRunner()
+
+    def invoke(*args: str) -> Result:
+        return runner.invoke(cli, ["--registry", str(registry_path), *args], catch_exceptions=False)
+
+    return invoke
+
+
+@pytest.fixture
+def add_tiny(run: Run) -> Callable[..., Result]:
+    """Train a concept for a few tiny iterations (the real CD loop, only brief)."""
+
+    def add(name: str, *extra: str) -> Result:
+        result = run("add", name, *TINY_SOURCE, *TINY_TRAINING, *extra)
+        assert result.exit_code == 0, result.output
+        return result
+
+    return add
+
+
+def assert_one_line_error(result: Result, *fragments: str, code: int = 2) -> None:
+    """Bad input: the given exit code, an ``error:`` line naming the problem, no traceback."""
+    assert result.exit_code == code, result.output
+    assert "Traceback" not in result.output
+    lines = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, result.output
+    for fragment in fragments:
+        assert fragment in lines[0], result.output

@@ -1,0 +1,209 @@
+"""The ``concept`` CLI end to end, through CliRunner and a temporary registry."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from conceptlib import jobs
+from tests.conftest import TINY_SAMPLING, assert_one_line_error
+
+
+def sidecar(directory: Path, index: int = 0) -> dict:
+    return json.loads((directory / f"sample_{index:05d}.json").read_text())
+
+
+def test_end_to_end_add_compose_list_rollback_compose_uses_older_version(run, add_tiny, tmp_path):
+    add_tiny("position")
+    add_tiny("color", "--with", "position")
+
+    first = tmp_path / "first"
+    result = run("compose", "position=(0.3,0.7) & color=red", "-n", "4", "-o", str(tmp_path / "grid.png"),
+                 "--out-dir", str(first), *TINY_SAMPLING)
+    assert result.exit_code == 0, result.output
+    assert Image.open(tmp_path / "grid.png").size[0] > 0
+    assert set(sidecar(first)["versions"]) == {"position@1", "color@1"}
+
+    add_tiny("color", "--with", "position", "--seed", "1")
+    listed = json.loads(run("list", "--json").output)
+    assert {c["name"]: c["current"] for c in listed} == {"color": 2, "position": 1}
+
+    assert run("rollback", "color").exit_code == 0
+    again = tmp_path / "again"
+    result = run("compose", "position=(0.3,0.7) & color=red", "-n", "2", "--out-dir", str(again), *TINY_SAMPLING)
+    assert result.exit_code == 0, result.output
+    assert set(sidecar(again)["versions"]) == {"position@1", "color@1"}
+
+
+def test_add_records_lineage_dataset_hash_and_hyperparameters(run, add_tiny):
+    add_tiny("position")
+    add_tiny("color", "--with", "position@1")
+    shown = json.loads(run("show", "color", "--json").output)
+    assert shown["lineage"] == ["position@1"]
+    assert len(shown["dataset_hash"]) == 64
+    assert shown["hyperparameters"]["iterations"] == 3
+    assert shown["hyperparameters"]["objective"] == "contrastive_divergence"
+    assert shown["source_params"]["n"] == 256
+    assert shown["metrics"]["seconds"] > 0
+
+
+def test_seeded_training_is_reproducible(run, add_tiny):
+    add_tiny("size")
+    add_tiny("size")
+    first, second = json.loads(run("history", "size", "--json").output)
+    assert first["metrics"]["loss"] == second["metrics"]["loss"]
+
+
+def test_compose_sidecar_records_expression_sampler_and_seed(run, add_tiny, tmp_path):
+    add_tiny("shape")
+    out = tmp_path / "out"
+    result = run("compose", "shape=circle", "-n", "3", "--out-dir", str(out), "--seed", "7", *TINY_SAMPLING)
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in out.glob("*.png")) == ["sample_00000.png", "sample_00001.png", "sample_00002.png"]
+    meta = sidecar(out, 2)
+    assert meta["expression"] == "shape=circle"
+    assert meta["seed"] == 7 and meta["index"] == 2
+    assert meta["sampler"]["steps"] == 2
+
+
+def test_compose_with_the_same_seed_gives_the_same_images(run, add_tiny, tmp_path):
+    add_tiny("shape")
+    for name in ("a", "b"):
+        run("compose", "shape=square | shape=circle", "-n", "2", "--out-dir", str(tmp_path / name), *TINY_SAMPLING)
+    assert (tmp_path / "a" / "sample_00001.png").read_bytes() == (tmp_path / "b" / "sample_00001.png").read_bytes()
+
+
+def test_history_alias_and_show_by_alias(run, add_tiny):
+    add_tiny("shape")
+    add_tiny("shape", "--seed", "3")
+    assert run("alias", "shape", "stable", "1").exit_code == 0
+    assert json.loads(run("show", "shape@stable", "--json").output)["version"] == 1
+    history = json.loads(run("history", "shape", "--json").output)
+    assert [v["version"] for v in history] == [1, 2]
+    assert history[0]["aliases"] == ["stable"]
+    assert run("alias", "shape", "stable", "--delete").exit_code == 0
+    assert_one_line_error(run("show", "shape@stable"), "no alias 'stable'")
+
+
+def test_rollback_to_a_version_and_undo(run, add_tiny):
+    add_tiny("size")
+    add_tiny("size", "--seed", "2")
+    assert "2 -> 1" in run("rollback", "size", "--to", "1").output
+    assert "1 -> 2" in run("rollback", "size", "--to", "2").output
+    assert json.loads(run("show", "size", "--json").output)["version"] == 2
+
+
+def test_sources_lists_first_party_plugins(run):
+    listed = json.loads(run("sources", "--json").output)
+    names = {(row["kind"], row["name"]) for row in listed}
+    assert {("source", "scenes"), ("architecture", "small")} <= names
+
+
+def test_source_sample_writes_pngs_and_labels(run, tmp_path):
+    out = tmp_path / "scenes"
+    result = run("source", "sample", "scenes", "-n", "5", "--out-dir", str(out))
+    assert result.exit_code == 0, result.output
+    labels = [json.loads(line) for line in (out / "labels.jsonl").read_text().splitlines()]
+    assert len(labels) == 5
+    assert set(labels[0]) == {"file", "shape", "color", "position", "size"}
+    assert (out / labels[0]["file"]).exists()
+
+
+def test_list_on_an_empty_new_registry_says_how_to_start(run, add_tiny):
+    add_tiny("shape")
+    assert "shape" in run("list").output
+
+
+# ------------------------------------------------------------- bad input
+def test_missing_registry_is_a_one_line_error(run):
+    assert_one_line_error(run("list"), "no registry at", "concept add")
+
+
+def test_unknown_concept_is_a_one_line_error(run, add_tiny, tmp_path):
+    add_tiny("shape")
+    result = run("compose", "colour=red", "-o", str(tmp_path / "g.png"), *TINY_SAMPLING)
+    assert_one_line_error(result, "'colour' is not in the registry", "shape")
+
+
+def test_unknown_version_is_a_one_line_error(run, add_tiny):
+    add_tiny("shape")
+    assert_one_line_error(run("show", "shape@9"), "no version 9")
+
+
+@pytest.mark.parametrize(
+    ("expression", "fragment"),
+    [("position=(0.3)", "takes 2 numbers"), ("color=purple", "one of red"), ("position=red", "got the name"),
+     ("position=(0.3,1.7)", "must lie in [0, 1]")],
+)
+def test_wrong_condition_is_a_one_line_error(run, add_tiny, tmp_path, expression, fragment):
+    add_tiny("position")
+    add_tiny("color")
+    result = run("compose", expression, "-o", str(tmp_path / "g.png"), *TINY_SAMPLING)
+    assert_one_line_error(result, fragment)
+    assert not (tmp_path / "g.png").exists()
+
+
+def test_bad_expression_points_at_the_token_with_a_caret(run, add_tiny, tmp_path):
+    add_tiny("shape")
+    result = run("compose", "shape=circle & & shape=square", "-o", str(tmp_path / "g.png"))
+    assert_one_line_error(result, "column 16")
+    assert result.output.splitlines()[-1].index("^") == 2 + 15
+
+
+def test_unknown_source_is_a_one_line_error(run):
+    assert_one_line_error(run("add", "shape", "--source", "nowhere"), "unknown source 'nowhere'", "scenes")
+
+
+def test_unknown_attribute_is_a_one_line_error(run):
+    assert_one_line_error(run("add", "mood", "--source", "scenes"), "no attribute 'mood'", "--attribute")
+
+
+def test_bad_source_param_is_a_one_line_error(run):
+    assert_one_line_error(run("add", "shape", "--source", "scenes", "--param", "image_size=big"), "image_size")
+
+
+def test_usage_error_is_one_line_with_exit_2(run):
+    assert_one_line_error(run("compose"), "EXPRESSION")
+
+
+@pytest.mark.parametrize(
+    "damage",
+    ["substr(data, 1, length(data) - 8)", "substr(data, 1, length(data) - 4) || x'00000000'", "zeroblob(length(data))"],
+)
+def test_corrupt_blob_is_refused_with_a_clear_error(run, add_tiny, registry_path, tmp_path, damage):
+    add_tiny("shape")
+    with sqlite3.connect(registry_path) as db:
+        db.execute(f"UPDATE blobs SET data = {damage}")
+    result = run("compose", "shape=circle", "-o", str(tmp_path / "g.png"), *TINY_SAMPLING)
+    assert_one_line_error(result, "corrupt")
+
+
+def test_frozen_concept_from_another_image_size_is_refused(run, add_tiny):
+    add_tiny("position")
+    result = run("add", "color", "--source", "scenes", "--param", "n=64", "--with", "position", "--iterations", "1")
+    assert_one_line_error(result, "16px")
+    assert "color" not in run("list").output
+
+
+def test_ctrl_c_during_training_exits_130_and_writes_nothing(run, add_tiny, monkeypatch):
+    add_tiny("shape")
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(jobs, "train_concept", interrupted)
+    result = run("add", "shape", "--source", "scenes", "--param", "n=64", "--param", "image_size=16")
+    assert_one_line_error(result, "interrupted", "nothing was written", code=130)
+    assert [v["version"] for v in json.loads(run("history", "shape", "--json").output)] == [1]
+
+
+def test_diverging_training_registers_nothing(run, add_tiny):
+    add_tiny("shape")
+    result = run("add", "size", "--source", "scenes", "--param", "n=64", "--param", "image_size=16",
+                 "--lr", "1e6", "--l2", "0", "--iterations", "30", "--batch-size", "4", "--steps", "1")
+    assert_one_line_error(result, "diverged", "nothing was registered")
+    assert "size" not in run("list").output
