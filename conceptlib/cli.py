@@ -7,6 +7,7 @@ commands that train or sample, so ``concept list`` and ``concept --help`` start 
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 from collections.abc import Sequence
@@ -94,6 +95,10 @@ def cli(ctx: click.Context, registry: str | None, plugins_dir: str | None) -> No
 
 
 # ------------------------------------------------------------------- add
+DEFAULT_ITERATIONS = {"dsm": 1800, "classifier": 1500, "cd": 300}
+DEFAULT_BATCH = {"dsm": 48, "classifier": 64, "cd": 64}
+
+
 @cli.command()
 @click.argument("name")
 @click.option("--source", "source_name", required=True, help="Dataset source (see 'concept sources').")
@@ -101,26 +106,35 @@ def cli(ctx: click.Context, registry: str | None, plugins_dir: str | None) -> No
 @click.option("--attribute", help="Source attribute to learn [default: NAME].")
 @click.option("--with", "frozen", multiple=True, metavar="OTHER[@V]",
               help="Registered concept to freeze and compose into the sampler, repeatable.")
-@click.option("--arch", "architecture", default="small", show_default=True, help="Energy-network architecture.")
+@click.option("--objective", default="auto", show_default=True, type=click.Choice(["auto", "dsm", "classifier", "cd"]),
+              help="dsm: denoising score matching of a noise-conditioned energy (a whole scene model); "
+                   "classifier: -log p(c | noisy x), the factor a concept adds to frozen ones; "
+                   "cd: the paper's contrastive divergence; auto: dsm alone, classifier with --with.")
+@click.option("--arch", "architecture", help="Energy-network architecture [default: unet for dsm, small for cd].")
 @click.option("--arch-config", multiple=True, metavar="KEY=VALUE", help="Architecture setting, repeatable.")
-@click.option("--iterations", default=300, show_default=True, type=click.IntRange(1))
-@click.option("--batch-size", default=64, show_default=True, type=click.IntRange(1))
+@click.option("--iterations", type=click.IntRange(1), help="[default: 1800 dsm, 1500 classifier, 300 cd]")
+@click.option("--batch-size", type=click.IntRange(1), help="[default: 48 dsm, 64 classifier, 64 cd]")
 @click.option("--lr", default=1e-3, show_default=True, type=click.FloatRange(0, min_open=True))
-@click.option("--l2", default=1.0, show_default=True, type=click.FloatRange(0), help="Energy regulariser (eq. 2).")
-@click.option("--steps", default=20, show_default=True, type=click.IntRange(1), help="Langevin steps per update.")
-@click.option("--step-size", default=100.0, show_default=True, type=click.FloatRange(0, min_open=True))
-@click.option("--noise", default=0.005, show_default=True, type=click.FloatRange(0))
+@click.option("--condition-dropout", default=0.2, show_default=True, type=click.FloatRange(0, 1, max_open=True),
+              help="dsm: fraction of samples trained with the null condition.")
+@click.option("--l2", default=1.0, show_default=True, type=click.FloatRange(0), help="cd: energy regulariser (eq. 2).")
+@click.option("--steps", default=20, show_default=True, type=click.IntRange(1),
+              help="cd: Langevin steps per update.")
+@click.option("--step-size", default=100.0, show_default=True, type=click.FloatRange(0, min_open=True),
+              help="cd: Langevin step size.")
+@click.option("--noise", default=0.005, show_default=True, type=click.FloatRange(0), help="cd: Langevin noise.")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N].")
 @click.option("--description", default="", help="What this concept means (stored on first add).")
 @click.pass_context
 def add(ctx: click.Context, name: str, source_name: str, params: tuple[str, ...], attribute: str | None,
-        frozen: tuple[str, ...], architecture: str, arch_config: tuple[str, ...], iterations: int,
-        batch_size: int, lr: float, l2: float, steps: int, step_size: float, noise: float, seed: int,
-        device: str, description: str) -> None:
-    """Train concept NAME by contrastive divergence and register it as a new version.
+        frozen: tuple[str, ...], objective: str, architecture: str | None, arch_config: tuple[str, ...],
+        iterations: int | None, batch_size: int | None, lr: float, condition_dropout: float, l2: float,
+        steps: int, step_size: float, noise: float, seed: int, device: str, description: str) -> None:
+    """Train concept NAME and register it as a new version.
 
-    Every --with concept is frozen and composed into the sampler (continual learning).
+    Every --with concept is frozen and composed with the new one (continual learning): only the new
+    network learns, so it learns what the frozen ones do not already explain.
     """
     from conceptlib.devices import resolve_device
     from conceptlib.jobs import AddRequest, add_concept
@@ -128,10 +142,14 @@ def add(ctx: click.Context, name: str, source_name: str, params: tuple[str, ...]
     from conceptlib.sampling import LangevinConfig
     from conceptlib.training import TrainConfig
 
+    resolved = ("classifier" if frozen else "dsm") if objective == "auto" else objective
     request = AddRequest(
         name=name, source=source_name, params=parse_pairs(params, "--param"), attribute=attribute,
         frozen=frozen, architecture=architecture, architecture_config=parse_pairs(arch_config, "--arch-config"),
-        train=TrainConfig(iterations=iterations, batch_size=batch_size, lr=lr, l2=l2, seed=seed,
+        train=TrainConfig(objective=objective, lr=lr, l2=l2, seed=seed,
+                          iterations=iterations or DEFAULT_ITERATIONS[resolved],
+                          batch_size=batch_size or DEFAULT_BATCH[resolved],
+                          condition_dropout=condition_dropout,
                           langevin=LangevinConfig(steps=steps, step_size=step_size, noise=noise)),
         device=resolve_device(device), description=description,
     )
@@ -140,13 +158,42 @@ def add(ctx: click.Context, name: str, source_name: str, params: tuple[str, ...]
     with job_progress(err) as progress:
         version = add_concept(registry, plugins, request,
                               on_load=progress.phase("loading dataset"),
-                              on_iteration=progress.training(iterations))
+                              on_iteration=progress.training(request.train.iterations))
     m = version.metrics
-    out.print(f"registered {version.ref}  loss {m['loss']:.4f}  energy gap {m['energy_gap']:.4f}  "
-              f"{m['seconds']:.1f} s  in {registry.display_url}")
+    gap = f"  energy gap {m['energy_gap']:.4f}" if "energy_gap" in m else ""
+    out.print(f"registered {version.ref}  loss {m['loss']:.4f}{gap}  {m['seconds']:.1f} s  in {registry.display_url}")
 
 
 # --------------------------------------------------------------- compose
+def annealed_options(command: Any) -> Any:
+    """The annealed sampler's options (compose and eval share them); passes ``annealed`` and ``guidance``."""
+    options = [
+        click.option("--levels", default=40, show_default=True, type=click.IntRange(2),
+                     help="dsm: noise levels of the annealed sampler."),
+        click.option("--corrector", default="ula", show_default=True, type=click.Choice(["none", "ula", "mala"]),
+                     help="dsm: Langevin corrector at each level (mala: with a Metropolis accept)."),
+        click.option("--corrector-steps", default=1, show_default=True, type=click.IntRange(0)),
+        click.option("--corrector-step", default=0.1, show_default=True, type=click.FloatRange(0, min_open=True),
+                     help="dsm: corrector step as a fraction of sigma^2."),
+        click.option("--guidance", default=1.0, show_default=True, type=click.FloatRange(0, min_open=True),
+                     help="dsm: scale of every concept's E(x|c) - E(x|null) (1 = plain product)."),
+    ]
+
+    @functools.wraps(command)  # keeps the options declared below this decorator (click's __click_params__)
+    def build(**kwargs: Any) -> Any:
+        from conceptlib.diffusion import AnnealedConfig
+
+        kwargs["annealed"] = AnnealedConfig(
+            levels=kwargs.pop("levels"), corrector=kwargs.pop("corrector"),
+            corrector_steps=kwargs.pop("corrector_steps"), corrector_step=kwargs.pop("corrector_step"),
+        )
+        return command(**kwargs)
+
+    for option in reversed(options):
+        build = option(build)
+    return build
+
+
 @cli.command("compose")
 @click.argument("expression")
 @click.option("-n", "count", default=16, show_default=True, type=click.IntRange(1), help="Samples to draw.")
@@ -154,18 +201,21 @@ def add(ctx: click.Context, name: str, source_name: str, params: tuple[str, ...]
 @click.option("--out-dir", type=click.Path(file_okay=False, path_type=Path),
               help="Also write each sample as a PNG plus a JSON sidecar.")
 @click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--steps", default=40, show_default=True, type=click.IntRange(1))
-@click.option("--step-size", default=100.0, show_default=True, type=click.FloatRange(0, min_open=True))
-@click.option("--noise", default=0.005, show_default=True, type=click.FloatRange(0))
-@click.option("--init", default="noise", show_default=True, type=click.Choice(["noise", "gray"]))
+@annealed_options
+@click.option("--steps", default=40, show_default=True, type=click.IntRange(1), help="cd: Langevin steps.")
+@click.option("--step-size", default=100.0, show_default=True, type=click.FloatRange(0, min_open=True),
+              help="cd: Langevin step size.")
+@click.option("--noise", default=0.005, show_default=True, type=click.FloatRange(0), help="cd: Langevin noise.")
+@click.option("--init", default="noise", show_default=True, type=click.Choice(["noise", "gray"]),
+              help="cd: chain start.")
 @click.option("--temperature", default=1.0, show_default=True, type=click.FloatRange(0, min_open=True),
               help="Temperature of OR (-T logsumexp(-E/T)).")
 @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(1))
 @click.option("--device", default="auto", show_default=True)
 @click.pass_context
 def compose_command(ctx: click.Context, expression: str, count: int, output: Path | None, out_dir: Path | None,
-                    seed: int, steps: int, step_size: float, noise: float, init: str, temperature: float,
-                    batch_size: int, device: str) -> None:
+                    seed: int, annealed: Any, guidance: float, steps: int, step_size: float, noise: float,
+                    init: str, temperature: float, batch_size: int, device: str) -> None:
     """Sample images from a composed EXPRESSION, e.g. "position=(0.3,0.7) & color=red & !shape=square"."""
     from conceptlib.devices import resolve_device
     from conceptlib.imaging import save_grid
@@ -182,7 +232,8 @@ def compose_command(ctx: click.Context, expression: str, count: int, output: Pat
     with job_progress(err) as progress:
         result = compose_images(registry, plugins, expression, count, sampler, seed=seed,
                                 device=resolve_device(device), or_temperature=temperature,
-                                batch_size=batch_size, on_step=progress.phase("sampling"))
+                                batch_size=batch_size, on_step=progress.phase("sampling"),
+                                annealed=annealed, guidance=guidance)
     for warning in result.warnings:
         err.print(f"warning: {warning}", markup=False)
     if output is not None:
@@ -191,6 +242,103 @@ def compose_command(ctx: click.Context, expression: str, count: int, output: Pat
     if out_dir is not None:
         write_samples(result.images, result.provenance, out_dir)
         out.print(f"wrote {count} PNGs with JSON sidecars to {out_dir}")
+
+
+# ------------------------------------------------------------------ eval
+@cli.command("eval")
+@click.option("--protocol", "protocols", multiple=True, metavar="NAME",
+              help="Protocol to run, repeatable [default: every one whose concepts are registered].")
+@click.option("-n", "count", default=500, show_default=True, type=click.IntRange(1), help="Samples per protocol.")
+@click.option("--out-dir", default=Path("eval"), show_default=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Where results.md, results.json and sample grids go.")
+@click.option("--inference", "inference_n", default=200, show_default=True, type=click.IntRange(0),
+              help="Held-out images for position inference (0 skips it).")
+@click.option("--judge-cache", type=click.Path(file_okay=False, path_type=Path),
+              help="Judge cache [default: $CONCEPTLIB_CACHE or ~/.cache/conceptlib/judges].")
+@click.option("--seed", default=0, show_default=True, type=int)
+@annealed_options
+@click.option("--batch-size", default=64, show_default=True, type=click.IntRange(1))
+@click.option("--device", default="auto", show_default=True)
+@click.pass_context
+def eval_command(ctx: click.Context, protocols: tuple[str, ...], count: int, out_dir: Path, inference_n: int,
+                 judge_cache: Path | None, seed: int, annealed: Any, guidance: float, batch_size: int,
+                 device: str) -> None:
+    """Grade the registry's concepts with an independent judge (paper Tables 1-3): a table and sample grids."""
+    from conceptlib.devices import resolve_device
+    from conceptlib.evaluation import PROTOCOLS, SamplerSettings, evaluate_registry, write_report
+    from conceptlib.progress import job_progress
+
+    registry = open_registry(ctx)
+    plugins = plugin_manager(ctx)
+    known = {c.name for c in registry.concepts()}
+    names = list(protocols) or [name for name, p in PROTOCOLS.items() if set(p.concepts) <= known]
+    if not names:
+        raise click.UsageError("no protocol can run: the registry needs position, color or shape concepts")
+    settings = SamplerSettings(annealed=annealed, guidance=guidance, batch_size=batch_size)
+    phases: dict[str, Any] = {}
+    with job_progress(err) as progress:
+        def on_phase(name: str, done: int, total: int) -> None:
+            if name not in phases:
+                phases[name] = progress.phase(name)
+            phases[name](done, total)
+
+        run = evaluate_registry(registry, plugins, names, count, settings, seed, resolve_device(device),
+                                judge_cache, inference_n, on_phase=on_phase)
+    markdown, data = write_report(run.results, run.extra, out_dir)
+    table = Table("protocol", "metrics", "met")
+    for result in run.results:
+        table.add_row(result.name, ", ".join(f"{k} {v:.3f}" for k, v in result.metrics.items()),
+                      "yes" if result.passed else "no")
+    out.print(table)
+    for label, figures in run.extra.get("position_inference", {}).items():
+        out.print(f"position inference, {label}: mean abs error {figures['mae']:.4f} (n={figures['n']})")
+    out.print(f"wrote {markdown} and {data}")
+
+
+# ----------------------------------------------------------------- infer
+@cli.command()
+@click.argument("ref", metavar="NAME[@V]")
+@click.argument("images", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--grid", default=9, show_default=True, type=click.IntRange(2),
+              help="Candidates per axis of a continuous condition before gradient refinement.")
+@click.option("--refine-steps", default=30, show_default=True, type=click.IntRange(0))
+@click.option("--each", is_flag=True, help="Infer each image on its own instead of all together.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option("--device", default="auto", show_default=True)
+@click.pass_context
+def infer(ctx: click.Context, ref: str, images: tuple[Path, ...], grid: int, refine_steps: int, each: bool,
+          as_json: bool, device: str) -> None:
+    """Infer the value of concept NAME that best explains IMAGES (argmin_c sum_i E(x_i | c), paper eq. 12)."""
+    from conceptlib.concepts import load_concept
+    from conceptlib.devices import resolve_device
+    from conceptlib.imaging import load_images
+    from conceptlib.inference import InferenceConfig, infer_each
+    from conceptlib.inference import infer as infer_value
+    from conceptlib.jobs import split_ref
+    from conceptlib.training import images_to_tensor
+
+    name, version_ref = split_ref(ref)
+    registry = open_registry(ctx)
+    version = registry.resolve(name, version_ref)
+    torch_device = resolve_device(device)
+    pixels = load_images(images, int(version.hyperparameters["image_size"]))
+    concept = load_concept(registry, plugin_manager(ctx), version, torch_device)
+    x = images_to_tensor(pixels, torch_device)
+    config = InferenceConfig(grid=grid, refine_steps=refine_steps)
+    found = infer_each(concept, x, config) if each else [infer_value(concept, x, config)]
+    labels = [str(p) for p in images] if each else [f"{len(images)} image(s) together"]
+    rows = [{"images": label, "concept": str(version.ref), "value": r.value, "energy": r.energy,
+             "candidates": [{"value": v, "energy": e} for v, e in r.candidates]} for label, r in zip(labels, found)]
+    if as_json:
+        emit_json(rows)
+        return
+    table = Table("images", f"{version.ref}", "energy", "next best")
+    for row, r in zip(rows, found):
+        value = r.value if isinstance(r.value, str) else "(" + ", ".join(f"{v:.3f}" for v in r.value) + ")"
+        runner_up = ", ".join(str(v) if isinstance(v, str) else "(" + ", ".join(f"{a:.2f}" for a in v) + ")"
+                              for v, _ in r.candidates[1:3])
+        table.add_row(row["images"], value, f"{r.energy:.3f}", runner_up)
+    out.print(table)
 
 
 # ------------------------------------------------------- list/show/history

@@ -6,7 +6,9 @@ import math
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
+
+from conceptlib.errors import ConceptError
 
 
 def to_uint8(images: np.ndarray | object) -> np.ndarray:
@@ -38,3 +40,20 @@ def save_grid(images: np.ndarray, path: Path, columns: int | None = None, scale:
 
 def save_png(image: np.ndarray, path: Path) -> None:
     Image.fromarray(image).save(path)
+
+
+def load_images(paths: list[Path] | tuple[Path, ...], size: int) -> np.ndarray:
+    """uint8 ``(N, size, size, 3)`` from image files, resized; a file that is not an image is a clear error."""
+    images = []
+    for path in paths:
+        try:
+            with Image.open(path) as picture:
+                rgb = picture.convert("RGB")
+        except FileNotFoundError:
+            raise ConceptError(f"no image at {path}") from None
+        except (UnidentifiedImageError, OSError) as exc:
+            raise ConceptError(f"{path} is not an image this tool can read ({exc.__class__.__name__})") from None
+        if rgb.size != (size, size):
+            rgb = rgb.resize((size, size), Image.BILINEAR)
+        images.append(np.asarray(rgb, dtype=np.uint8))
+    return np.stack(images)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -16,7 +16,8 @@ import torch
 
 from conceptlib import expr
 from conceptlib.concepts import LoadedConcept, load_concept, state_to_numpy
-from conceptlib.energy import Term, compose
+from conceptlib.diffusion import AnnealedConfig, annealed_sample
+from conceptlib.energy import Term, compose, compose_noisy, draw_prior_conditions, names_prior
 from conceptlib.errors import ConceptError, ConditionError
 from conceptlib.imaging import to_uint8
 from conceptlib.plugins import PluginManager
@@ -41,7 +42,8 @@ class AddRequest:
     params: Mapping[str, Any] = field(default_factory=dict)
     attribute: str | None = None
     frozen: Sequence[str] = ()
-    architecture: str = "small"
+    architecture: str | None = None
+    """Default: ``unet`` for objective dsm, ``small`` for cd."""
     architecture_config: Mapping[str, Any] = field(default_factory=dict)
     train: TrainConfig = field(default_factory=TrainConfig)
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
@@ -61,7 +63,11 @@ def add_concept(
     unless training finishes: an error, a divergence or Ctrl-C leaves the registry as it was.
     """
     source = plugins.source(request.source)
-    architecture = plugins.architecture(request.architecture)
+    if request.train.objective == "auto":
+        objective = "classifier" if request.frozen else "dsm"
+        request = replace(request, train=replace(request.train, objective=objective))
+    architecture_name = request.architecture or DEFAULT_ARCHITECTURES.get(request.train.objective, "unet")
+    architecture = plugins.architecture(architecture_name)
     params = source.resolve_params(request.params)
     schemas = source.attributes(params)
     attribute = request.attribute or request.name
@@ -86,11 +92,11 @@ def add_concept(
                 f"images, this dataset on {dataset.image_size}px; pass --param image_size=..."
             )
     config = architecture.config(request.architecture_config)
+    prior = prior_concept(registry, plugins, frozen, request.device) if frozen else None
     result = train_concept(
-        architecture, config, dataset, attribute, frozen, request.train, request.device, on_iteration
+        architecture, config, dataset, attribute, frozen, request.train, request.device, on_iteration, prior
     )
     hyperparameters = {
-        "objective": "contrastive_divergence",
         "image_size": dataset.image_size,
         "device": str(request.device),
         **request.train.to_json(),
@@ -98,7 +104,7 @@ def add_concept(
     new = NewVersion(
         concept=request.name,
         schema=schemas[attribute],
-        architecture=request.architecture,
+        architecture=architecture_name,
         architecture_config=config,
         source=request.source,
         source_params=params,
@@ -111,6 +117,28 @@ def add_concept(
         description=request.description,
     )
     return registry.add_version(new, state_to_numpy(result.model))
+
+
+DEFAULT_ARCHITECTURES = {"dsm": "unet", "classifier": "classifier", "cd": "small"}
+
+
+def prior_concept(
+    registry: Registry, plugins: PluginManager, concepts: Sequence[LoadedConcept], device: torch.device
+) -> LoadedConcept:
+    """The concept whose null energy is the image prior: a root of the lineage (trained with nothing frozen).
+
+    A concept trained against frozen ones learned only what they did not explain, so its null energy is
+    a residual, not a prior; the prior comes from the first concept of its lineage.
+    """
+    for concept in concepts:
+        if not concept.version.lineage:
+            return concept
+    ref = concepts[0].version.lineage[0]
+    while True:
+        version = registry.resolve(ref.concept, ref.number)
+        if not version.lineage:
+            return load_concept(registry, plugins, version, device)
+        ref = version.lineage[0]
 
 
 @dataclass
@@ -126,18 +154,26 @@ def compose_images(
     plugins: PluginManager,
     expression: str,
     n: int,
-    sampler: LangevinConfig,
+    sampler: LangevinConfig | None = None,
     seed: int = 0,
     device: torch.device | None = None,
     or_temperature: float = 1.0,
     batch_size: int = 64,
     on_step: Callable[[int, int], None] | None = None,
+    annealed: AnnealedConfig | None = None,
+    guidance: float = 1.0,
 ) -> Composition:
-    """Sample ``n`` images from the composed energy of ``expression`` by Langevin dynamics."""
+    """Sample ``n`` images from the composed energy of ``expression``.
+
+    Noise-conditioned concepts (objective dsm) are sampled by the annealed sampler with the prior
+    counted once; contrastive-divergence concepts by Langevin dynamics. One expression cannot mix them.
+    """
     if n < 1:
         raise ConceptError(f"-n must be at least 1; got {n}")
     if or_temperature <= 0:
         raise ConceptError(f"--temperature must be positive; got {or_temperature}")
+    if guidance <= 0:
+        raise ConceptError(f"--guidance must be positive; got {guidance}")
     device = device or torch.device("cpu")
     node = expr.parse(expression)
     loaded: dict[VersionRef, LoadedConcept] = {}
@@ -155,27 +191,53 @@ def compose_images(
     if len(sizes) > 1:
         raise ConceptError(f"the concepts in this expression work on different image sizes: {sorted(sizes)}")
     image_size = sizes.pop()
-    energy = compose(node, terms, or_temperature)
+    noisy = {bool(getattr(c.model, "noise_conditioned", False)) for c in loaded.values()}
+    if len(noisy) > 1:
+        raise ConceptError(
+            "this expression mixes concepts trained by denoising score matching and by contrastive "
+            "divergence, whose energies do not compose; use versions trained with one objective"
+        )
     generator = torch.Generator(device=device).manual_seed(seed)
+    if noisy.pop():
+        annealed = annealed or AnnealedConfig()
+        prior = prior_concept(registry, plugins, list(loaded.values()), device)
+        latent = not names_prior(node, terms, prior)
+        steps_per_batch = annealed.steps
+        settings = {**annealed.to_json(), "guidance": guidance, "prior": str(prior.version.ref),
+                    "prior_condition": "drawn per sample" if latent else "from the expression or null"}
+
+        def draw(count: int, step: Callable[[int, int], None]) -> torch.Tensor:
+            drawn = draw_prior_conditions(prior, count, generator, device) if latent else None
+            energy = compose_noisy(node, terms, prior, guidance, or_temperature, drawn)
+            return annealed_sample(energy, count, image_size, annealed, generator, device, on_step=step)
+    else:
+        sampler = sampler or LangevinConfig()
+        energy = compose(node, terms, or_temperature)
+        steps_per_batch = sampler.steps
+        settings = {"name": "langevin", **sampler.to_json()}
+
+        def draw(count: int, step: Callable[[int, int], None]) -> torch.Tensor:
+            x = initial_images(count, image_size, sampler.init, generator, device)
+            return langevin(energy, x, sampler, generator, on_step=step)
+
     batches = []
     done_steps = 0
-    total_steps = sampler.steps * ((n + batch_size - 1) // batch_size)
+    total_steps = steps_per_batch * ((n + batch_size - 1) // batch_size)
     started = time.perf_counter()
     for start in range(0, n, batch_size):
         count = min(batch_size, n - start)
-        x = initial_images(count, image_size, sampler.init, generator, device)
 
         def step(done: int, _total: int, offset: int = done_steps) -> None:
             if on_step is not None:
                 on_step(offset + done, total_steps)
 
-        batches.append(to_uint8(langevin(energy, x, sampler, generator, on_step=step)))
-        done_steps += sampler.steps
+        batches.append(to_uint8(draw(count, step)))
+        done_steps += steps_per_batch
     versions = {v.concept: v.number for v in loaded}
     provenance = {
         "expression": expr.to_text(node),
         "versions": {str(ref): loaded[ref].version.weights_sha256 for ref in loaded},
-        "sampler": {"name": "langevin", **sampler.to_json(), "or_temperature": or_temperature},
+        "sampler": {**settings, "or_temperature": or_temperature},
         "seed": seed,
         "n": n,
         "batch_size": batch_size,

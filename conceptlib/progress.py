@@ -37,12 +37,12 @@ class JobProgress:
         return update
 
     def training(self, iterations: int) -> Callable[[int, dict[str, float]], None]:
-        """A per-iteration callback showing loss and energies beside the bar."""
+        """A per-iteration callback showing the run's metrics (loss, energies or gradient norm) beside the bar."""
         task = self._progress.add_task("training", total=iterations, stats="")
 
         def update(iteration: int, record: dict[str, float]) -> None:
-            stats = (f"loss {record['loss']:+.4f}  E+ {record['energy_pos']:+.4f}  "
-                     f"E- {record['energy_neg']:+.4f}")
+            labels = {"loss": "loss", "energy_pos": "E+", "energy_neg": "E-", "grad_norm": "|g|"}
+            stats = "  ".join(f"{label} {record[key]:+.4f}" for key, label in labels.items() if key in record)
             self._progress.update(task, completed=iteration, stats=stats)
 
         return update

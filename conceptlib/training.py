@@ -1,15 +1,22 @@
-"""Contrastive divergence for one new concept against frozen, composed ones (paper eq. 2-3, 3.3).
+"""Training one new concept against frozen, composed ones (continual learning, paper 3.3).
 
-Each iteration draws positives ``(x+, c)`` from the dataset, draws negatives ``x-`` by Langevin on
-``E_new(x | c) + sum_j E_frozen_j(x | c_j)`` (every frozen concept conditioned on the same image's
-own label for it), and lowers ``E_new(x+) - E_new(x-) + alpha * (E_new(x+)^2 + E_new(x-)^2)``. Only
-the new network is updated: frozen concepts enter only through the negatives, so the new energy
-learns what they do not already explain (continual learning). Chains continue from a replay buffer,
-with a few restarted from noise and some from real images whose attributes do not match.
+Two objectives share this interface. ``dsm`` (the default) is denoising score matching of a
+noise-conditioned energy: the frozen concepts' composed score (each conditioned on the image's own
+label) plus the new concept's score must explain the noisy data, only the new network gets gradients,
+and the new condition is dropped part of the time so the concept also learns its null energy.
+
+``cd`` is the paper's contrastive divergence (eq. 2-3). Each iteration draws positives ``(x+, c)``
+from the dataset, draws negatives ``x-`` by Langevin on ``E_new(x | c) + sum_j E_frozen_j(x | c_j)``
+(every frozen concept conditioned on the same image's own label for it), and lowers
+``E_new(x+) - E_new(x-) + alpha * (E_new(x+)^2 + E_new(x-)^2)``. Only the new network is updated:
+frozen concepts enter only through the negatives, so the new energy learns what they do not already
+explain. Chains continue from a replay buffer, with a few restarted from noise and some from real
+images whose attributes do not match.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -22,7 +29,10 @@ from torch import nn
 
 from conceptlib.architectures import Architecture
 from conceptlib.concepts import LoadedConcept
+from conceptlib.diffusion import NoiseConfig, denoising_loss, score
+from conceptlib.energy import Term, compose_noisy
 from conceptlib.errors import TrainingError
+from conceptlib.expr import And, Leaf, Node
 from conceptlib.sampling import LangevinConfig, ReplayBuffer, langevin
 from conceptlib.sources import Dataset
 
@@ -30,22 +40,40 @@ IterationCallback = Callable[[int, dict[str, float]], None]
 DIVERGED_ENERGY = 1e4
 
 
+OBJECTIVES = ("dsm", "classifier", "cd")
+CD_ONLY = ("l2", "langevin", "buffer_size", "reinit", "real_init")
+DSM_ONLY = ("noise_scales", "condition_dropout", "ema", "grad_clip", "warmup")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Hyperparameters of one run, all in one place (recorded on the version)."""
 
-    iterations: int = 300
-    batch_size: int = 64
+    objective: str = "dsm"
+    iterations: int = 2000
+    batch_size: int = 48
     lr: float = 1e-3
+    seed: int = 0
+    # contrastive divergence
     l2: float = 1.0
     langevin: LangevinConfig = field(default_factory=lambda: LangevinConfig(steps=20))
     buffer_size: int = 10_000
     reinit: float = 0.05
     real_init: float = 0.3
-    seed: int = 0
+    # denoising score matching
+    noise_scales: NoiseConfig = field(default_factory=NoiseConfig)
+    condition_dropout: float = 0.2
+    ema: float = 0.999
+    grad_clip: float = 1.0
+    warmup: int = 100
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        """The settings this objective uses (the other objective's are left out)."""
+        data = asdict(self)
+        unused = {"cd": DSM_ONLY, "dsm": CD_ONLY, "classifier": (*CD_ONLY, "condition_dropout")}
+        for key in unused.get(self.objective, ()):
+            data.pop(key)
+        return data
 
 
 @dataclass
@@ -85,8 +113,35 @@ def train_concept(
     config: TrainConfig,
     device: torch.device,
     on_iteration: IterationCallback | None = None,
+    prior: LoadedConcept | None = None,
 ) -> TrainResult:
-    """Train ``E(x | attribute)`` on ``dataset`` by contrastive divergence; raise on divergence."""
+    """Train ``E(x | attribute)`` on ``dataset`` by ``config.objective``; raise on divergence.
+
+    ``prior`` is the concept whose null energy is the image prior of the frozen composition (dsm with
+    frozen concepts only).
+    """
+    if config.objective == "classifier":
+        return _train_classifier(architecture, architecture_config, dataset, attribute, frozen, config, device,
+                                 on_iteration)
+    if config.objective == "dsm":
+        return _train_dsm(architecture, architecture_config, dataset, attribute, frozen, config, device,
+                          on_iteration, prior)
+    if config.objective != "cd":
+        raise TrainingError(f"unknown objective {config.objective!r}; use one of {', '.join(OBJECTIVES)}")
+    return _train_cd(architecture, architecture_config, dataset, attribute, frozen, config, device, on_iteration)
+
+
+def _train_cd(
+    architecture: Architecture,
+    architecture_config: Mapping[str, Any],
+    dataset: Dataset,
+    attribute: str,
+    frozen: Sequence[LoadedConcept],
+    config: TrainConfig,
+    device: torch.device,
+    on_iteration: IterationCallback | None,
+) -> TrainResult:
+    """Contrastive divergence (eq. 2): frozen concepts enter only through the Langevin negatives."""
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     generator = torch.Generator(device=device).manual_seed(config.seed)
@@ -136,18 +191,204 @@ def train_concept(
         if on_iteration is not None:
             on_iteration(iteration, record)
 
-    seconds = time.perf_counter() - started
-    tail = history[-max(1, len(history) // 10):]
-    metrics = {
-        "loss": float(np.mean([h["loss"] for h in tail])),
-        "energy_pos": float(np.mean([h["energy_pos"] for h in tail])),
-        "energy_neg": float(np.mean([h["energy_neg"] for h in tail])),
-        "seconds": round(seconds, 3),
-        "iterations_per_second": round(config.iterations / seconds, 4) if seconds > 0 else 0.0,
-    }
+    metrics = _summary(history, ("loss", "energy_pos", "energy_neg"), started, config.iterations)
     metrics["energy_gap"] = metrics["energy_neg"] - metrics["energy_pos"]
     model.eval().requires_grad_(False)
     return TrainResult(model, metrics, history)
+
+
+def _train_dsm(
+    architecture: Architecture,
+    architecture_config: Mapping[str, Any],
+    dataset: Dataset,
+    attribute: str,
+    frozen: Sequence[LoadedConcept],
+    config: TrainConfig,
+    device: torch.device,
+    on_iteration: IterationCallback | None,
+    prior: LoadedConcept | None,
+) -> TrainResult:
+    """Denoising score matching of ``E_new`` on top of the frozen composition; returns the EMA weights."""
+    torch.manual_seed(config.seed)
+    rng = np.random.default_rng(config.seed)
+    generator = torch.Generator(device=device).manual_seed(config.seed)
+    schema = dataset.schemas[attribute]
+    model = architecture.build(schema, dataset.image_size, architecture_config).to(device)
+    if not getattr(model, "noise_conditioned", False):
+        raise TrainingError(
+            f"architecture {architecture.name!r} is not noise-conditioned, which objective dsm needs; "
+            "use --arch unet, or --objective cd"
+        )
+    for concept in frozen:
+        if not getattr(concept.model, "noise_conditioned", False):
+            raise TrainingError(
+                f"frozen concept {concept.version.ref} was trained by contrastive divergence; objective dsm "
+                "composes only noise-conditioned concepts (train it again with --objective dsm)"
+            )
+    if frozen and prior is None:
+        raise TrainingError("training against frozen concepts needs the concept that provides the image prior")
+    ema = copy.deepcopy(model).requires_grad_(False)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, betas=(0.9, 0.999))
+    sigma_data = float(getattr(model, "sigma_data", 0.25))
+    history: list[dict[str, float]] = []
+    started = time.perf_counter()
+
+    for iteration in range(1, config.iterations + 1):
+        for group in optimizer.param_groups:
+            group["lr"] = config.lr * min(1.0, iteration / max(1, config.warmup))
+        index = rng.integers(0, len(dataset), config.batch_size)
+        x0 = images_to_tensor(dataset.images[index], device)
+        c = torch.from_numpy(dataset.condition_vectors(attribute, index)).to(device)
+        n = x0.shape[0]
+        keep = (torch.rand(n, generator=generator, device=device) >= config.condition_dropout).float()
+        sigma = config.noise_scales.draw(n, generator, device)
+        noise = torch.randn(x0.shape, generator=generator, device=device)
+        x_noisy = x0 + sigma[:, None, None, None] * noise
+        frozen_score = torch.zeros_like(x0)
+        if frozen:
+            frozen_energy = _frozen_composition(frozen, dataset, index, device, prior)  # type: ignore[arg-type]
+            frozen_score, _ = score(frozen_energy, x_noisy, sigma)
+        x_in = x_noisy.detach().requires_grad_(True)
+        energy = model(x_in, c, sigma, keep)
+        (grad,) = torch.autograd.grad(energy.sum(), x_in, create_graph=True)
+        loss = denoising_loss(frozen_score - grad, sigma, noise, sigma_data)
+        if not math.isfinite(float(loss.detach())):
+            raise TrainingError(
+                f"training diverged at iteration {iteration}: the loss became {float(loss.detach())}; "
+                "nothing was registered (lower --lr)"
+            )
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip))
+        optimizer.step()
+        _update_ema(ema, model, config.ema, iteration)
+
+        record = {"iteration": float(iteration), "loss": float(loss.detach()), "grad_norm": grad_norm}
+        history.append(record)
+        if on_iteration is not None:
+            on_iteration(iteration, record)
+
+    metrics = _summary(history, ("loss", "grad_norm"), started, config.iterations)
+    if schema.kind == "continuous":  # the range a prior's condition is drawn from when composing
+        labels = dataset.condition_vectors(attribute, np.arange(len(dataset)))
+        metrics["condition_low"] = [float(v) for v in labels.min(0)]  # type: ignore[assignment]
+        metrics["condition_high"] = [float(v) for v in labels.max(0)]  # type: ignore[assignment]
+    ema.eval()
+    return TrainResult(ema, metrics, history)
+
+
+def _train_classifier(
+    architecture: Architecture,
+    architecture_config: Mapping[str, Any],
+    dataset: Dataset,
+    attribute: str,
+    frozen: Sequence[LoadedConcept],
+    config: TrainConfig,
+    device: torch.device,
+    on_iteration: IterationCallback | None,
+) -> TrainResult:
+    """Cross-entropy (or Gaussian likelihood) of the attribute given noisy images: ``E = -log p(c | x_sigma)``.
+
+    The frozen concepts are not in the loss: an image fixes every attribute, so ``p(c_new | x)`` is
+    already the factor they leave unexplained; they supply the image prior when composing. A held-out
+    twentieth of the dataset measures the result.
+    """
+    torch.manual_seed(config.seed)
+    rng = np.random.default_rng(config.seed)
+    generator = torch.Generator(device=device).manual_seed(config.seed)
+    schema = dataset.schemas[attribute]
+    model = architecture.build(schema, dataset.image_size, architecture_config).to(device)
+    if not getattr(model, "ratio_only", False):
+        raise TrainingError(
+            f"architecture {architecture.name!r} is not a classifier energy, which objective classifier needs; "
+            "use --arch classifier"
+        )
+    for concept in frozen:
+        if not getattr(concept.model, "noise_conditioned", False):
+            raise TrainingError(
+                f"frozen concept {concept.version.ref} was trained by contrastive divergence; noise-conditioned "
+                "concepts compose only with noise-conditioned ones (train it again with --objective dsm)"
+            )
+    held_out = np.arange(len(dataset) - max(1, len(dataset) // 20), len(dataset))
+    train_size = max(1, int(held_out[0]))
+    ema = copy.deepcopy(model).requires_grad_(False)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, betas=(0.9, 0.999))
+    history: list[dict[str, float]] = []
+    started = time.perf_counter()
+    for iteration in range(1, config.iterations + 1):
+        for group in optimizer.param_groups:
+            group["lr"] = config.lr * min(1.0, iteration / max(1, config.warmup))
+        index = rng.integers(0, train_size, config.batch_size)
+        x0 = images_to_tensor(dataset.images[index], device)
+        c = torch.from_numpy(dataset.condition_vectors(attribute, index)).to(device)
+        sigma = config.noise_scales.draw(x0.shape[0], generator, device)
+        noise = torch.randn(x0.shape, generator=generator, device=device)
+        loss = model(x0 + sigma[:, None, None, None] * noise, c, sigma).mean()
+        if not math.isfinite(float(loss.detach())):
+            raise TrainingError(
+                f"training diverged at iteration {iteration}: the loss became {float(loss.detach())}; "
+                "nothing was registered (lower --lr)"
+            )
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip))
+        optimizer.step()
+        _update_ema(ema, model, config.ema, iteration)
+        record = {"iteration": float(iteration), "loss": float(loss.detach()), "grad_norm": grad_norm}
+        history.append(record)
+        if on_iteration is not None:
+            on_iteration(iteration, record)
+    metrics = _summary(history, ("loss", "grad_norm"), started, config.iterations)
+    ema.eval()
+    metrics.update(_held_out(ema, dataset, attribute, held_out, device))
+    return TrainResult(ema, metrics, history)
+
+
+def _held_out(model: nn.Module, dataset: Dataset, attribute: str, index: np.ndarray,
+              device: torch.device) -> dict[str, float]:
+    """How well the classifier energy reads the attribute of clean held-out images (argmin over names)."""
+    schema = dataset.schemas[attribute]
+    x = images_to_tensor(dataset.images[index], device)
+    sigma = torch.full((len(index),), 0.01, device=device)
+    with torch.no_grad():
+        if schema.kind == "categorical":
+            energies = torch.stack([model(x, torch.eye(schema.dim, device=device)[k].expand(len(index), -1), sigma)
+                                    for k in range(schema.dim)], dim=1)
+            truth = torch.from_numpy(dataset.labels[attribute][index].astype(np.int64)).to(device)
+            return {"held_out_accuracy": float((energies.argmin(1) == truth).float().mean())}
+        c = torch.from_numpy(dataset.condition_vectors(attribute, index)).to(device)
+        return {"held_out_energy": float(model(x, c, sigma).mean())}
+
+
+def _update_ema(ema: nn.Module, model: nn.Module, target: float, iteration: int) -> None:
+    """Exponential moving average of the weights, with a short warm-up so early steps do not linger."""
+    decay = min(target, (1 + iteration) / (10 + iteration))
+    with torch.no_grad():
+        for average, current in zip(ema.parameters(), model.parameters()):
+            average.lerp_(current, 1 - decay)
+
+
+def _frozen_composition(
+    frozen: Sequence[LoadedConcept], dataset: Dataset, index: np.ndarray, device: torch.device, prior: LoadedConcept
+) -> Any:
+    """The frozen concepts ANDed, each conditioned on every image's own label, the prior counted once."""
+    terms: dict[Leaf, Term] = {}
+    for i, concept in enumerate(frozen):
+        labels = torch.from_numpy(dataset.condition_vectors(concept.version.attribute, index)).to(device)
+        terms[Leaf(f"frozen{i}", float(i))] = Term(concept, labels)
+    leaves = list(terms)
+    node: Node = leaves[0] if len(leaves) == 1 else And(tuple(leaves))
+    return compose_noisy(node, terms, prior)
+
+
+def _summary(history: list[dict[str, float]], keys: Sequence[str], started: float, iterations: int) -> dict[str, float]:
+    """Mean of each metric over the last tenth of the run, plus wall time."""
+    seconds = time.perf_counter() - started
+    tail = history[-max(1, len(history) // 10):]
+    metrics = {key: float(np.mean([h[key] for h in tail])) for key in keys}
+    metrics["seconds"] = round(seconds, 3)
+    metrics["iterations_per_second"] = round(iterations / seconds, 4) if seconds > 0 else 0.0
+    return metrics
 
 
 def _chain_starts(

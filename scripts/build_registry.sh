@@ -10,14 +10,13 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 db="$work/registry.db"
 common=(--source scenes --device auto --seed 0)
-"$concept" --registry "$db" add position "${common[@]}" --iterations "${POSITION_ITERATIONS:-400}" \
-  --description "object centre (x, y) in scene units"
-"$concept" --registry "$db" add shape "${common[@]}" --iterations "${ITERATIONS:-300}" --with position \
-  --description "circle, square or triangle"
-"$concept" --registry "$db" add color "${common[@]}" --iterations "${ITERATIONS:-300}" --with position --with shape \
-  --description "object color"
-"$concept" --registry "$db" add size "${common[@]}" --iterations "${ITERATIONS:-300}" --with position \
-  --with shape --with color --description "object radius as a fraction of the scene"
+# position models the whole scene (denoising score matching); each later concept learns only the factor
+# it adds to the frozen ones (a noise-conditioned classifier energy): --objective auto picks both.
+"$concept" --registry "$db" add position "${common[@]}" --description "object centre (x, y) in scene units"
+"$concept" --registry "$db" add shape "${common[@]}" --with position --description "circle, square or triangle"
+"$concept" --registry "$db" add color "${common[@]}" --with position --with shape --description "object color"
+"$concept" --registry "$db" add size "${common[@]}" --with position --with shape --with color \
+  --description "object radius as a fraction of the scene"
 
 python3 - "$db" <<'PY'
 import sqlite3, sys

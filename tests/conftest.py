@@ -18,7 +18,7 @@ TINY_TRAINING = [
     "--arch-config", "channels=[8,8,8]", "--arch-config", "embed=16",
     "--iterations", "3", "--batch-size", "8", "--steps", "2", "--device", "cpu",
 ]
-TINY_SAMPLING = ["--steps", "2", "--device", "cpu"]
+TINY_SAMPLING = ["--levels", "3", "--steps", "2", "--device", "cpu"]
 
 Run = Callable[..., Result]
 

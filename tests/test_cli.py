@@ -46,7 +46,10 @@ def test_add_records_lineage_dataset_hash_and_hyperparameters(run, add_tiny):
     assert shown["lineage"] == ["position@1"]
     assert len(shown["dataset_hash"]) == 64
     assert shown["hyperparameters"]["iterations"] == 3
-    assert shown["hyperparameters"]["objective"] == "contrastive_divergence"
+    assert shown["hyperparameters"]["objective"] == "classifier"  # auto: a concept added to frozen ones
+    assert shown["architecture"] == "classifier"
+    position = json.loads(run("show", "position", "--json").output)
+    assert position["hyperparameters"]["objective"] == "dsm" and position["architecture"] == "unet"
     assert shown["source_params"]["n"] == 256
     assert shown["metrics"]["seconds"] > 0
 
@@ -67,7 +70,8 @@ def test_compose_sidecar_records_expression_sampler_and_seed(run, add_tiny, tmp_
     meta = sidecar(out, 2)
     assert meta["expression"] == "shape=circle"
     assert meta["seed"] == 7 and meta["index"] == 2
-    assert meta["sampler"]["steps"] == 2
+    assert meta["sampler"]["name"] == "annealed" and meta["sampler"]["levels"] == 3
+    assert meta["sampler"]["prior"] == "shape@1"
 
 
 def test_compose_with_the_same_seed_gives_the_same_images(run, add_tiny, tmp_path):
@@ -207,3 +211,29 @@ def test_diverging_training_registers_nothing(run, add_tiny):
                  "--lr", "1e6", "--l2", "0", "--iterations", "30", "--batch-size", "4", "--steps", "1")
     assert_one_line_error(result, "diverged", "nothing was registered")
     assert "size" not in run("list").output
+
+
+def test_the_papers_contrastive_divergence_stays_available(run, add_tiny, tmp_path):
+    add_tiny("position", "--objective", "cd")
+    add_tiny("color", "--objective", "cd", "--with", "position")
+    shown = json.loads(run("show", "color", "--json").output)
+    assert shown["hyperparameters"]["objective"] == "cd" and shown["architecture"] == "small"
+    assert "energy_gap" in shown["metrics"]
+    out = tmp_path / "cd"
+    result = run("compose", "position=(0.3,0.7) & color=red", "-n", "2", "--out-dir", str(out), *TINY_SAMPLING)
+    assert result.exit_code == 0, result.output
+    assert sidecar(out, 0)["sampler"]["name"] == "langevin"
+
+
+def test_mixing_objectives_in_one_expression_is_a_one_line_error(run, add_tiny, tmp_path):
+    add_tiny("position")
+    add_tiny("color", "--objective", "cd")
+    result = run("compose", "position=(0.3,0.7) & color=red", "-o", str(tmp_path / "g.png"), *TINY_SAMPLING)
+    assert_one_line_error(result, "mixes concepts")
+
+
+def test_a_classifier_concept_reports_its_held_out_accuracy(run, add_tiny):
+    add_tiny("position")
+    add_tiny("shape", "--with", "position")
+    metrics = json.loads(run("show", "shape", "--json").output)["metrics"]
+    assert 0.0 <= metrics["held_out_accuracy"] <= 1.0

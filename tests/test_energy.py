@@ -10,8 +10,9 @@ from torch import nn
 
 from conceptlib import expr
 from conceptlib.concepts import LoadedConcept
-from conceptlib.energy import Term, compose
+from conceptlib.energy import Term, compose, compose_noisy
 from conceptlib.errors import ConceptError
+from conceptlib.expr import And, Leaf, Not
 from conceptlib.sampling import LangevinConfig, ReplayBuffer, langevin
 
 
@@ -90,3 +91,84 @@ def test_replay_buffer_wraps_around_at_capacity():
     assert len(buffer) == 4
     assert int(buffer.images.flatten(1).mean(1).sum()) == 3
     assert buffer.sample(5, torch.Generator().manual_seed(0)).shape == (5, 3, 2, 2)
+
+
+class NoisyToy(torch.nn.Module):
+    """A noise-conditioned toy energy with a null condition: E = |x - c|^2 (conditioned) or |x|^2 (null)."""
+
+    noise_conditioned = True
+
+    def __init__(self, offset: float) -> None:
+        super().__init__()
+        self.offset = offset
+
+    def forward(self, x, c, sigma, keep=None):
+        keep = torch.ones(x.shape[0]) if keep is None else keep
+        target = c[:, :1, None, None] * keep[:, None, None, None]
+        return (x - target).pow(2).flatten(1).sum(1) / sigma + self.offset
+
+
+def noisy_concept(name: str, offset: float) -> LoadedConcept:
+    from conceptlib.registry import VersionInfo
+    from conceptlib.schema import Continuous
+
+    version = VersionInfo(
+        concept=name, number=1, created_at=None, schema=Continuous(("v",)), architecture="toy",
+        architecture_config={}, source="s", source_params={}, attribute=name, dataset_hash="",
+        hyperparameters={"image_size": 2}, seed=0, metrics={}, weights_sha256="", status="ready", lineage=(),
+        aliases=(), is_current=True,
+    )
+    return LoadedConcept(version, NoisyToy(offset))
+
+
+def test_noisy_and_counts_the_prior_once():
+    a, b = noisy_concept("a", 1.0), noisy_concept("b", 5.0)
+    la, lb = Leaf("a", 0.5), Leaf("b", 0.2)
+    terms = {la: Term(a, torch.tensor([[0.5]])), lb: Term(b, torch.tensor([[0.2]]))}
+    x, sigma = torch.rand(3, 1, 2, 2), torch.full((3,), 0.5)
+    energy = compose_noisy(And((la, lb)), terms, prior=a)(x, sigma)
+    null_a = a.model(x, torch.zeros(3, 1), sigma, torch.zeros(3))
+    ratio = lambda c, leaf: c.model(x, terms[leaf].condition.expand(3, -1), sigma) - c.model(  # noqa: E731
+        x, terms[leaf].condition.expand(3, -1), sigma, torch.zeros(3))
+    assert torch.allclose(energy, null_a + ratio(a, la) + ratio(b, lb))
+
+
+def test_noisy_guidance_scales_each_ratio_and_not_applies_to_the_ratio():
+    a, b = noisy_concept("a", 1.0), noisy_concept("b", 5.0)
+    la, lb = Leaf("a", 0.5), Leaf("b", 0.2)
+    terms = {la: Term(a, torch.tensor([[0.5]])), lb: Term(b, torch.tensor([[0.2]]))}
+    x, sigma = torch.rand(3, 1, 2, 2), torch.full((3,), 0.5)
+    null_a = a.model(x, torch.zeros(3, 1), sigma, torch.zeros(3))
+
+    def ratio(c, leaf):
+        cond = terms[leaf].condition.expand(3, -1)
+        return c.model(x, cond, sigma) - c.model(x, cond, sigma, torch.zeros(3))
+
+    guided = compose_noisy(And((la, Not(lb))), terms, prior=a, guidance=2.0)(x, sigma)
+    assert torch.allclose(guided, null_a + 2 * ratio(a, la) - 2 * ratio(b, lb))
+
+
+def test_the_prior_is_named_only_by_positive_leaves():
+    from conceptlib.energy import names_prior
+
+    a, b = noisy_concept("a", 1.0), noisy_concept("b", 5.0)
+    la, lb = Leaf("a", 0.5), Leaf("b", 0.2)
+    terms = {la: Term(a, torch.tensor([[0.5]])), lb: Term(b, torch.tensor([[0.2]]))}
+    assert names_prior(And((la, lb)), terms, a)
+    assert not names_prior(And((Not(la), lb)), terms, a)
+    assert not names_prior(lb, terms, a)
+
+
+def test_a_drawn_prior_condition_replaces_the_null_energy():
+    from conceptlib.energy import draw_prior_conditions
+
+    a, b = noisy_concept("a", 1.0), noisy_concept("b", 5.0)
+    lb = Leaf("b", 0.2)
+    terms = {lb: Term(b, torch.tensor([[0.2]]))}
+    drawn = draw_prior_conditions(a, 3, torch.Generator().manual_seed(0), torch.device("cpu"))
+    assert drawn.shape == (3, 1) and bool(((drawn >= 0) & (drawn <= 1)).all())
+    x, sigma = torch.rand(3, 1, 2, 2), torch.full((3,), 0.5)
+    energy = compose_noisy(lb, terms, prior=a, prior_condition=drawn)(x, sigma)
+    cond = terms[lb].condition.expand(3, -1)
+    expected = a.model(x, drawn, sigma) + b.model(x, cond, sigma) - b.model(x, cond, sigma, torch.zeros(3))
+    assert torch.allclose(energy, expected)

@@ -1,4 +1,4 @@
-"""Contrastive divergence: the real loop on tiny data, frozen concepts, divergence."""
+"""Both objectives on tiny data: the real loops, frozen concepts, seeding, divergence."""
 
 from __future__ import annotations
 
@@ -7,11 +7,12 @@ import pytest
 import torch
 
 from conceptlib.concepts import LoadedConcept
+from conceptlib.diffusion import denoising_loss
 from conceptlib.errors import TrainingError
 from conceptlib.plugins import PluginManager
 from conceptlib.registry import VersionInfo
 from conceptlib.sampling import LangevinConfig
-from conceptlib.training import TrainConfig, check_frozen_attributes, train_concept
+from conceptlib.training import TrainConfig, check_frozen_attributes, images_to_tensor, train_concept
 
 CPU = torch.device("cpu")
 TINY_NET = {"channels": [8, 8, 8], "embed": 16}
@@ -28,16 +29,20 @@ def dataset(plugins):
     return source.load(source.resolve_params({"n": 128, "image_size": 16}))
 
 
+ARCHITECTURES = {"cd": "small", "dsm": "unet"}
+
+
 def tiny_config(**overrides) -> TrainConfig:
-    settings = {"iterations": 4, "batch_size": 8, "langevin": LangevinConfig(steps=2), **overrides}
+    settings = {"objective": "cd", "iterations": 4, "batch_size": 8, "langevin": LangevinConfig(steps=2),
+                **overrides}
     return TrainConfig(**settings)
 
 
-def frozen_concept(plugins, dataset, attribute: str) -> LoadedConcept:
-    small = plugins.architecture("small")
-    model = small.build(dataset.schemas[attribute], 16, small.config(TINY_NET)).requires_grad_(False)
+def frozen_concept(plugins, dataset, attribute: str, architecture: str = "small") -> LoadedConcept:
+    arch = plugins.architecture(architecture)
+    model = arch.build(dataset.schemas[attribute], 16, arch.config(TINY_NET)).requires_grad_(False)
     version = VersionInfo(
-        concept=attribute, number=1, created_at=None, schema=dataset.schemas[attribute], architecture="small",
+        concept=attribute, number=1, created_at=None, schema=dataset.schemas[attribute], architecture=architecture,
         architecture_config=TINY_NET, source="scenes", source_params={}, attribute=attribute, dataset_hash="",
         hyperparameters={"image_size": 16}, seed=0, metrics={}, weights_sha256="", status="ready", lineage=(),
         aliases=(), is_current=True,
@@ -53,20 +58,66 @@ def test_training_updates_the_new_network_and_reports_metrics(plugins, dataset):
     assert float(result.model.out.weight.abs().sum()) > 0  # the zero-initialised head has moved
 
 
-def test_frozen_concepts_are_not_updated(plugins, dataset):
-    small = plugins.architecture("small")
-    frozen = frozen_concept(plugins, dataset, "position")
+@pytest.mark.parametrize("objective", ["cd", "dsm"])
+def test_frozen_concepts_are_not_updated(plugins, dataset, objective):
+    arch = plugins.architecture(ARCHITECTURES[objective])
+    frozen = frozen_concept(plugins, dataset, "position", ARCHITECTURES[objective])
     before = {k: v.clone() for k, v in frozen.model.state_dict().items()}
-    train_concept(small, small.config(TINY_NET), dataset, "color", [frozen], tiny_config(), CPU)
+    result = train_concept(arch, arch.config(TINY_NET), dataset, "color", [frozen], tiny_config(objective=objective),
+                           CPU, prior=frozen)
     after = frozen.model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
+    assert np.isfinite(result.metrics["loss"])
 
 
-def test_seeded_runs_are_identical(plugins, dataset):
-    small = plugins.architecture("small")
-    runs = [train_concept(small, small.config(TINY_NET), dataset, "size", [], tiny_config(seed=3), CPU)
-            for _ in range(2)]
+@pytest.mark.parametrize("objective", ["cd", "dsm"])
+def test_seeded_runs_are_identical(plugins, dataset, objective):
+    arch = plugins.architecture(ARCHITECTURES[objective])
+    runs = [train_concept(arch, arch.config(TINY_NET), dataset, "size", [], tiny_config(objective=objective, seed=3),
+                          CPU) for _ in range(2)]
     assert [h["loss"] for h in runs[0].history] == [h["loss"] for h in runs[1].history]
+
+
+def test_dsm_learns_to_denoise_and_returns_the_averaged_weights(plugins, dataset):
+    unet = plugins.architecture("unet")
+    config = tiny_config(objective="dsm", iterations=80, batch_size=16, lr=3e-3, warmup=1, seed=1)
+    torch.manual_seed(config.seed)
+    untrained = unet.build(dataset.schemas["color"], 16, unet.config(TINY_NET))
+    result = train_concept(unet, unet.config(TINY_NET), dataset, "color", [], config, CPU)
+    generator = torch.Generator().manual_seed(0)
+    x0 = images_to_tensor(dataset.images[:32], CPU)
+    c = torch.from_numpy(dataset.condition_vectors("color", np.arange(32)))
+    sigma = torch.full((32,), 0.1)
+    noise = torch.randn(x0.shape, generator=generator)
+
+    def held_out_loss(model) -> float:
+        x = (x0 + 0.1 * noise).requires_grad_(True)
+        (grad,) = torch.autograd.grad(model(x, c, sigma).sum(), x)
+        return float(denoising_loss(-grad, sigma, noise, 0.25))
+
+    assert held_out_loss(result.model) < 0.75 * held_out_loss(untrained)
+    assert {"loss", "grad_norm", "seconds"} <= set(result.metrics)
+    assert not any(p.requires_grad for p in result.model.parameters())
+
+
+def test_dsm_refuses_a_network_that_is_not_noise_conditioned(plugins, dataset):
+    small = plugins.architecture("small")
+    with pytest.raises(TrainingError, match="--arch unet"):
+        train_concept(small, small.config(TINY_NET), dataset, "size", [], tiny_config(objective="dsm"), CPU)
+
+
+def test_dsm_refuses_frozen_concepts_trained_by_cd(plugins, dataset):
+    unet = plugins.architecture("unet")
+    frozen = frozen_concept(plugins, dataset, "position", "small")
+    with pytest.raises(TrainingError, match="contrastive divergence"):
+        train_concept(unet, unet.config(TINY_NET), dataset, "color", [frozen], tiny_config(objective="dsm"), CPU,
+                      prior=frozen)
+
+
+def test_dsm_hyperparameters_leave_out_the_other_objectives_settings():
+    recorded = TrainConfig(objective="dsm").to_json()
+    assert "condition_dropout" in recorded and "langevin" not in recorded
+    assert "langevin" in TrainConfig(objective="cd").to_json()
 
 
 def test_divergence_raises_a_training_error(plugins, dataset):
@@ -94,3 +145,32 @@ def test_small_net_starts_at_zero_energy_with_a_live_input_gradient(plugins, dat
     (grad,) = torch.autograd.grad(model(x, torch.tensor([[0.3, 0.7], [0.5, 0.5]])).sum(), x)
     assert float(grad.abs().mean()) > 1e-3
     assert np.isfinite(grad.numpy()).all()
+
+
+def test_classifier_energy_learns_the_attribute_from_noisy_images(plugins, dataset):
+    classifier = plugins.architecture("classifier")
+    config = tiny_config(objective="classifier", iterations=150, batch_size=16, lr=1e-2, warmup=1)
+    result = train_concept(classifier, classifier.config(TINY_NET), dataset, "color", [], config, CPU)
+    first, last = (np.mean([h["loss"] for h in part]) for part in (result.history[:10], result.history[-10:]))
+    assert first == pytest.approx(np.log(6), rel=0.15)  # starts at chance over six colors
+    assert last < 0.85 * first
+    assert 0.0 <= result.metrics["held_out_accuracy"] <= 1.0
+
+
+def test_classifier_energy_is_minus_log_probability_and_its_null_is_zero(plugins, dataset):
+    from conceptlib.energy import Term
+
+    classifier = plugins.architecture("classifier")
+    model = classifier.build(dataset.schemas["color"], 16, classifier.config(TINY_NET))
+    x, sigma = torch.rand(4, 3, 16, 16), torch.full((4,), 0.1)
+    energies = torch.stack([model(x, torch.eye(6)[k].expand(4, -1), sigma) for k in range(6)], 1)
+    assert torch.allclose(torch.exp(-energies).sum(1), torch.ones(4), atol=1e-5)
+    version = frozen_concept(plugins, dataset, "color").version
+    conditioned, null = Term(LoadedConcept(version, model), torch.eye(6)[:1]).with_null(x, sigma)
+    assert torch.equal(null, torch.zeros(4)) and torch.allclose(conditioned, energies[:, 0])
+
+
+def test_classifier_objective_refuses_a_network_that_is_not_a_classifier(plugins, dataset):
+    unet = plugins.architecture("unet")
+    with pytest.raises(TrainingError, match="--arch classifier"):
+        train_concept(unet, unet.config(TINY_NET), dataset, "color", [], tiny_config(objective="classifier"), CPU)

@@ -1,0 +1,374 @@
+"""The paper's quantitative protocols (Tables 1-3), graded by an independent judge.
+
+Each protocol draws random conditions per sample (a position in the source's range, a color, a shape),
+samples every image from its own composed energy, and asks the judge (:mod:`conceptlib.judge`, trained
+on renders the concepts never saw: another seed of the same source) what it sees. Every protocol also
+reports how many samples *look real* to the judge, because a judge alone can be fooled by adversarial
+noise (LEARNING.md). Figures are on freshly generated samples, never on training images.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from conceptlib.concepts import LoadedConcept, load_concept
+from conceptlib.diffusion import AnnealedConfig, annealed_sample
+from conceptlib.energy import Term, compose, compose_noisy, draw_prior_conditions, names_prior
+from conceptlib.errors import ConceptError
+from conceptlib.expr import And, Leaf, Node, Not, Or
+from conceptlib.imaging import save_grid, to_uint8
+from conceptlib.inference import InferenceConfig, infer
+from conceptlib.jobs import prior_concept
+from conceptlib.plugins import PluginManager
+from conceptlib.registry import Registry
+from conceptlib.sampling import LangevinConfig, initial_images, langevin
+from conceptlib.training import images_to_tensor
+
+WITHIN = 0.1
+"""A position is right when it lies within this distance (scene units) of the asked one (paper 3.2)."""
+JUDGE_SEED_OFFSET = 1000
+"""The judge learns from another seed of the concepts' source, so it never sees their training images."""
+
+
+@dataclass(frozen=True)
+class Trial:
+    """What to sample: an expression whose leaves carry per-sample conditions, and what to check."""
+
+    node: Node
+    conditions: dict[Leaf, np.ndarray]
+    targets: dict[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class Protocol:
+    name: str
+    concepts: tuple[str, ...]
+    make: Callable[[np.random.Generator, int, Mapping[str, Any]], Trial]
+    score: Callable[[dict[str, np.ndarray], dict[str, np.ndarray]], dict[str, float]]
+    targets: dict[str, tuple[str, float]] = field(default_factory=dict)
+    """metric -> (">=" or "<=", threshold), from the issue's table."""
+
+
+@dataclass
+class ProtocolResult:
+    name: str
+    n: int
+    metrics: dict[str, float]
+    targets: dict[str, tuple[str, float]]
+    seconds: float
+    versions: dict[str, str]
+    images: np.ndarray = field(repr=False, default_factory=lambda: np.zeros((0, 1, 1, 3), np.uint8))
+
+    @property
+    def passed(self) -> bool:
+        return all(_meets(self.metrics.get(k, float("nan")), op, v) for k, (op, v) in self.targets.items())
+
+    def to_json(self) -> dict[str, Any]:
+        return {"protocol": self.name, "n": self.n, "metrics": self.metrics, "seconds": round(self.seconds, 2),
+                "targets": {k: f"{op} {v:g}" for k, (op, v) in self.targets.items()}, "passed": self.passed,
+                "versions": self.versions}
+
+
+def _meets(value: float, op: str, threshold: float) -> bool:
+    return value >= threshold if op == ">=" else value <= threshold
+
+
+# ------------------------------------------------------------- conditions
+def _positions(rng: np.random.Generator, n: int, params: Mapping[str, Any]) -> np.ndarray:
+    low, high = float(params.get("position_low", 0.2)), float(params.get("position_high", 0.8))
+    return rng.uniform(low, high, (n, 2)).astype(np.float32)
+
+
+def _far_positions(first: np.ndarray, rng: np.random.Generator, params: Mapping[str, Any],
+                   apart: float = 0.3) -> np.ndarray:
+    """Positions at least ``apart`` from ``first``, so the two modes of an OR are told apart."""
+    second = _positions(rng, len(first), params)
+    while True:
+        close = np.linalg.norm(first - second, axis=1) < apart
+        if not close.any():
+            return second
+        second[close] = _positions(rng, int(close.sum()), params)
+
+
+def _names(rng: np.random.Generator, n: int, count: int) -> np.ndarray:
+    return rng.integers(0, count, n)
+
+
+def _one_hot(index: np.ndarray, count: int) -> np.ndarray:
+    return np.eye(count, dtype=np.float32)[index]
+
+
+def _hit(predicted: np.ndarray, target: np.ndarray) -> np.ndarray:
+    return np.linalg.norm(predicted - target, axis=1) < WITHIN
+
+
+# ------------------------------------------------------------- protocols
+N_COLORS, N_SHAPES = 6, 3
+
+
+def _position_only(rng, n, params) -> Trial:
+    leaf = Leaf("position", 0.0)
+    p = _positions(rng, n, params)
+    return Trial(leaf, {leaf: p}, {"position": p})
+
+
+def _color_only(rng, n, params) -> Trial:
+    leaf = Leaf("color", 0.0)
+    k = _names(rng, n, N_COLORS)
+    return Trial(leaf, {leaf: _one_hot(k, N_COLORS)}, {"color": k})
+
+
+def _shape_only(rng, n, params) -> Trial:
+    leaf = Leaf("shape", 0.0)
+    k = _names(rng, n, N_SHAPES)
+    return Trial(leaf, {leaf: _one_hot(k, N_SHAPES)}, {"shape": k})
+
+
+def _position_and_color(rng, n, params) -> Trial:
+    pos, col = Leaf("position", 0.0), Leaf("color", 0.0)
+    p, k = _positions(rng, n, params), _names(rng, n, N_COLORS)
+    return Trial(And((pos, col)), {pos: p, col: _one_hot(k, N_COLORS)}, {"position": p, "color": k})
+
+
+def _position_not_color(rng, n, params) -> Trial:
+    pos, col = Leaf("position", 0.0), Leaf("color", 0.0)
+    p, k = _positions(rng, n, params), _names(rng, n, N_COLORS)
+    return Trial(And((pos, Not(col))), {pos: p, col: _one_hot(k, N_COLORS)}, {"position": p, "not_color": k})
+
+
+def _not_position_color(rng, n, params) -> Trial:
+    pos, col = Leaf("position", 0.0), Leaf("color", 0.0)
+    p, k = _positions(rng, n, params), _names(rng, n, N_COLORS)
+    return Trial(And((Not(pos), col)), {pos: p, col: _one_hot(k, N_COLORS)}, {"not_position": p, "color": k})
+
+
+def _position_or_position(rng, n, params) -> Trial:
+    first, second = Leaf("position", 1.0), Leaf("position", 2.0)
+    p1 = _positions(rng, n, params)
+    p2 = _far_positions(p1, rng, params)
+    return Trial(Or((first, second)), {first: p1, second: p2}, {"mode1": p1, "mode2": p2})
+
+
+def _position_shape_color(rng, n, params) -> Trial:
+    pos, shp, col = Leaf("position", 0.0), Leaf("shape", 0.0), Leaf("color", 0.0)
+    p, s, k = _positions(rng, n, params), _names(rng, n, N_SHAPES), _names(rng, n, N_COLORS)
+    return Trial(And((pos, shp, col)), {pos: p, shp: _one_hot(s, N_SHAPES), col: _one_hot(k, N_COLORS)},
+                 {"position": p, "shape": s, "color": k})
+
+
+def _score(predicted: dict[str, np.ndarray], targets: dict[str, np.ndarray]) -> dict[str, float]:
+    """Accuracy for asked attributes, hit rate for negated ones, mode rates for OR, all-right for ANDs."""
+    metrics: dict[str, float] = {}
+    right = np.ones(len(next(iter(targets.values()))), dtype=bool)
+    for key, target in targets.items():
+        if key in ("position", "not_position", "mode1", "mode2"):
+            hit = _hit(predicted["position"], target)
+        else:
+            hit = predicted[key.removeprefix("not_")] == target
+        name = {"position": "position_acc", "color": "color_acc", "shape": "shape_acc",
+                "not_position": "negated_position_rate", "not_color": "negated_color_rate"}.get(key, key)
+        metrics[name] = float(hit.mean())
+        if not key.startswith("not_") and not key.startswith("mode"):
+            right &= hit
+    if "mode1" in targets:
+        metrics["either_mode"] = metrics["mode1"] + metrics["mode2"]
+    elif sum(not k.startswith("not_") for k in targets) > 1:
+        metrics["all_right"] = float(right.mean())
+    return metrics
+
+
+PROTOCOLS: dict[str, Protocol] = {p.name: p for p in [
+    Protocol("position", ("position",), _position_only, _score, {"position_acc": (">=", 0.98)}),
+    Protocol("color", ("color",), _color_only, _score, {"color_acc": (">=", 0.98)}),
+    Protocol("shape", ("shape",), _shape_only, _score, {"shape_acc": (">=", 0.95)}),
+    Protocol("position & color", ("position", "color"), _position_and_color, _score,
+             {"position_acc": (">=", 0.95), "color_acc": (">=", 0.95)}),
+    Protocol("position & !color", ("position", "color"), _position_not_color, _score,
+             {"position_acc": (">=", 0.95), "negated_color_rate": ("<=", 0.05)}),
+    Protocol("!position & color", ("position", "color"), _not_position_color, _score,
+             {"negated_position_rate": ("<=", 0.05), "color_acc": (">=", 0.95)}),
+    Protocol("position | position", ("position",), _position_or_position, _score,
+             {"mode1": (">=", 0.45), "mode2": (">=", 0.45), "either_mode": (">=", 0.95)}),
+    Protocol("position & shape & color", ("position", "shape", "color"), _position_shape_color, _score,
+             {"all_right": (">=", 0.85), "position_acc": (">=", 0.95), "shape_acc": (">=", 0.90),
+              "color_acc": (">=", 0.90)}),
+]}
+
+
+# -------------------------------------------------------------- sampling
+@dataclass(frozen=True)
+class SamplerSettings:
+    annealed: AnnealedConfig = field(default_factory=AnnealedConfig)
+    langevin: LangevinConfig = field(default_factory=LangevinConfig)
+    guidance: float = 1.0
+    or_temperature: float = 1.0
+    batch_size: int = 64
+
+
+def sample_trial(
+    trial: Trial,
+    concepts: Mapping[str, LoadedConcept],
+    prior: LoadedConcept | None,
+    settings: SamplerSettings,
+    generator: torch.Generator,
+    device: torch.device,
+    on_batch: Callable[[int], None] | None = None,
+) -> np.ndarray:
+    """Images ``(n, H, W, 3)`` uint8, sample ``i`` drawn from the expression with its own conditions."""
+    n = len(next(iter(trial.conditions.values())))
+    image_size = int(next(iter(concepts.values())).version.hyperparameters["image_size"])
+    batches = []
+    for start in range(0, n, settings.batch_size):
+        part = slice(start, min(n, start + settings.batch_size))
+        count = part.stop - part.start
+        terms = {leaf: Term(concepts[leaf.concept], torch.from_numpy(values[part]).to(device))
+                 for leaf, values in trial.conditions.items()}
+        if prior is not None:
+            drawn = None if names_prior(trial.node, terms, prior) else draw_prior_conditions(prior, count, generator,
+                                                                                              device)
+            energy = compose_noisy(trial.node, terms, prior, settings.guidance, settings.or_temperature, drawn)
+            x = annealed_sample(energy, count, image_size, settings.annealed, generator, device)
+        else:
+            plain = compose(trial.node, terms, settings.or_temperature)
+            start_images = initial_images(count, image_size, settings.langevin.init, generator, device)
+            x = langevin(plain, start_images, settings.langevin, generator)
+        batches.append(to_uint8(x))
+        if on_batch is not None:
+            on_batch(part.stop)
+    return np.concatenate(batches)
+
+
+def run_protocols(
+    registry: Registry,
+    plugins: PluginManager,
+    judge: Any,
+    names: Sequence[str],
+    n: int,
+    settings: SamplerSettings,
+    seed: int,
+    device: torch.device,
+    on_progress: Callable[[str, int, int], None] | None = None,
+) -> list[ProtocolResult]:
+    """Run each named protocol on ``n`` samples with the registry's current concepts."""
+    results = []
+    for name in names:
+        protocol = PROTOCOLS[name]
+        concepts = {c: load_concept(registry, plugins, registry.resolve(c), device) for c in protocol.concepts}
+        noisy = {bool(getattr(c.model, "noise_conditioned", False)) for c in concepts.values()}
+        if len(noisy) > 1:
+            raise ConceptError(f"protocol {name!r} mixes objectives; use concepts trained with one objective")
+        prior = prior_concept(registry, plugins, list(concepts.values()), device) if noisy.pop() else None
+        params = concepts[protocol.concepts[0]].version.source_params
+        rng = np.random.default_rng(seed)
+        trial = protocol.make(rng, n, params)
+        generator = torch.Generator(device=device).manual_seed(seed)
+        started = time.perf_counter()
+        images = sample_trial(trial, concepts, prior, settings, generator, device,
+                              on_batch=(lambda done, name=name: on_progress(name, done, n)) if on_progress else None)
+        seconds = time.perf_counter() - started
+        predicted = judge.predict(images)
+        metrics = protocol.score(predicted, trial.targets)
+        metrics["looks_real"] = float(np.mean(judge.realism(images)))
+        results.append(ProtocolResult(name, n, metrics, protocol.targets, seconds,
+                                      {c: str(v.version.ref) for c, v in concepts.items()}, images))
+    return results
+
+
+# ------------------------------------------------------------- inference
+def infer_positions(
+    concept: LoadedConcept, images: np.ndarray, targets: np.ndarray, config: InferenceConfig, device: torch.device
+) -> dict[str, float]:
+    """Mean absolute error (scene units, per axis) of inferring each image's position on its own."""
+    x = images_to_tensor(images, device)
+    found = np.array([infer(concept, x[i : i + 1], config).value for i in range(len(images))], dtype=np.float64)
+    error = np.abs(found - targets)
+    return {"mae": float(error.mean()), "within_0.1": float((np.linalg.norm(found - targets, axis=1) < WITHIN).mean())}
+
+
+# ---------------------------------------------------------------- report
+def write_report(results: Sequence[ProtocolResult], extra: Mapping[str, Any], out_dir: Path) -> tuple[Path, Path]:
+    """``results.md`` (a table), ``results.json`` and one sample grid per protocol under ``out_dir``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = ["| protocol | n | metrics | target | met | s |", "|---|---|---|---|---|---|"]
+    for r in results:
+        shown = ", ".join(f"{k} {v:.3f}" for k, v in r.metrics.items())
+        wanted = ", ".join(f"{k} {op} {v:g}" for k, (op, v) in r.targets.items())
+        rows.append(f"| `{r.name}` | {r.n} | {shown} | {wanted} | {'yes' if r.passed else 'no'} | {r.seconds:.0f} |")
+        slug = "".join(ch if ch.isalnum() else "_" for ch in r.name).strip("_")
+        save_grid(r.images[:64], out_dir / f"{slug}.png", columns=8)
+    for key, value in extra.items():
+        rows.append(f"\n{key}: {json.dumps(value)}")
+    markdown = out_dir / "results.md"
+    markdown.write_text("\n".join(rows) + "\n")
+    payload = {"protocols": [r.to_json() for r in results], **extra}
+    data = out_dir / "results.json"
+    data.write_text(json.dumps(payload, indent=2) + "\n")
+    return markdown, data
+
+
+# ----------------------------------------------------------- whole run
+@dataclass
+class EvaluationRun:
+    results: list[ProtocolResult]
+    extra: dict[str, Any]
+
+
+def evaluate_registry(
+    registry: Registry,
+    plugins: PluginManager,
+    names: Sequence[str],
+    n: int,
+    settings: SamplerSettings,
+    seed: int,
+    device: torch.device,
+    judge_cache: Path | None = None,
+    inference_n: int = 0,
+    inference: InferenceConfig | None = None,
+    on_phase: Callable[[str, int, int], None] | None = None,
+) -> EvaluationRun:
+    """Judge (trained or cached), every protocol, and position inference on held-out renders."""
+    from conceptlib.judge import load_or_train_judge
+
+    unknown = [name for name in names if name not in PROTOCOLS]
+    if unknown:
+        raise ConceptError(f"unknown protocol {unknown[0]!r}; known: {', '.join(PROTOCOLS)}")
+    anchor = registry.resolve(PROTOCOLS[names[0]].concepts[0] if names else "position")
+    source = plugins.source(anchor.source)
+    judge_params = {**anchor.source_params, "seed": int(anchor.source_params.get("seed", 0)) + JUDGE_SEED_OFFSET}
+    judge, report = load_or_train_judge(
+        anchor.source, judge_params, judge_cache, device,
+        progress=(lambda done, total: on_phase("training judge", done, total)) if on_phase else None,
+        plugins=plugins,
+    )
+    extra: dict[str, Any] = {
+        "judge_held_out": report.get("attributes", report.get("held_out_test")),
+        "sampler": {**settings.annealed.to_json(), "guidance": settings.guidance},
+        "seed": seed,
+        "device": str(device),
+    }
+    results = run_protocols(registry, plugins, judge, names, n, settings, seed, device, on_phase)
+    if inference_n:
+        concept = load_concept(registry, plugins, registry.resolve("position"), device)
+        base = {**concept.version.source_params, "n": inference_n}
+        config = inference or InferenceConfig()
+        tests = {
+            "same distribution": {"seed": int(base.get("seed", 0)) + 2 * JUDGE_SEED_OFFSET},
+            "unseen size": {"seed": int(base.get("seed", 0)) + 3 * JUDGE_SEED_OFFSET,
+                            "size_low": 0.16, "size_high": 0.2},
+        }
+        inferred = {}
+        for label, change in tests.items():
+            data = source.load(source.resolve_params({**base, **change}))
+            started = time.perf_counter()
+            figures = infer_positions(concept, data.images, data.labels["position"], config, device)
+            inferred[label] = {**figures, "n": inference_n, "seconds": round(time.perf_counter() - started, 1)}
+        extra["position_inference"] = inferred
+    return EvaluationRun(results, extra)

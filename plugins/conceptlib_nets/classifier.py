@@ -1,0 +1,72 @@
+"""A noise-conditioned classifier energy: ``E(x, sigma | c) = -log p(c | x + sigma * eps)``.
+
+Why: a concept learned on top of frozen ones only has to say what they do not (paper 3.3). Since an
+image fixes every attribute, ``p(x | c_1..c_k) = p(x | c_1..c_{k-1}) * p(c_k | x) / p(c_k)``: the new
+factor is a classifier of the new attribute. Learned as a classifier (cross-entropy on noisy images) it
+trains in minutes on this CPU, where the same ratio learned through denoising score matching stayed
+near chance after 20 minutes (measured: color inferred right 0.18-0.30, chance 0.17). Its energy is
+already a ratio (``E(x | null) = 0``), so it composes with the prior counted once.
+
+Categorical conditions get a softmax over their names; continuous ones a Gaussian with a predicted
+mean and spread. Max pooling keeps small objects visible (a judge with average pooling read shape at
+0.61, LEARNING.md). No batch norm: the energy of one image must not depend on the rest of the batch.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from conceptlib.schema import ConditionSchema
+from conceptlib_nets.unet import FiLMConv
+
+
+class NoisyClassifierEnergy(nn.Module):
+    """Call ``model(x, c, sigma)`` -> ``(B,)`` = ``-log p(c | x)`` at noise ``sigma``."""
+
+    noise_conditioned = True
+    ratio_only = True
+
+    def __init__(self, schema: ConditionSchema, image_size: int, config: Mapping[str, Any]) -> None:
+        super().__init__()
+        channels = [int(c) for c in config["channels"]]
+        embed = int(config["embed"])
+        self.categorical = schema.kind == "categorical"
+        self.dim = schema.dim
+        self.sigma_data = float(config["sigma_data"])
+        self.register_buffer("frequencies", torch.randn(embed // 2, generator=torch.Generator().manual_seed(0)) * 4)
+        self.noise_embed = nn.Sequential(nn.Linear(embed, embed), nn.SiLU(), nn.Linear(embed, embed))
+        blocks, c_in = [], 3
+        for i, width in enumerate(channels):
+            blocks.append(FiLMConv(c_in, width, embed, stride=1 if i == 0 else 2))
+            blocks.append(FiLMConv(width, width, embed))
+            c_in = width
+        self.blocks = nn.ModuleList(blocks)
+        self.head = nn.Sequential(nn.Linear(2 * c_in, embed), nn.SiLU(),
+                                  nn.Linear(embed, self.dim if self.categorical else 2 * self.dim))
+
+    def forward(
+        self, x: torch.Tensor, c: torch.Tensor, sigma: torch.Tensor | None = None, keep: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        if sigma is None:
+            sigma = torch.full((x.shape[0],), 0.01, device=x.device, dtype=x.dtype)
+        angles = (torch.log(sigma) / 4)[:, None] * self.frequencies[None, :] * 2 * math.pi
+        e = self.noise_embed(torch.cat([angles.cos(), angles.sin()], dim=1))
+        h = (x - 0.5) / torch.sqrt(sigma**2 + self.sigma_data**2)[:, None, None, None]
+        for block in self.blocks:
+            h = block(h, e)
+        out = self.head(torch.cat([h.amax((2, 3)), h.mean((2, 3))], dim=1))
+        if self.categorical:
+            energy = -(F.log_softmax(out, dim=1) * c).sum(1)
+        else:
+            mean, log_std = out.chunk(2, dim=1)
+            log_std = log_std.clamp(-6, 2)
+            energy = (0.5 * ((c - mean) / log_std.exp()).pow(2) + log_std).sum(1)
+        if keep is not None:
+            energy = energy * keep
+        return energy

@@ -1,0 +1,115 @@
+"""A noise-conditioned energy network: ``E(x, sigma, c) = ||x - D(x, sigma, c)||^2 / (2 sigma^2)``.
+
+The energy is parameterised by a small U-Net denoiser ``D`` (Salimans & Ho 2021; Du et al. 2023), so
+its input gradient is a score that denoising score matching can train, and the scalar energy itself is
+still there for OR (logsumexp), MALA acceptance and inference. ``D`` uses the EDM preconditioning
+(Karras et al. 2022) so every noise level sees inputs and targets of unit scale.
+
+Every condition can be dropped per sample (``keep = 0``): a learned null embedding replaces it and a
+spatial bump map is zeroed. The null energy is the concept's image prior ``p(x)``, which lets
+composition count the prior once: ``E_prior + sum_i w_i (E_i(x | c_i) - E_i(x | null))``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from conceptlib.schema import ConditionSchema
+from conceptlib_nets.small import bump_map
+
+
+class FiLMConv(nn.Module):
+    """conv -> FiLM(embedding) -> SiLU. Plain blocks: on this CPU the cost of a training step is the
+    convolutions run three times (forward, input gradient, its parameter gradient), so every layer counts."""
+
+    def __init__(self, c_in: int, c_out: int, embed: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1)
+        self.film = nn.Linear(embed, 2 * c_out)
+        nn.init.zeros_(self.film.weight)
+        nn.init.zeros_(self.film.bias)
+
+    def forward(self, h: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+        scale, shift = self.film(e).chunk(2, dim=1)
+        return F.silu(self.conv(h) * (1 + scale[:, :, None, None]) + shift[:, :, None, None])
+
+
+class DenoisingEnergyNet(nn.Module):
+    """U-Net denoiser wrapped as an energy; call ``model(x, c, sigma, keep)`` -> ``(B,)``.
+
+    The U-Net works on 2x2 pixel patches (space-to-depth): a 32x32 scene is a 16x16 grid of 12 channels,
+    which cut a training step from 0.56 s to 0.31 s at batch 48 with more capacity (measured here).
+    """
+
+    noise_conditioned = True
+
+    def __init__(self, schema: ConditionSchema, image_size: int, config: Mapping[str, Any]) -> None:
+        super().__init__()
+        c0, c1, c2 = (int(c) for c in config["channels"])
+        embed = int(config["embed"])
+        self.patch = int(config["patch"])
+        if image_size % (4 * self.patch):
+            raise ValueError(f"image size {image_size} must be a multiple of {4 * self.patch} for this U-Net")
+        self.image_size = image_size
+        self.sigma_data = float(config["sigma_data"])
+        self.bump_sigma = float(config["bump_sigma"])
+        self.spatial = schema.kind == "continuous" and getattr(schema, "spatial", False) and schema.dim == 2
+        self.register_buffer("frequencies", torch.randn(embed // 2, generator=torch.Generator().manual_seed(0)) * 4)
+        self.noise_embed = nn.Sequential(nn.Linear(embed, embed), nn.SiLU(), nn.Linear(embed, embed))
+        self.condition_embed = nn.Sequential(nn.Linear(schema.dim, embed), nn.SiLU(), nn.Linear(embed, embed))
+        self.null = nn.Parameter(torch.zeros(embed))
+        c_in = (3 + int(self.spatial)) * self.patch**2
+        self.down0 = nn.ModuleList([FiLMConv(c_in, c0, embed), FiLMConv(c0, c0, embed)])
+        self.down1 = nn.ModuleList([FiLMConv(c0, c1, embed, stride=2), FiLMConv(c1, c1, embed)])
+        self.down2 = nn.ModuleList([FiLMConv(c1, c2, embed, stride=2), FiLMConv(c2, c2, embed)])
+        self.up1 = FiLMConv(c2 + c1, c1, embed)
+        self.up0 = FiLMConv(c1 + c0, c0, embed)
+        self.head = nn.Conv2d(c0, 3 * self.patch**2, 3, padding=1)
+
+    def embedding(self, c: torch.Tensor, sigma: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        angles = (torch.log(sigma) / 4)[:, None] * self.frequencies[None, :] * 2 * math.pi
+        noise = self.noise_embed(torch.cat([angles.cos(), angles.sin()], dim=1))
+        k = keep[:, None]
+        return noise + k * self.condition_embed(c) + (1 - k) * self.null[None, :]
+
+    def denoise(self, x: torch.Tensor, c: torch.Tensor, sigma: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        """``D(x, sigma, c)``: the network's estimate of the clean image (EDM preconditioning)."""
+        s = sigma[:, None, None, None]
+        total = s**2 + self.sigma_data**2
+        c_skip = self.sigma_data**2 / total
+        c_out = s * self.sigma_data / total.sqrt()
+        c_in = 1 / total.sqrt()
+        h = (x - 0.5) * c_in
+        if self.spatial:
+            bumps = bump_map(c, self.image_size, self.bump_sigma) * keep[:, None, None, None]
+            h = torch.cat([h, bumps * 2 - 1], dim=1)
+        e = self.embedding(c, sigma, keep)
+        h = F.pixel_unshuffle(h, self.patch)
+        for block in self.down0:
+            h = block(h, e)
+        h0 = h
+        for block in self.down1:
+            h = block(h, e)
+        h1 = h
+        for block in self.down2:
+            h = block(h, e)
+        h = self.up1(torch.cat([F.interpolate(h, scale_factor=2.0, mode="nearest"), h1], dim=1), e)
+        h = self.up0(torch.cat([F.interpolate(h, scale_factor=2.0, mode="nearest"), h0], dim=1), e)
+        out = F.pixel_shuffle(self.head(h), self.patch)
+        return 0.5 + c_skip * (x - 0.5) + c_out * out
+
+    def forward(
+        self, x: torch.Tensor, c: torch.Tensor, sigma: torch.Tensor | None = None, keep: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        if sigma is None:
+            sigma = torch.full((x.shape[0],), 0.01, device=x.device, dtype=x.dtype)
+        if keep is None:
+            keep = torch.ones(x.shape[0], device=x.device, dtype=x.dtype)
+        residual = x - self.denoise(x, c, sigma, keep)
+        return residual.pow(2).flatten(1).sum(1) / (2 * sigma**2)

@@ -1,0 +1,126 @@
+"""The evaluation protocols: conditions, scoring, the report, and `concept eval` end to end (fake judge)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from conceptlib import evaluation
+from conceptlib.evaluation import PROTOCOLS, ProtocolResult, write_report
+from conceptlib.expr import Leaf
+
+
+def test_every_protocol_draws_conditions_in_the_sources_range():
+    rng = np.random.default_rng(0)
+    for protocol in PROTOCOLS.values():
+        trial = protocol.make(rng, 50, {"position_low": 0.2, "position_high": 0.8})
+        assert {leaf.concept for leaf in trial.conditions} <= set(protocol.concepts)
+        for leaf, values in trial.conditions.items():
+            assert len(values) == 50
+            if leaf.concept == "position":
+                assert values.min() >= 0.2 and values.max() <= 0.8
+
+
+def test_or_modes_are_far_enough_apart_to_tell_apart():
+    trial = PROTOCOLS["position | position"].make(np.random.default_rng(1), 200, {})
+    assert np.linalg.norm(trial.targets["mode1"] - trial.targets["mode2"], axis=1).min() >= 0.3
+
+
+def test_scoring_counts_hits_negations_and_all_right():
+    targets = {"position": np.array([[0.3, 0.3], [0.5, 0.5]]), "color": np.array([1, 2])}
+    predicted = {"position": np.array([[0.32, 0.3], [0.8, 0.5]]), "color": np.array([1, 2])}
+    metrics = PROTOCOLS["position & color"].score(predicted, targets)
+    assert metrics == {"position_acc": 0.5, "color_acc": 1.0, "all_right": 0.5}
+    negated = PROTOCOLS["position & !color"].score(predicted, {"position": targets["position"],
+                                                               "not_color": np.array([1, 0])})
+    assert negated == {"position_acc": 0.5, "negated_color_rate": 0.5}
+
+
+def test_scoring_or_counts_each_mode():
+    targets = {"mode1": np.array([[0.3, 0.3]] * 4), "mode2": np.array([[0.7, 0.7]] * 4)}
+    predicted = {"position": np.array([[0.3, 0.3], [0.7, 0.7], [0.7, 0.7], [0.5, 0.5]])}
+    metrics = PROTOCOLS["position | position"].score(predicted, targets)
+    assert metrics == {"mode1": 0.25, "mode2": 0.5, "either_mode": 0.75}
+
+
+def test_a_result_passes_only_when_every_target_is_met(tmp_path):
+    images = np.zeros((3, 8, 8, 3), np.uint8)
+    good = ProtocolResult("color", 3, {"color_acc": 0.99}, {"color_acc": (">=", 0.98)}, 1.0, {}, images)
+    bad = ProtocolResult("position & !color", 3, {"position_acc": 0.99, "negated_color_rate": 0.2},
+                         {"position_acc": (">=", 0.95), "negated_color_rate": ("<=", 0.05)}, 1.0, {}, images)
+    assert good.passed and not bad.passed
+    markdown, data = write_report([good, bad], {"seed": 0}, tmp_path)
+    assert "| `color` | 3 |" in markdown.read_text()
+    assert json.loads(data.read_text())["protocols"][1]["passed"] is False
+    assert (tmp_path / "color.png").exists() and (tmp_path / "position____color.png").exists()
+
+
+class FakeJudge:
+    """Reads every image as a red circle at the centre, and calls every image real."""
+
+    def predict(self, images):
+        n = len(images)
+        return {"position": np.full((n, 2), 0.5), "color": np.zeros(n, int), "shape": np.zeros(n, int)}
+
+    def realism(self, images):
+        return np.ones(len(images), dtype=bool)
+
+
+def test_concept_eval_writes_a_table_from_the_registrys_concepts(run, add_tiny, tmp_path, monkeypatch):
+    import conceptlib.judge
+
+    monkeypatch.setattr(conceptlib.judge, "load_or_train_judge", lambda *a, **k: (FakeJudge(), {"attributes": {}}))
+    add_tiny("position")
+    add_tiny("color", "--with", "position")
+    out = tmp_path / "eval"
+    result = run("eval", "-n", "4", "--out-dir", str(out), "--inference", "2", "--levels", "2",
+                 "--batch-size", "2", "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    payload = json.loads((out / "results.json").read_text())
+    names = [p["protocol"] for p in payload["protocols"]]
+    assert names == ["position", "color", "position & color", "position & !color", "!position & color",
+                     "position | position"]
+    assert payload["protocols"][2]["versions"] == {"position": "position@1", "color": "color@1"}
+    assert set(payload["position_inference"]) == {"same distribution", "unseen size"}
+    assert (out / "results.md").exists()
+
+
+def test_an_unknown_protocol_is_a_one_line_error(run, add_tiny, monkeypatch):
+    import conceptlib.judge
+    from tests.conftest import assert_one_line_error
+
+    monkeypatch.setattr(conceptlib.judge, "load_or_train_judge", lambda *a, **k: (FakeJudge(), {}))
+    add_tiny("position")
+    assert_one_line_error(run("eval", "--protocol", "teleport", "-n", "2", "--device", "cpu"), "unknown protocol")
+
+
+def test_sample_trial_gives_one_image_per_condition(plugins_and_tiny_concepts):
+    concepts, prior = plugins_and_tiny_concepts
+    trial = PROTOCOLS["position & color"].make(np.random.default_rng(0), 5, {})
+    settings = evaluation.SamplerSettings(annealed=evaluation.AnnealedConfig(levels=2, corrector="none"),
+                                          batch_size=2)
+    import torch
+
+    images = evaluation.sample_trial(trial, concepts, prior, settings, torch.Generator().manual_seed(0),
+                                     torch.device("cpu"))
+    assert images.shape == (5, 16, 16, 3) and images.dtype == np.uint8
+
+
+@pytest.fixture
+def plugins_and_tiny_concepts(run, add_tiny, registry_path):
+    import torch
+
+    from conceptlib.concepts import load_concept
+    from conceptlib.plugins import PluginManager
+    from conceptlib.registry import Registry
+
+    add_tiny("position")
+    add_tiny("color", "--with", "position")
+    registry = Registry.open(str(registry_path))
+    plugins = PluginManager()
+    concepts = {name: load_concept(registry, plugins, registry.resolve(name), torch.device("cpu"))
+                for name in ("position", "color")}
+    assert Leaf("position", 0.0) != Leaf("position", 1.0)
+    return concepts, concepts["position"]

@@ -1,0 +1,113 @@
+"""Inference by energy minimisation: grid search, refinement, many observations, and the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from conceptlib.concepts import LoadedConcept
+from conceptlib.inference import InferenceConfig, infer, infer_each
+from conceptlib.registry import VersionInfo
+from conceptlib.schema import Categorical, Continuous
+from tests.conftest import TINY_SOURCE, TINY_TRAINING, assert_one_line_error
+
+
+class BrightSpot(nn.Module):
+    """A hand-made energy: low when the condition (x, y) sits on the image's brightest pixel."""
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        size = x.shape[-1]
+        flat = x.mean(1).flatten(1).argmax(1)
+        where = torch.stack([(flat % size).float() + 0.5, (flat // size).float() + 0.5], 1) / size
+        return (c - where).pow(2).sum(1) * 100
+
+
+class ChannelMatch(nn.Module):
+    """Low energy for the color channel (one-hot over r, g, b) that is brightest."""
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        return -(x.mean((2, 3)) * c).sum(1)
+
+
+def concept(model: nn.Module, schema) -> LoadedConcept:
+    version = VersionInfo(
+        concept="c", number=1, created_at=None, schema=schema, architecture="x", architecture_config={},
+        source="s", source_params={}, attribute="c", dataset_hash="", hyperparameters={"image_size": 8}, seed=0,
+        metrics={}, weights_sha256="", status="ready", lineage=(), aliases=(), is_current=True,
+    )
+    return LoadedConcept(version, model)
+
+
+def spot(x: int, y: int) -> torch.Tensor:
+    image = torch.zeros(1, 3, 8, 8)
+    image[0, :, y, x] = 1.0
+    return image
+
+
+POSITION = Continuous(("x", "y"), spatial=True)
+
+
+def test_grid_then_refinement_finds_a_continuous_condition():
+    found = infer(concept(BrightSpot(), POSITION), spot(2, 5), InferenceConfig(grid=5, refine_steps=0))
+    assert found.value == (0.25, 0.75)  # the grid point nearest (2.5/8, 5.5/8)
+    refined = infer(concept(BrightSpot(), POSITION), spot(2, 5), InferenceConfig(grid=5, refine_steps=200,
+                                                                                 refine_lr=0.01))
+    assert refined.value == pytest.approx((2.5 / 8, 5.5 / 8), abs=0.01)
+    assert refined.energy <= found.energy
+
+
+def test_categorical_inference_ranks_every_name():
+    red = torch.zeros(1, 3, 8, 8)
+    red[:, 0] = 1.0
+    found = infer(concept(ChannelMatch(), Categorical(("red", "green", "blue"))), red)
+    assert found.value == "red"
+    assert found.candidates[0][0] == "red" and len(found.candidates) == 3
+
+
+def test_many_observations_are_summed():
+    images = torch.cat([spot(1, 1), spot(1, 1), spot(6, 6)])
+    config = InferenceConfig(grid=8, refine_steps=0)
+    together = infer(concept(BrightSpot(), POSITION), images, config)
+    mean = (1.5 + 1.5 + 6.5) / 3 / 8  # a quadratic energy summed over observations is lowest at their mean
+    assert np.abs(np.array(together.value) - mean).max() < 1 / 14
+    each = infer_each(concept(BrightSpot(), POSITION), images, config)
+    assert len(each) == 3 and each[0].value != each[2].value
+
+
+def test_cli_infers_a_trained_concept_from_png_files(run, add_tiny, tmp_path):
+    add_tiny("color")
+    paths = []
+    for i, rgb in enumerate([(220, 30, 30), (30, 200, 30)]):
+        path = tmp_path / f"{i}.png"
+        Image.fromarray(np.full((16, 16, 3), rgb, dtype=np.uint8)).save(path)
+        paths.append(str(path))
+    result = run("infer", "color", *paths, "--each", "--json", "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.output)
+    assert len(rows) == 2 and all(row["value"] in ("red", "green", "blue", "yellow", "magenta", "cyan")
+                                  for row in rows)
+    assert rows[0]["concept"] == "color@1"
+
+
+def test_cli_infer_refuses_a_file_that_is_not_an_image(run, add_tiny, tmp_path):
+    add_tiny("color")
+    bogus = tmp_path / "notes.png"
+    bogus.write_text("not a picture")
+    assert_one_line_error(run("infer", "color", str(bogus), "--device", "cpu"), "is not an image")
+    assert_one_line_error(run("infer", "color", str(tmp_path / "missing.png"), "--device", "cpu"), "no image at")
+
+
+def test_cd_concepts_are_inferred_from_their_plain_energy(run, tmp_path):
+    result = run("add", "position", *TINY_SOURCE, *TINY_TRAINING, "--objective", "cd")
+    assert result.exit_code == 0, result.output
+    path = tmp_path / "x.png"
+    Image.fromarray(np.full((16, 16, 3), 128, dtype=np.uint8)).save(path)
+    result = run("infer", "position", str(path), "--grid", "3", "--refine-steps", "2", "--json", "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    value = json.loads(result.output)[0]["value"]
+    assert len(value) == 2 and all(0.0 <= v <= 1.0 for v in value)
