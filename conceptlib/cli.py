@@ -140,13 +140,13 @@ def add(ctx: click.Context, name: str, source_name: str, params: tuple[str, ...]
     from conceptlib.jobs import AddRequest, add_concept
     from conceptlib.progress import job_progress
     from conceptlib.sampling import LangevinConfig
-    from conceptlib.training import TrainConfig
+    from conceptlib.training import TrainConfig, resolve_objective
 
-    resolved = ("classifier" if frozen else "dsm") if objective == "auto" else objective
+    resolved = resolve_objective(objective, bool(frozen))
     request = AddRequest(
         name=name, source=source_name, params=parse_pairs(params, "--param"), attribute=attribute,
         frozen=frozen, architecture=architecture, architecture_config=parse_pairs(arch_config, "--arch-config"),
-        train=TrainConfig(objective=objective, lr=lr, l2=l2, seed=seed,
+        train=TrainConfig(objective=resolved, lr=lr, l2=l2, seed=seed,
                           iterations=iterations or DEFAULT_ITERATIONS[resolved],
                           batch_size=batch_size or DEFAULT_BATCH[resolved],
                           condition_dropout=condition_dropout,
@@ -175,7 +175,7 @@ def annealed_options(command: Any) -> Any:
         click.option("--corrector-steps", default=1, show_default=True, type=click.IntRange(0)),
         click.option("--corrector-step", default=0.1, show_default=True, type=click.FloatRange(0, min_open=True),
                      help="dsm: corrector step as a fraction of sigma^2."),
-        click.option("--guidance", default=1.0, show_default=True, type=click.FloatRange(0, min_open=True),
+        click.option("--guidance", default=2.0, show_default=True, type=click.FloatRange(0, min_open=True),
                      help="dsm: scale of every concept's E(x|c) - E(x|null) (1 = plain product)."),
     ]
 

@@ -24,7 +24,13 @@ from conceptlib.plugins import PluginManager
 from conceptlib.registry import NewVersion, Registry, VersionInfo, VersionRef
 from conceptlib.sampling import LangevinConfig, initial_images, langevin
 from conceptlib.sources import Progress
-from conceptlib.training import IterationCallback, TrainConfig, check_frozen_attributes, train_concept
+from conceptlib.training import (
+    IterationCallback,
+    TrainConfig,
+    check_frozen_attributes,
+    resolve_objective,
+    train_concept,
+)
 
 
 def split_ref(text: str) -> tuple[str, str | None]:
@@ -63,9 +69,8 @@ def add_concept(
     unless training finishes: an error, a divergence or Ctrl-C leaves the registry as it was.
     """
     source = plugins.source(request.source)
-    if request.train.objective == "auto":
-        objective = "classifier" if request.frozen else "dsm"
-        request = replace(request, train=replace(request.train, objective=objective))
+    objective = resolve_objective(request.train.objective, bool(request.frozen))
+    request = replace(request, train=replace(request.train, objective=objective))
     architecture_name = request.architecture or DEFAULT_ARCHITECTURES.get(request.train.objective, "unet")
     architecture = plugins.architecture(architecture_name)
     params = source.resolve_params(request.params)

@@ -45,6 +45,13 @@ CD_ONLY = ("l2", "langevin", "buffer_size", "reinit", "real_init")
 DSM_ONLY = ("noise_scales", "condition_dropout", "ema", "grad_clip", "warmup")
 
 
+def resolve_objective(objective: str, with_frozen: bool) -> str:
+    """``auto``: a concept alone models whole scenes (dsm); one added to frozen ones learns its factor (classifier)."""
+    if objective == "auto":
+        return "classifier" if with_frozen else "dsm"
+    return objective
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Hyperparameters of one run, all in one place (recorded on the version)."""
