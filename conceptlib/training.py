@@ -259,21 +259,7 @@ def _train_dsm(
         energy = model(x_in, c, sigma, keep)
         (grad,) = torch.autograd.grad(energy.sum(), x_in, create_graph=True)
         loss = denoising_loss(frozen_score - grad, sigma, noise, sigma_data)
-        if not math.isfinite(float(loss.detach())):
-            raise TrainingError(
-                f"training diverged at iteration {iteration}: the loss became {float(loss.detach())}; "
-                "nothing was registered (lower --lr)"
-            )
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip))
-        optimizer.step()
-        _update_ema(ema, model, config.ema, iteration)
-
-        record = {"iteration": float(iteration), "loss": float(loss.detach()), "grad_norm": grad_norm}
-        history.append(record)
-        if on_iteration is not None:
-            on_iteration(iteration, record)
+        _clipped_step(loss, model, ema, optimizer, config, iteration, history, on_iteration)
 
     metrics = _summary(history, ("loss", "grad_norm"), started, config.iterations)
     if schema.kind == "continuous":  # the range a prior's condition is drawn from when composing
@@ -331,20 +317,7 @@ def _train_classifier(
         sigma = config.noise_scales.draw(x0.shape[0], generator, device)
         noise = torch.randn(x0.shape, generator=generator, device=device)
         loss = model(x0 + sigma[:, None, None, None] * noise, c, sigma).mean()
-        if not math.isfinite(float(loss.detach())):
-            raise TrainingError(
-                f"training diverged at iteration {iteration}: the loss became {float(loss.detach())}; "
-                "nothing was registered (lower --lr)"
-            )
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip))
-        optimizer.step()
-        _update_ema(ema, model, config.ema, iteration)
-        record = {"iteration": float(iteration), "loss": float(loss.detach()), "grad_norm": grad_norm}
-        history.append(record)
-        if on_iteration is not None:
-            on_iteration(iteration, record)
+        _clipped_step(loss, model, ema, optimizer, config, iteration, history, on_iteration)
     metrics = _summary(history, ("loss", "grad_norm"), started, config.iterations)
     ema.eval()
     metrics.update(_held_out(ema, dataset, attribute, held_out, device))
@@ -365,6 +338,34 @@ def _held_out(model: nn.Module, dataset: Dataset, attribute: str, index: np.ndar
             return {"held_out_accuracy": float((energies.argmin(1) == truth).float().mean())}
         c = torch.from_numpy(dataset.condition_vectors(attribute, index)).to(device)
         return {"held_out_energy": float(model(x, c, sigma).mean())}
+
+
+def _clipped_step(
+    loss: torch.Tensor,
+    model: nn.Module,
+    ema: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    config: TrainConfig,
+    iteration: int,
+    history: list[dict[str, float]],
+    on_iteration: IterationCallback | None,
+) -> None:
+    """One update of the noise-conditioned objectives: finite check, clipped Adam step, EMA, record."""
+    value = float(loss.detach())
+    if not math.isfinite(value):
+        raise TrainingError(
+            f"training diverged at iteration {iteration}: the loss became {value}; nothing was registered "
+            "(lower --lr)"
+        )
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip))
+    optimizer.step()
+    _update_ema(ema, model, config.ema, iteration)
+    record = {"iteration": float(iteration), "loss": value, "grad_norm": grad_norm}
+    history.append(record)
+    if on_iteration is not None:
+        on_iteration(iteration, record)
 
 
 def _update_ema(ema: nn.Module, model: nn.Module, target: float, iteration: int) -> None:
