@@ -216,26 +216,13 @@ def _train_dsm(
     prior: LoadedConcept | None,
 ) -> TrainResult:
     """Denoising score matching of ``E_new`` on top of the frozen composition; returns the EMA weights."""
-    torch.manual_seed(config.seed)
-    rng = np.random.default_rng(config.seed)
-    generator = torch.Generator(device=device).manual_seed(config.seed)
-    schema = dataset.schemas[attribute]
-    model = architecture.build(schema, dataset.image_size, architecture_config).to(device)
-    if not getattr(model, "noise_conditioned", False):
-        raise TrainingError(
-            f"architecture {architecture.name!r} is not noise-conditioned, which objective dsm needs; "
-            "use --arch unet, or --objective cd"
-        )
-    for concept in frozen:
-        if not getattr(concept.model, "noise_conditioned", False):
-            raise TrainingError(
-                f"frozen concept {concept.version.ref} was trained by contrastive divergence; objective dsm "
-                "composes only noise-conditioned concepts (train it again with --objective dsm)"
-            )
     if frozen and prior is None:
         raise TrainingError("training against frozen concepts needs the concept that provides the image prior")
-    ema = copy.deepcopy(model).requires_grad_(False)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, betas=(0.9, 0.999))
+    rng, generator, model, ema, optimizer = _noise_conditioned_setup(
+        architecture, architecture_config, dataset, attribute, frozen, config, device, "noise_conditioned",
+        f"architecture {architecture.name!r} is not noise-conditioned, which objective dsm needs; "
+        "use --arch unet, or --objective cd",
+    )
     sigma_data = float(getattr(model, "sigma_data", 0.25))
     history: list[dict[str, float]] = []
     started = time.perf_counter()
@@ -262,7 +249,7 @@ def _train_dsm(
         _clipped_step(loss, model, ema, optimizer, config, iteration, history, on_iteration)
 
     metrics = _summary(history, ("loss", "grad_norm"), started, config.iterations)
-    if schema.kind == "continuous":  # the range a prior's condition is drawn from when composing
+    if dataset.schemas[attribute].kind == "continuous":  # the range a prior's condition is drawn from when composing
         labels = dataset.condition_vectors(attribute, np.arange(len(dataset)))
         metrics["condition_low"] = [float(v) for v in labels.min(0)]  # type: ignore[assignment]
         metrics["condition_high"] = [float(v) for v in labels.max(0)]  # type: ignore[assignment]
@@ -286,26 +273,13 @@ def _train_classifier(
     already the factor they leave unexplained; they supply the image prior when composing. A held-out
     twentieth of the dataset measures the result.
     """
-    torch.manual_seed(config.seed)
-    rng = np.random.default_rng(config.seed)
-    generator = torch.Generator(device=device).manual_seed(config.seed)
-    schema = dataset.schemas[attribute]
-    model = architecture.build(schema, dataset.image_size, architecture_config).to(device)
-    if not getattr(model, "ratio_only", False):
-        raise TrainingError(
-            f"architecture {architecture.name!r} is not a classifier energy, which objective classifier needs; "
-            "use --arch classifier"
-        )
-    for concept in frozen:
-        if not getattr(concept.model, "noise_conditioned", False):
-            raise TrainingError(
-                f"frozen concept {concept.version.ref} was trained by contrastive divergence; noise-conditioned "
-                "concepts compose only with noise-conditioned ones (train it again with --objective dsm)"
-            )
+    rng, generator, model, ema, optimizer = _noise_conditioned_setup(
+        architecture, architecture_config, dataset, attribute, frozen, config, device, "ratio_only",
+        f"architecture {architecture.name!r} is not a classifier energy, which objective classifier needs; "
+        "use --arch classifier",
+    )
     held_out = np.arange(len(dataset) - max(1, len(dataset) // 20), len(dataset))
     train_size = max(1, int(held_out[0]))
-    ema = copy.deepcopy(model).requires_grad_(False)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, betas=(0.9, 0.999))
     history: list[dict[str, float]] = []
     started = time.perf_counter()
     for iteration in range(1, config.iterations + 1):
@@ -338,6 +312,38 @@ def _held_out(model: nn.Module, dataset: Dataset, attribute: str, index: np.ndar
             return {"held_out_accuracy": float((energies.argmin(1) == truth).float().mean())}
         c = torch.from_numpy(dataset.condition_vectors(attribute, index)).to(device)
         return {"held_out_energy": float(model(x, c, sigma).mean())}
+
+
+def _noise_conditioned_setup(
+    architecture: Architecture,
+    architecture_config: Mapping[str, Any],
+    dataset: Dataset,
+    attribute: str,
+    frozen: Sequence[LoadedConcept],
+    config: TrainConfig,
+    device: torch.device,
+    required: str,
+    refusal: str,
+) -> tuple[np.random.Generator, torch.Generator, nn.Module, nn.Module, torch.optim.Optimizer]:
+    """Seeded generators, the new network (which must have the ``required`` flag), its EMA copy and Adam.
+
+    Frozen concepts must be noise-conditioned too: CD energies do not compose with these.
+    """
+    torch.manual_seed(config.seed)
+    rng = np.random.default_rng(config.seed)
+    generator = torch.Generator(device=device).manual_seed(config.seed)
+    model = architecture.build(dataset.schemas[attribute], dataset.image_size, architecture_config).to(device)
+    if not getattr(model, required, False):
+        raise TrainingError(refusal)
+    for concept in frozen:
+        if not getattr(concept.model, "noise_conditioned", False):
+            raise TrainingError(
+                f"frozen concept {concept.version.ref} was trained by contrastive divergence; noise-conditioned "
+                "concepts compose only with noise-conditioned ones (train it again with --objective dsm)"
+            )
+    ema = copy.deepcopy(model).requires_grad_(False)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, betas=(0.9, 0.999))
+    return rng, generator, model, ema, optimizer
 
 
 def _clipped_step(
