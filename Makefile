@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install demo test lint registry clean
+.PHONY: install demo test lint registry bench-speed clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,5 +25,18 @@ test: lint
 registry: install
 	scripts/build_registry.sh registry.db
 
+# The speed benchmark runs in its own venv with the peer libraries it is compared with (never project
+# dependencies); results go to benchmarks/results/speed.md and speed.json. Not part of `make test`.
+PEERS := benchmarks/.venv-peers
+
+$(PEERS)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(PEERS)
+	$(PEERS)/bin/pip install --quiet --disable-pip-version-check torch==2.13.0 ebmkit==0.16.0 torchebm==0.8.9
+	$(PEERS)/bin/pip install --quiet --disable-pip-version-check -e .
+	touch $@
+
+bench-speed: $(PEERS)/.installed
+	$(PEERS)/bin/python benchmarks/speed.py
+
 clean:
-	rm -rf $(VENV) out .pytest_cache .hypothesis
+	rm -rf $(VENV) $(PEERS) out .pytest_cache .hypothesis

@@ -4,6 +4,11 @@ An energy network maps images ``x`` (``(B, 3, H, W)``, values in [0, 1]) and enc
 ``c`` (``(B, schema.dim)``) to energies ``(B,)``: low for images that show the condition. The
 registry stores the architecture's name and config beside the weights, so any version can be
 rebuilt with the same plugin.
+
+Optionally, a network may offer ``for_condition(c)``: for one condition ``c`` ``(1, dim)`` shared by a
+whole batch, a frozen module ``x -> E(x | c)`` equal to the network's own call but cheaper per Langevin
+step (everything that depends only on ``c`` done once). The sampler uses it when present
+(``conceptlib.batched``); ``small`` has one.
 """
 
 from __future__ import annotations

@@ -22,10 +22,20 @@ from conceptlib.errors import ConceptError, ExpressionError, Interrupted
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
+quiet = Console(quiet=True)
+"""Progress of ranks other than 0 under torchrun: one set of bars per run is enough."""
+
+
+def error_line(message: str) -> None:
+    """Print ``error: MESSAGE`` on one line, whatever the message holds (a driver's several lines, a newline
+    in an argument): line breaks become spaces and other unprintable characters their escapes."""
+    joined = " ".join(line.strip() for line in message.splitlines() if line.strip())
+    shown = "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in joined)
+    err.print(f"error: {shown}", markup=False)
 
 
 def fail(exc: ConceptError) -> NoReturn:
-    err.print(f"error: {exc}", markup=False)
+    error_line(str(exc))
     if isinstance(exc, ExpressionError):
         err.print(exc.caret(), markup=False)
     sys.exit(exc.exit_code)
@@ -40,14 +50,14 @@ class ConceptGroup(click.Group):
             code = super().main(args, prog_name, standalone_mode=False, **extra)
         except click.UsageError as exc:
             hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx else ""
-            err.print(f"error: {exc.format_message()}{hint}", markup=False)
+            error_line(f"{exc.format_message()}{hint}")
             sys.exit(2)
         except ConceptError as exc:
             fail(exc)
         except (click.Abort, KeyboardInterrupt):
             fail(Interrupted("interrupted: nothing was written"))
         except click.ClickException as exc:
-            err.print(f"error: {exc.format_message()}", markup=False)
+            error_line(exc.format_message())
             sys.exit(exc.exit_code)
         sys.exit(code if isinstance(code, int) else 0)
 
@@ -126,22 +136,35 @@ DEFAULT_BATCH = {"dsm": 48, "classifier": 64, "cd": 64}
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N].")
 @click.option("--description", default="", help="What this concept means (stored on first add).")
+@click.option("--resume", is_flag=True,
+              help="Continue the checkpoint of a stopped run with the same settings "
+                   "(--iterations and --lr may differ).")
+@click.option("--checkpoint-every", default=100, show_default=True, type=click.IntRange(1), metavar="N",
+              help="Save a resumable checkpoint every N iterations (and on Ctrl-C).")
+@click.option("--checkpoint-dir", envvar="CONCEPTLIB_CHECKPOINTS", type=click.Path(file_okay=False, path_type=Path),
+              help="Where checkpoints go [default: beside a registry file (REGISTRY.checkpoints/), "
+                   "else ~/.cache/conceptlib/checkpoints; env CONCEPTLIB_CHECKPOINTS].")
 @click.pass_context
 def add(ctx: click.Context, name: str, source_name: str, params: tuple[str, ...], attribute: str | None,
         frozen: tuple[str, ...], objective: str, architecture: str | None, arch_config: tuple[str, ...],
         iterations: int | None, batch_size: int | None, lr: float, condition_dropout: float, l2: float,
-        steps: int, step_size: float, noise: float, seed: int, device: str, description: str) -> None:
+        steps: int, step_size: float, noise: float, seed: int, device: str, description: str, resume: bool,
+        checkpoint_every: int, checkpoint_dir: Path | None) -> None:
     """Train concept NAME and register it as a new version.
 
     Every --with concept is frozen and composed with the new one (continual learning): only the new
-    network learns, so it learns what the frozen ones do not already explain.
+    network learns, so it learns what the frozen ones do not already explain. A run that stops (Ctrl-C,
+    divergence, a failing source) registers nothing and leaves a checkpoint; --resume continues it.
     """
+    from conceptlib import distributed
     from conceptlib.devices import resolve_device
     from conceptlib.jobs import AddRequest, add_concept
     from conceptlib.progress import job_progress
     from conceptlib.sampling import LangevinConfig
     from conceptlib.training import TrainConfig, resolve_objective
 
+    torch_device = ctx.with_resource(distributed.session(resolve_device(device)))
+    ranks = distributed.current()
     resolved = resolve_objective(objective, bool(frozen))
     request = AddRequest(
         name=name, source=source_name, params=parse_pairs(params, "--param"), attribute=attribute,
@@ -151,17 +174,20 @@ def add(ctx: click.Context, name: str, source_name: str, params: tuple[str, ...]
                           batch_size=batch_size or DEFAULT_BATCH[resolved],
                           condition_dropout=condition_dropout,
                           langevin=LangevinConfig(steps=steps, step_size=step_size, noise=noise)),
-        device=resolve_device(device), description=description,
+        device=torch_device, description=description, resume=resume,
+        checkpoint_every=checkpoint_every, checkpoint_dir=checkpoint_dir,
     )
-    registry = open_registry(ctx, create=True)
+    registry = distributed.main_first(lambda: open_registry(ctx, create=True))
     plugins = plugin_manager(ctx)
-    with job_progress(err) as progress:
+    with job_progress(err if ranks.is_main else quiet) as progress:
         version = add_concept(registry, plugins, request,
                               on_load=progress.phase("loading dataset"),
                               on_iteration=progress.training(request.train.iterations))
     m = version.metrics
     gap = f"  energy gap {m['energy_gap']:.4f}" if "energy_gap" in m else ""
-    out.print(f"registered {version.ref}  loss {m['loss']:.4f}{gap}  {m['seconds']:.1f} s  in {registry.display_url}")
+    if ranks.is_main:
+        out.print(f"registered {version.ref}  loss {m['loss']:.4f}{gap}  {m['seconds']:.1f} s  "
+                  f"in {registry.display_url}")
 
 
 # --------------------------------------------------------------- compose
@@ -217,31 +243,42 @@ def compose_command(ctx: click.Context, expression: str, count: int, output: Pat
                     seed: int, annealed: Any, guidance: float, steps: int, step_size: float, noise: float,
                     init: str, temperature: float, batch_size: int, device: str) -> None:
     """Sample images from a composed EXPRESSION, e.g. "position=(0.3,0.7) & color=red & !shape=square"."""
+    from conceptlib import distributed
     from conceptlib.devices import resolve_device
     from conceptlib.imaging import save_grid
     from conceptlib.jobs import compose_images
-    from conceptlib.outputs import write_samples
+    from conceptlib.outputs import write_manifest, write_samples
     from conceptlib.progress import job_progress
     from conceptlib.sampling import LangevinConfig
 
     if output is None and out_dir is None:
         raise click.UsageError("say where to write the samples: -o grid.png and/or --out-dir DIR")
+    torch_device = ctx.with_resource(distributed.session(resolve_device(device)))
+    ranks = distributed.current()
+    if output is not None and ranks.world_size > 1:
+        raise click.UsageError("under torchrun each rank writes its own samples: use --out-dir DIR, not -o")
     sampler = LangevinConfig(steps=steps, step_size=step_size, noise=noise, init=init)
     registry = open_registry(ctx)
     plugins = plugin_manager(ctx)
-    with job_progress(err) as progress:
+    with job_progress(err if ranks.is_main else quiet) as progress:
         result = compose_images(registry, plugins, expression, count, sampler, seed=seed,
-                                device=resolve_device(device), or_temperature=temperature,
+                                device=torch_device, or_temperature=temperature,
                                 batch_size=batch_size, on_step=progress.phase("sampling"),
-                                annealed=annealed, guidance=guidance)
-    for warning in result.warnings:
+                                annealed=annealed, guidance=guidance, shard=(ranks.rank, ranks.world_size))
+    for warning in result.warnings if ranks.is_main else ():
         err.print(f"warning: {warning}", markup=False)
     if output is not None:
         save_grid(result.images, output)
         out.print(f"wrote {count} samples of {result.provenance['expression']} to {output}")
     if out_dir is not None:
-        write_samples(result.images, result.provenance, out_dir)
-        out.print(f"wrote {count} PNGs with JSON sidecars to {out_dir}")
+        digests = write_samples(result.images, result.provenance, out_dir, result.first)
+        if ranks.active:  # every rank's digests, gathered once all have written: the manifest
+            digests = distributed.gather_rows(digests, result.first, count)
+            if ranks.is_main:
+                write_manifest(out_dir, digests, result.provenance, ranks.world_size)
+        if ranks.is_main:
+            out.print(f"wrote {count} PNGs with JSON sidecars to {out_dir}"
+                      + (f" (by {ranks.world_size} ranks, manifest.json)" if ranks.active else ""))
 
 
 # ------------------------------------------------------------------ eval
@@ -364,20 +401,55 @@ def list_command(ctx: click.Context, as_json: bool) -> None:
 @cli.command()
 @click.argument("ref", metavar="NAME[@V]")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option("--energies", is_flag=True,
+              help="Also histogram the concept's energies on fresh images of its source (paper A.1).")
+@click.option("-n", "count", default=256, show_default=True, type=click.IntRange(2, 100_000),
+              help="Images for --energies.")
+@click.option("--device", default="auto", show_default=True)
 @click.pass_context
-def show(ctx: click.Context, ref: str, as_json: bool) -> None:
-    """Show a concept's current version (or NAME@V / NAME@ALIAS) in full."""
+def show(ctx: click.Context, ref: str, as_json: bool, energies: bool, count: int, device: str) -> None:
+    """Show a concept's current version (or NAME@V / NAME@ALIAS) in full.
+
+    With --energies: the concept's energy on held-out images with their own condition, with a wrong one,
+    and on noise, and how often the own condition ranks below the wrong one (0.5 is chance).
+    """
     from conceptlib.jobs import split_ref
 
     name, version_ref = split_ref(ref)
-    version = open_registry(ctx).resolve(name, version_ref)
+    registry = open_registry(ctx)
+    version = registry.resolve(name, version_ref)
+    histograms = _energy_histograms(ctx, registry, version, count, device) if energies else None
     if as_json:
-        emit_json(version.to_json())
+        emit_json({**version.to_json(), **({"energies": histograms.to_json()} if histograms else {})})
         return
     table = Table(show_header=False, box=None)
     for key, value in version.to_json().items():
         table.add_row(f"[bold]{key}[/bold]", value if isinstance(value, str) else json.dumps(value))
     out.print(table)
+    if histograms is not None:
+        from conceptlib.histograms import text_histogram
+
+        means = ", ".join(f"{k} {v.mean():.4g}" for k, v in histograms.energies.items())
+        out.print(f"\n[bold]energies[/bold] on {count} fresh images (█ matched ▒ mismatched ░ noise); "
+                  f"mean {means}; own condition ranked below a wrong one {histograms.ranked:.2f} (chance 0.50)")
+        for row in text_histogram(histograms):
+            out.print(row, markup=False, highlight=False)
+
+
+def _energy_histograms(ctx: click.Context, registry: Any, version: Any, count: int, device: str) -> Any:
+    """Load the concept and a fresh seed of its source, then score the three populations."""
+    from conceptlib.concepts import load_concept
+    from conceptlib.devices import resolve_device
+    from conceptlib.histograms import HELD_OUT_SEED_OFFSET, energy_histograms
+
+    plugins = plugin_manager(ctx)
+    torch_device = resolve_device(device)
+    concept = load_concept(registry, plugins, version, torch_device)
+    source = plugins.source(version.source)
+    params = {**version.source_params, "n": count,
+              "seed": int(version.source_params.get("seed", 0)) + HELD_OUT_SEED_OFFSET}
+    dataset = source.load(source.resolve_params(params))
+    return energy_histograms(concept, dataset)
 
 
 @cli.command()
@@ -425,6 +497,41 @@ def alias(ctx: click.Context, name: str, alias: str, version: str | None, delete
         return
     number = registry.set_alias(name, alias, version)
     out.print(f"{name}@{alias} -> version {number}")
+
+
+# -------------------------------------------------------- export / import
+@cli.command("export")
+@click.argument("ref", metavar="NAME[@V]")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="The .cpt file to write.")
+@click.pass_context
+def export_command(ctx: click.Context, ref: str, output: Path) -> None:
+    """Write a concept version, its schema, provenance and whole lineage to one file (no pickle)."""
+    from conceptlib.jobs import split_ref
+    from conceptlib.registry.transfer import export_concept
+
+    name, version_ref = split_ref(ref)
+    registry = open_registry(ctx)
+    written = export_concept(registry, registry.resolve(name, version_ref), output)
+    carried = f" with its lineage {', '.join(map(str, written[:-1]))}" if len(written) > 1 else ""
+    out.print(f"exported {written[-1]}{carried} to {output}")
+
+
+@cli.command("import")
+@click.argument("path", metavar="FILE", type=click.Path(dir_okay=False, path_type=Path))
+@click.pass_context
+def import_command(ctx: click.Context, path: Path) -> None:
+    """Add the versions in a .cpt file as new versions here, after verifying every sha256."""
+    from conceptlib.jobs import import_concept
+
+    registry = open_registry(ctx, create=True)
+    concept_file, results = import_concept(registry, plugin_manager(ctx), path)
+    for result in results:
+        if result.copied:
+            out.print(f"imported {result.origin} as {result.ref}")
+        else:
+            out.print(f"{result.origin} is already here as {result.ref}; kept it")
+    out.print(f"{concept_file.ref} from {path} is {results[-1].ref} in {registry.display_url}")
 
 
 # --------------------------------------------------------------- sources

@@ -6,15 +6,19 @@ registry's verified safetensors weights fill it. Frozen concepts never get param
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from conceptlib.batched import prefer_channels_last
 from conceptlib.errors import CorruptBlobError
 from conceptlib.plugins import PluginManager
 from conceptlib.registry import Registry, VersionInfo
+from conceptlib.schema import ConditionSchema
 
 
 @dataclass
@@ -36,18 +40,44 @@ def load_concept(
     registry: Registry, plugins: PluginManager, version: VersionInfo, device: torch.device
 ) -> LoadedConcept:
     """Rebuild ``version``'s network, load its verified weights and freeze it."""
-    architecture = plugins.architecture(version.architecture)
-    image_size = int(version.hyperparameters["image_size"])
-    model = architecture.build(version.schema, image_size, version.architecture_config)
-    tensors = registry.load_weights(version)
+    model = build_network(plugins, version.architecture, version.schema, version.hyperparameters,
+                          version.architecture_config, registry.load_weights(version), str(version.ref))
+    model.to(device).eval().requires_grad_(False)
+    prefer_channels_last(model, device)
+    return LoadedConcept(version, model)
+
+
+def build_network(
+    plugins: PluginManager,
+    architecture: str,
+    schema: ConditionSchema,
+    hyperparameters: Mapping[str, Any],
+    config: Mapping[str, Any],
+    tensors: Mapping[str, np.ndarray],
+    what: str,
+) -> nn.Module:
+    """The architecture's network filled with ``tensors``; refuses tensors whose names or shapes do not fit.
+
+    A safetensors header can be self-consistent and still describe another network (a blob from a
+    changed plugin, or an altered export file): loading it would fail deep inside torch, so say so here.
+    """
+    try:
+        image_size = int(hyperparameters["image_size"])
+    except (KeyError, TypeError, ValueError):
+        raise CorruptBlobError(f"{what} records no usable image_size among its hyperparameters") from None
+    model = plugins.architecture(architecture).build(schema, image_size, config)
     expected = model.state_dict()
     if set(tensors) != set(expected) or any(
-        tuple(tensors[k].shape) != tuple(expected[k].shape) for k in expected
+        tuple(tensors[k].shape) != tuple(expected[k].shape) or tensors[k].dtype != _numpy_dtype(expected[k])
+        for k in expected
     ):
         raise CorruptBlobError(
-            f"weights of {version.ref} do not fit architecture {version.architecture!r} "
-            "(tensor names or shapes differ); the blob or the plugin changed"
+            f"weights of {what} do not fit architecture {architecture!r} "
+            "(tensor names, shapes or dtypes differ); the blob or the plugin changed"
         )
-    model.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in tensors.items()})
-    model.to(device).eval().requires_grad_(False)
-    return LoadedConcept(version, model)
+    model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in tensors.items()})
+    return model
+
+
+def _numpy_dtype(tensor: torch.Tensor) -> np.dtype:
+    return torch.empty((), dtype=tensor.dtype).numpy().dtype

@@ -26,8 +26,13 @@ class ExpressionError(ConceptError):
         super().__init__(f"{message} at column {position + 1}")
 
     def caret(self) -> str:
-        """The expression with a caret under the offending token (two lines)."""
-        return f"  {self.text}\n  {' ' * self.position}^"
+        """The expression with a caret under the offending token (two lines).
+
+        Unprintable characters (a newline, a tab) show as '?', so the text stays on one line and the
+        caret stays under its column.
+        """
+        shown = "".join(c if c.isprintable() else "?" for c in self.text)
+        return f"  {shown}\n  {' ' * self.position}^"
 
 
 class ConditionError(ConceptError):
@@ -58,8 +63,16 @@ class SourceParamError(ConceptError):
     """A dataset-source parameter that is unknown or has a bad value."""
 
 
+class SourceError(ConceptError):
+    """A dataset source (a plugin) that failed while producing its data; nothing was trained."""
+
+
 class TrainingError(ConceptError):
     """A training run that diverged (NaN, inf) or cannot start; nothing was registered."""
+
+
+class DistributedError(ConceptError):
+    """A torchrun launch that cannot start: variables missing, a rendezvous out of reach, too few GPUs."""
 
 
 class Interrupted(ConceptError):

@@ -1,9 +1,10 @@
 """The plugin contract: the one page a plugin author reads.
 
 Plugins are modules found through the ``conceptlib`` entry-point group (first-party ones included:
-``conceptlib_scenes``, ``conceptlib_nets``) or single ``.py`` files in the directory named by
-``--plugins-dir`` / ``CONCEPTLIB_PLUGINS_DIR``. A plugin implements any of the hooks below with
-``@hookimpl``; each hook returns a list, and every name across all plugins must be unique.
+``conceptlib_scenes``, ``conceptlib_mujoco``, ``conceptlib_imagefolder``, ``conceptlib_nets``) or single
+``.py`` files in the directory named by ``--plugins-dir`` / ``CONCEPTLIB_PLUGINS_DIR``. A plugin implements
+any of the hooks below with ``@hookimpl``; each hook returns a list, and every name across all plugins must
+be unique.
 
 Example::
 

@@ -54,19 +54,30 @@ def summed_energy(
     concept: LoadedConcept, images: torch.Tensor, conditions: torch.Tensor, config: InferenceConfig
 ) -> torch.Tensor:
     """``sum_i E(x_i | c)`` for each row ``c`` of ``conditions`` ``(K, dim)`` -> ``(K,)``, differentiable in c."""
-    model = concept.model
     n, k = images.shape[0], conditions.shape[0]
-    x = images.repeat(k, 1, 1, 1)
-    c = conditions.repeat_interleave(n, dim=0)
+    return image_energies(concept, images, conditions.repeat_interleave(n, dim=0), config, repeats=k).view(k, n).sum(1)
+
+
+def image_energies(
+    concept: LoadedConcept, images: torch.Tensor, conditions: torch.Tensor, config: InferenceConfig,
+    repeats: int = 1,
+) -> torch.Tensor:
+    """``E(x_j | c_j)`` per row for ``x = images`` tiled ``repeats`` times and ``conditions`` ``(repeats * N, dim)``.
+
+    A noise-conditioned concept is averaged over ``config``'s noise levels and draws; each image gets the
+    same noise in every repeat, so energies of one image under different conditions compare paired.
+    """
+    model = concept.model
+    x = images.repeat(repeats, 1, 1, 1)
     if not getattr(model, "noise_conditioned", False):
-        return model(x, c).view(k, n).sum(1)
+        return model(x, conditions)
     generator = torch.Generator(device=images.device).manual_seed(config.seed)
-    total = torch.zeros(k, device=images.device)
+    total = torch.zeros(x.shape[0], device=images.device)
     for sigma in config.sigmas:
         for _ in range(config.draws):
-            noise = torch.randn(images.shape, generator=generator, device=images.device).repeat(k, 1, 1, 1)
-            s = torch.full((n * k,), sigma, device=images.device)
-            total = total + model(x + sigma * noise, c, s).view(k, n).sum(1)
+            noise = torch.randn(images.shape, generator=generator, device=images.device).repeat(repeats, 1, 1, 1)
+            s = torch.full((x.shape[0],), sigma, device=images.device)
+            total = total + model(x + sigma * noise, conditions, s)
     return total / (len(config.sigmas) * config.draws)
 
 

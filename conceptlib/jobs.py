@@ -7,23 +7,35 @@ behaviour with one call each.
 from __future__ import annotations
 
 import time
+import traceback
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from conceptlib import expr
-from conceptlib.concepts import LoadedConcept, load_concept, state_to_numpy
+from conceptlib import distributed, expr
+from conceptlib.checkpoints import Checkpoint, DeferredInterrupt, checkpoint_root
+from conceptlib.concepts import LoadedConcept, build_network, load_concept, state_to_numpy
 from conceptlib.diffusion import AnnealedConfig, annealed_sample
 from conceptlib.energy import Term, compose, compose_noisy, draw_prior_conditions, names_prior
-from conceptlib.errors import ConceptError, ConditionError
+from conceptlib.errors import (
+    ConceptError,
+    ConditionError,
+    Interrupted,
+    RegistryError,
+    SourceError,
+    TrainingError,
+)
 from conceptlib.imaging import to_uint8
 from conceptlib.plugins import PluginManager
 from conceptlib.registry import NewVersion, Registry, VersionInfo, VersionRef
+from conceptlib.registry.api import ImportResult
+from conceptlib.registry.transfer import ConceptFile, read_concept_file
 from conceptlib.sampling import LangevinConfig, initial_images, langevin
-from conceptlib.sources import Progress
+from conceptlib.sources import Progress, Source, canonical_hash
 from conceptlib.training import (
     IterationCallback,
     TrainConfig,
@@ -54,6 +66,11 @@ class AddRequest:
     train: TrainConfig = field(default_factory=TrainConfig)
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     description: str = ""
+    resume: bool = False
+    """Continue the checkpoint of an earlier, stopped run of this request instead of starting again."""
+    checkpoint_every: int = 100
+    checkpoint_dir: Path | None = None
+    """Default: see :func:`conceptlib.checkpoints.checkpoint_root`."""
 
 
 def add_concept(
@@ -66,8 +83,11 @@ def add_concept(
     """Train ``request.name`` with every ``request.frozen`` concept frozen; register one version.
 
     Everything that can be checked is checked before training starts, and nothing is written
-    unless training finishes: an error, a divergence or Ctrl-C leaves the registry as it was.
+    unless training finishes: an error, a divergence or Ctrl-C leaves the registry as it was. The run
+    keeps a checkpoint outside the registry as it goes, so a stopped run continues with ``resume``;
+    the checkpoint is removed once the version is registered.
     """
+    ranks = distributed.current()
     source = plugins.source(request.source)
     objective = resolve_objective(request.train.objective, bool(request.frozen))
     request = replace(request, train=replace(request.train, objective=objective))
@@ -87,8 +107,21 @@ def add_concept(
         if name == request.name:
             raise ConceptError(f"--with {text}: a concept cannot be frozen into its own training")
         frozen_versions.append(registry.resolve(name, ref))
+    config = architecture.config(request.architecture_config)
+    run_key = canonical_hash({
+        "registry": registry.display_url, "name": request.name, "source": request.source, "params": params,
+        "attribute": attribute, "frozen": [str(v.ref) for v in frozen_versions], "architecture": architecture_name,
+        "architecture_config": config,
+        "train": {k: v for k, v in request.train.to_json().items() if k not in RESUMABLE_CHANGES},
+        **({"world_size": ranks.world_size} if ranks.active else {}),
+    })
+    directory = (request.checkpoint_dir or checkpoint_root(registry.url)) / run_key[:16]
+    if ranks.active:  # each rank its own generators and replay buffer, so each its own checkpoint
+        directory = directory / f"rank{ranks.rank}"
+    checkpoint = Checkpoint(directory, request.checkpoint_every, request.resume, request.train.iterations)
+    resumed_from = checkpoint.saved
     frozen = [load_concept(registry, plugins, v, request.device) for v in frozen_versions]
-    dataset = source.load(params, progress=on_load)
+    dataset = _load(source, params, on_load)
     check_frozen_attributes(dataset, frozen, request.source)
     for concept in frozen:
         if int(concept.version.hyperparameters["image_size"]) != dataset.image_size:
@@ -96,15 +129,21 @@ def add_concept(
                 f"frozen concept {concept.version.ref} works on {concept.version.hyperparameters['image_size']}px "
                 f"images, this dataset on {dataset.image_size}px; pass --param image_size=..."
             )
-    config = architecture.config(request.architecture_config)
     prior = prior_concept(registry, plugins, frozen, request.device) if frozen else None
-    result = train_concept(
-        architecture, config, dataset, attribute, frozen, request.train, request.device, on_iteration, prior
-    )
+    with DeferredInterrupt() as interrupt:
+        checkpoint.interrupt = interrupt
+        result = _train(source, checkpoint, lambda: train_concept(
+            architecture, config, dataset, attribute, frozen, request.train, request.device, on_iteration, prior,
+            checkpoint,
+        ))
+    if interrupt.pressed:
+        raise Interrupted(f"interrupted: nothing was registered; {checkpoint.describe()}")
     hyperparameters = {
         "image_size": dataset.image_size,
         "device": str(request.device),
         **request.train.to_json(),
+        **({"resumed_from_iteration": resumed_from} if resumed_from is not None else {}),
+        **(ranks.to_json() if ranks.active else {}),
     }
     new = NewVersion(
         concept=request.name,
@@ -121,10 +160,80 @@ def add_concept(
         lineage=[v.ref for v in frozen_versions],
         description=request.description,
     )
-    return registry.add_version(new, state_to_numpy(result.model))
+    distributed.barrier()  # every rank finished: a rank that failed never gets here, and torchrun stops the rest
+    version, failure = None, None
+    if ranks.is_main:
+        try:
+            version = registry.add_version(new, state_to_numpy(result.model))
+        except ConceptError as exc:
+            failure = type(exc)(f"{exc}; the trained weights are kept: {checkpoint.describe()}")
+    number = distributed.broadcast_int(version.number if version is not None else -1)
+    if failure is not None:
+        raise failure
+    if number < 0:
+        raise RegistryError(f"rank 0 could not register the version (see its error); {checkpoint.describe()}")
+    checkpoint.discard()
+    return version if version is not None else registry.resolve(request.name, number)
 
 
 DEFAULT_ARCHITECTURES = {"dsm": "unet", "classifier": "classifier", "cd": "small"}
+RESUMABLE_CHANGES = ("iterations", "lr")
+"""Settings a resumed run may change: train longer, or more gently after a divergence."""
+
+
+def _load(source: Source, params: Mapping[str, Any], on_load: Progress | None) -> Any:
+    """The source's dataset; a plugin that fails while loading is named in one line, not a traceback."""
+    try:
+        return source.load(params, progress=on_load)
+    except ConceptError:
+        raise
+    except Exception as exc:
+        raise SourceError(
+            f"source {source.name!r} failed while loading its dataset: {_summary(exc)}; nothing was trained"
+        ) from exc
+
+
+def _train(source: Source, checkpoint: Checkpoint, run: Callable[[], Any]) -> Any:
+    """``run()``; a run that stops after it started says where, why, and where its checkpoint is.
+
+    Anything a long run raises (a source failing half way, a plugin bug) ends in one line that names
+    the culprit and the checkpoint to resume from, not a traceback; the exception stays chained.
+    """
+    try:
+        return run()
+    except Interrupted:
+        raise
+    except ConceptError as exc:
+        if checkpoint.completed_iterations == 0 and checkpoint.saved is None:
+            raise
+        raise TrainingError(f"{exc}; {checkpoint.describe()}") from exc
+    except Exception as exc:
+        culprit = f"source {source.name!r}" if _raised_in(exc, type(source).__module__) else "training"
+        raise TrainingError(
+            f"{culprit} failed after iteration {checkpoint.completed_iterations}: {_summary(exc)}; nothing was "
+            f"registered; {checkpoint.describe()}"
+        ) from exc
+
+
+def _raised_in(exc: BaseException, module: str) -> bool:
+    package = module.split(".")[0]
+    return any(str(frame.f_globals.get("__name__", "")).split(".")[0] == package
+               for frame, _ in traceback.walk_tb(exc.__traceback__))
+
+
+def _summary(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+
+
+def import_concept(registry: Registry, plugins: PluginManager, path: Path) -> tuple[ConceptFile, list[ImportResult]]:
+    """Import a ``.cpt`` file: every sha256 and header verified, every version's weights fitted to its
+    installed architecture, then one transaction (see :mod:`conceptlib.registry.transfer`)."""
+    concept_file = read_concept_file(path)
+    for item in concept_file.versions:
+        build_network(plugins, item.new.architecture, item.new.schema, item.new.hyperparameters,
+                      item.new.architecture_config, item.tensors, f"{item.origin} in {path}")
+    return concept_file, registry.import_versions(concept_file.versions, concept_file.label)
 
 
 def prior_concept(
@@ -136,14 +245,23 @@ def prior_concept(
     a residual, not a prior; the prior comes from the first concept of its lineage.
     """
     for concept in concepts:
-        if not concept.version.lineage:
+        if not concept.version.lineage and not getattr(concept.model, "ratio_only", False):
             return concept
-    ref = concepts[0].version.lineage[0]
-    while True:
-        version = registry.resolve(ref.concept, ref.number)
-        if not version.lineage:
-            return load_concept(registry, plugins, version, device)
-        ref = version.lineage[0]
+    for concept in concepts:
+        ref = concept.version.lineage[0] if concept.version.lineage else None
+        while ref is not None:
+            version = registry.resolve(ref.concept, ref.number)
+            if not version.lineage:
+                root = load_concept(registry, plugins, version, device)
+                if not getattr(root.model, "ratio_only", False):
+                    return root
+            ref = version.lineage[0] if version.lineage else None
+    names = ", ".join(sorted({c.version.concept for c in concepts}))
+    raise ConceptError(
+        f"no concept in this expression ({names}) or its lineage models whole images, which sampling needs as "
+        "the prior; add a concept trained with --objective dsm (e.g. position) to the expression or train "
+        "these --with one"
+    )
 
 
 @dataclass
@@ -152,6 +270,8 @@ class Composition:
     """uint8 ``(N, H, W, 3)``."""
     provenance: dict[str, Any]
     warnings: list[str]
+    first: int = 0
+    """The index of ``images[0]`` among all ``n`` samples (not 0 for a shard)."""
 
 
 def compose_images(
@@ -167,11 +287,15 @@ def compose_images(
     on_step: Callable[[int, int], None] | None = None,
     annealed: AnnealedConfig | None = None,
     guidance: float = 1.0,
+    shard: tuple[int, int] = (0, 1),
 ) -> Composition:
     """Sample ``n`` images from the composed energy of ``expression``.
 
     Noise-conditioned concepts (objective dsm) are sampled by the annealed sampler with the prior
     counted once; contrastive-divergence concepts by Langevin dynamics. One expression cannot mix them.
+
+    Batch ``b`` draws from its own random stream of ``seed``, so ``shard=(rank, ranks)`` (a contiguous
+    run of batches) gives exactly the samples a single process draws at those indices, for any rank count.
     """
     if n < 1:
         raise ConceptError(f"-n must be at least 1; got {n}")
@@ -202,7 +326,6 @@ def compose_images(
             "this expression mixes concepts trained by denoising score matching and by contrastive "
             "divergence, whose energies do not compose; use versions trained with one objective"
         )
-    generator = torch.Generator(device=device).manual_seed(seed)
     if noisy.pop():
         annealed = annealed or AnnealedConfig()
         prior = prior_concept(registry, plugins, list(loaded.values()), device)
@@ -211,7 +334,7 @@ def compose_images(
         settings = {**annealed.to_json(), "guidance": guidance, "prior": str(prior.version.ref),
                     "prior_condition": "drawn per sample" if latent else "from the expression or null"}
 
-        def draw(count: int, step: Callable[[int, int], None]) -> torch.Tensor:
+        def draw(count: int, step: Callable[[int, int], None], generator: torch.Generator) -> torch.Tensor:
             drawn = draw_prior_conditions(prior, count, generator, device) if latent else None
             energy = compose_noisy(node, terms, prior, guidance, or_temperature, drawn)
             return annealed_sample(energy, count, image_size, annealed, generator, device, on_step=step)
@@ -221,22 +344,26 @@ def compose_images(
         steps_per_batch = sampler.steps
         settings = {"name": "langevin", **sampler.to_json()}
 
-        def draw(count: int, step: Callable[[int, int], None]) -> torch.Tensor:
+        def draw(count: int, step: Callable[[int, int], None], generator: torch.Generator) -> torch.Tensor:
             x = initial_images(count, image_size, sampler.init, generator, device)
             return langevin(energy, x, sampler, generator, on_step=step)
 
-    batches = []
+    rank, ranks = shard
+    batch_count = (n + batch_size - 1) // batch_size
+    mine = range(batch_count * rank // ranks, batch_count * (rank + 1) // ranks)
+    batches = [np.zeros((0, image_size, image_size, 3), np.uint8)]
     done_steps = 0
-    total_steps = steps_per_batch * ((n + batch_size - 1) // batch_size)
+    total_steps = steps_per_batch * len(mine)
     started = time.perf_counter()
-    for start in range(0, n, batch_size):
-        count = min(batch_size, n - start)
+    for batch in mine:
+        count = min(batch_size, n - batch * batch_size)
 
         def step(done: int, _total: int, offset: int = done_steps) -> None:
             if on_step is not None:
                 on_step(offset + done, total_steps)
 
-        batches.append(to_uint8(draw(count, step)))
+        generator = torch.Generator(device=device).manual_seed(distributed.stream_seed(seed, batch))
+        batches.append(to_uint8(draw(count, step, generator)))
         done_steps += steps_per_batch
     versions = {v.concept: v.number for v in loaded}
     provenance = {
@@ -250,7 +377,8 @@ def compose_images(
         "device": str(device),
         "seconds": round(time.perf_counter() - started, 3),
     }
-    return Composition(np.concatenate(batches), provenance, _lineage_warnings(loaded, versions))
+    return Composition(np.concatenate(batches), provenance, _lineage_warnings(loaded, versions),
+                       mine.start * batch_size)
 
 
 def _lineage_warnings(loaded: Mapping[VersionRef, LoadedConcept], versions: Mapping[str, int]) -> list[str]:

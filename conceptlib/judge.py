@@ -31,7 +31,6 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -43,6 +42,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from conceptlib.files import atomic_write
 from conceptlib.schema import ConditionSchema, Continuous, schema_from_json
 from conceptlib.sources import Dataset, Progress, canonical_hash
 from conceptlib.training import images_to_tensor
@@ -467,10 +467,11 @@ def save_judge(judge: Judge, report: Mapping[str, Any], stem: Path) -> None:
     stem.parent.mkdir(parents=True, exist_ok=True)
     tensors = {name: t.detach().cpu().contiguous() for name, t in judge.state_dict().items()}
     weights = stem.with_suffix(".safetensors")
-    _atomic(weights, lambda path: save_file(tensors, str(path)))
+    atomic_write(weights, lambda path: save_file(tensors, str(path)))
     digest = hashlib.sha256(weights.read_bytes()).hexdigest()
     document = {"judge_version": JUDGE_VERSION, "config": judge.config(), "report": dict(report), "sha256": digest}
-    _atomic(stem.with_suffix(".json"), lambda path: path.write_text(json.dumps(document, indent=2, sort_keys=True)))
+    text = json.dumps(document, indent=2, sort_keys=True)
+    atomic_write(stem.with_suffix(".json"), lambda path: path.write_text(text))
 
 
 def load_judge(stem: Path, device: torch.device | str = "cpu") -> tuple[Judge, dict[str, Any]] | None:
@@ -522,14 +523,3 @@ def load_or_train_judge(
     report = {**report, "source": source_name, "params": resolved}
     save_judge(judge, report, stem)
     return judge, report
-
-
-def _atomic(path: Path, write: Callable[[Path], None]) -> None:
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    try:
-        write(Path(temporary))
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise

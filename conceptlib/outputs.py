@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -12,13 +13,38 @@ from conceptlib.imaging import save_png
 from conceptlib.sources import Dataset
 
 
-def write_samples(images: np.ndarray, provenance: dict[str, Any], out_dir: Path) -> None:
-    """``sample_00000.png`` + ``sample_00000.json`` (expression, versions, sampler, seed, index)."""
+def write_samples(images: np.ndarray, provenance: dict[str, Any], out_dir: Path, first: int = 0) -> np.ndarray:
+    """``sample_00000.png`` + ``sample_00000.json`` (expression, versions, sampler, seed, index).
+
+    ``first`` is the index of ``images[0]``: ranks that write shards of one run never share a file name.
+    Returns the sha256 of each sample's PNG and JSON, ``uint8 (N, 2, 32)``, for a manifest.
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
-    for index, image in enumerate(images):
-        stem = out_dir / f"sample_{index:05d}"
+    digests = np.zeros((len(images), 2, 32), np.uint8)
+    for offset, image in enumerate(images):
+        index = first + offset
+        stem = out_dir / sample_stem(index)
         save_png(image, stem.with_suffix(".png"))
         stem.with_suffix(".json").write_text(json.dumps({**provenance, "index": index}, indent=2) + "\n")
+        for column, suffix in enumerate((".png", ".json")):
+            digest = hashlib.sha256(stem.with_suffix(suffix).read_bytes()).digest()
+            digests[offset, column] = np.frombuffer(digest, np.uint8)
+    return digests
+
+
+def sample_stem(index: int) -> str:
+    return f"sample_{index:05d}"
+
+
+def write_manifest(out_dir: Path, digests: np.ndarray, provenance: dict[str, Any], ranks: int) -> Path:
+    """``manifest.json``: every sample file of a sharded run with its sha256, written once (by rank 0)."""
+    files = [{"file": sample_stem(index) + suffix, "sha256": digests[index, column].tobytes().hex()}
+             for index in range(len(digests)) for column, suffix in enumerate((".png", ".json"))]
+    document = {"expression": provenance["expression"], "seed": provenance["seed"], "n": len(digests),
+                "ranks": ranks, "files": files}
+    path = out_dir / "manifest.json"
+    path.write_text(json.dumps(document, indent=2) + "\n")
+    return path
 
 
 def write_source_samples(

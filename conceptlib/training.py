@@ -27,7 +27,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from conceptlib import distributed
 from conceptlib.architectures import Architecture
+from conceptlib.checkpoints import Checkpoint, TrainingState
 from conceptlib.concepts import LoadedConcept
 from conceptlib.diffusion import NoiseConfig, denoising_loss, score
 from conceptlib.energy import Term, compose_noisy
@@ -121,21 +123,24 @@ def train_concept(
     device: torch.device,
     on_iteration: IterationCallback | None = None,
     prior: LoadedConcept | None = None,
+    checkpoint: Checkpoint | None = None,
 ) -> TrainResult:
     """Train ``E(x | attribute)`` on ``dataset`` by ``config.objective``; raise on divergence.
 
     ``prior`` is the concept whose null energy is the image prior of the frozen composition (dsm with
-    frozen concepts only).
+    frozen concepts only). ``checkpoint`` restores a stopped run before the loop and saves this one as it goes.
     """
+    checkpoint = checkpoint or Checkpoint.disabled()
     if config.objective == "classifier":
         return _train_classifier(architecture, architecture_config, dataset, attribute, frozen, config, device,
-                                 on_iteration)
+                                 on_iteration, checkpoint)
     if config.objective == "dsm":
         return _train_dsm(architecture, architecture_config, dataset, attribute, frozen, config, device,
-                          on_iteration, prior)
+                          on_iteration, prior, checkpoint)
     if config.objective != "cd":
         raise TrainingError(f"unknown objective {config.objective!r}; use one of {', '.join(OBJECTIVES)}")
-    return _train_cd(architecture, architecture_config, dataset, attribute, frozen, config, device, on_iteration)
+    return _train_cd(architecture, architecture_config, dataset, attribute, frozen, config, device, on_iteration,
+                     checkpoint)
 
 
 def _train_cd(
@@ -147,20 +152,24 @@ def _train_cd(
     config: TrainConfig,
     device: torch.device,
     on_iteration: IterationCallback | None,
+    checkpoint: Checkpoint,
 ) -> TrainResult:
     """Contrastive divergence (eq. 2): frozen concepts enter only through the Langevin negatives."""
-    torch.manual_seed(config.seed)
-    rng = np.random.default_rng(config.seed)
-    generator = torch.Generator(device=device).manual_seed(config.seed)
+    torch.manual_seed(config.seed)  # the same initial weights on every rank
+    rank_seed = distributed.stream_seed(config.seed, distributed.current().rank)  # each rank its own batches
+    rng = np.random.default_rng(rank_seed)
+    generator = torch.Generator(device=device).manual_seed(rank_seed)
     schema = dataset.schemas[attribute]
     model = architecture.build(schema, dataset.image_size, architecture_config).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, betas=(0.9, 0.999))
     size = dataset.image_size
     buffer = ReplayBuffer(config.buffer_size, (3, size, size), device)
     history: list[dict[str, float]] = []
+    state = TrainingState({"model": model}, optimizer, rng, generator, history, buffer)
+    net = distributed.wrap(model)
     started = time.perf_counter()
 
-    for iteration in range(1, config.iterations + 1):
+    for iteration in range(checkpoint.restore(state), config.iterations + 1):
         index = rng.integers(0, len(dataset), config.batch_size)
         x_pos = images_to_tensor(dataset.images[index], device)
         c_new = torch.from_numpy(dataset.condition_vectors(attribute, index)).to(device)
@@ -180,13 +189,16 @@ def _train_cd(
         model.requires_grad_(True)
         buffer.push(x_neg)
 
-        e_pos = model(x_pos, c_new)
-        e_neg = model(x_neg, c_new)
+        e_pos = net(x_pos, c_new)
+        e_neg = net(x_neg, c_new)
         loss = e_pos.mean() - e_neg.mean() + config.l2 * (e_pos.pow(2).mean() + e_neg.pow(2).mean())
-        _check_finite(loss, e_pos, e_neg, iteration)
+        distributed.all_or_none(f"training diverged at iteration {iteration}", _check_finite, loss, e_pos, e_neg,
+                                iteration)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        _check_gradients(model, iteration)
         optimizer.step()
+        distributed.trace(iteration, state.modules)
 
         record = {
             "iteration": float(iteration),
@@ -197,6 +209,7 @@ def _train_cd(
         history.append(record)
         if on_iteration is not None:
             on_iteration(iteration, record)
+        checkpoint.completed(iteration, state)
 
     metrics = _summary(history, ("loss", "energy_pos", "energy_neg"), started, config.iterations)
     metrics["energy_gap"] = metrics["energy_neg"] - metrics["energy_pos"]
@@ -214,6 +227,7 @@ def _train_dsm(
     device: torch.device,
     on_iteration: IterationCallback | None,
     prior: LoadedConcept | None,
+    checkpoint: Checkpoint,
 ) -> TrainResult:
     """Denoising score matching of ``E_new`` on top of the frozen composition; returns the EMA weights."""
     if frozen and prior is None:
@@ -225,9 +239,11 @@ def _train_dsm(
     )
     sigma_data = float(getattr(model, "sigma_data", 0.25))
     history: list[dict[str, float]] = []
+    state = TrainingState({"model": model, "ema": ema}, optimizer, rng, generator, history)
+    net = distributed.wrap(model)
     started = time.perf_counter()
 
-    for iteration in range(1, config.iterations + 1):
+    for iteration in range(checkpoint.restore(state), config.iterations + 1):
         for group in optimizer.param_groups:
             group["lr"] = config.lr * min(1.0, iteration / max(1, config.warmup))
         index = rng.integers(0, len(dataset), config.batch_size)
@@ -243,10 +259,11 @@ def _train_dsm(
             frozen_energy = _frozen_composition(frozen, dataset, index, device, prior)  # type: ignore[arg-type]
             frozen_score, _ = score(frozen_energy, x_noisy, sigma)
         x_in = x_noisy.detach().requires_grad_(True)
-        energy = model(x_in, c, sigma, keep)
+        energy = net(x_in, c, sigma, keep)
         (grad,) = torch.autograd.grad(energy.sum(), x_in, create_graph=True)
         loss = denoising_loss(frozen_score - grad, sigma, noise, sigma_data)
         _clipped_step(loss, model, ema, optimizer, config, iteration, history, on_iteration)
+        checkpoint.completed(iteration, state)
 
     metrics = _summary(history, ("loss", "grad_norm"), started, config.iterations)
     if dataset.schemas[attribute].kind == "continuous":  # the range a prior's condition is drawn from when composing
@@ -266,6 +283,7 @@ def _train_classifier(
     config: TrainConfig,
     device: torch.device,
     on_iteration: IterationCallback | None,
+    checkpoint: Checkpoint,
 ) -> TrainResult:
     """Cross-entropy (or Gaussian likelihood) of the attribute given noisy images: ``E = -log p(c | x_sigma)``.
 
@@ -281,8 +299,10 @@ def _train_classifier(
     held_out = np.arange(len(dataset) - max(1, len(dataset) // 20), len(dataset))
     train_size = max(1, int(held_out[0]))
     history: list[dict[str, float]] = []
+    state = TrainingState({"model": model, "ema": ema}, optimizer, rng, generator, history)
+    net = distributed.wrap(model)
     started = time.perf_counter()
-    for iteration in range(1, config.iterations + 1):
+    for iteration in range(checkpoint.restore(state), config.iterations + 1):
         for group in optimizer.param_groups:
             group["lr"] = config.lr * min(1.0, iteration / max(1, config.warmup))
         index = rng.integers(0, train_size, config.batch_size)
@@ -290,8 +310,9 @@ def _train_classifier(
         c = torch.from_numpy(dataset.condition_vectors(attribute, index)).to(device)
         sigma = config.noise_scales.draw(x0.shape[0], generator, device)
         noise = torch.randn(x0.shape, generator=generator, device=device)
-        loss = model(x0 + sigma[:, None, None, None] * noise, c, sigma).mean()
+        loss = net(x0 + sigma[:, None, None, None] * noise, c, sigma).mean()
         _clipped_step(loss, model, ema, optimizer, config, iteration, history, on_iteration)
+        checkpoint.completed(iteration, state)
     metrics = _summary(history, ("loss", "grad_norm"), started, config.iterations)
     ema.eval()
     metrics.update(_held_out(ema, dataset, attribute, held_out, device))
@@ -329,9 +350,10 @@ def _noise_conditioned_setup(
 
     Frozen concepts must be noise-conditioned too: CD energies do not compose with these.
     """
-    torch.manual_seed(config.seed)
-    rng = np.random.default_rng(config.seed)
-    generator = torch.Generator(device=device).manual_seed(config.seed)
+    torch.manual_seed(config.seed)  # the same initial weights on every rank
+    rank_seed = distributed.stream_seed(config.seed, distributed.current().rank)  # each rank its own batches
+    rng = np.random.default_rng(rank_seed)
+    generator = torch.Generator(device=device).manual_seed(rank_seed)
     model = architecture.build(dataset.schemas[attribute], dataset.image_size, architecture_config).to(device)
     if not getattr(model, required, False):
         raise TrainingError(refusal)
@@ -358,20 +380,27 @@ def _clipped_step(
 ) -> None:
     """One update of the noise-conditioned objectives: finite check, clipped Adam step, EMA, record."""
     value = float(loss.detach())
+    distributed.all_or_none(f"training diverged at iteration {iteration}", _check_loss, value, iteration)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip))
+    if not math.isfinite(grad_norm):  # gradients are all-reduced, so every rank sees the same norm
+        raise _exploded(iteration, grad_norm)
+    optimizer.step()
+    _update_ema(ema, model, config.ema, iteration)
+    distributed.trace(iteration, {"model": model, "ema": ema})
+    record = {"iteration": float(iteration), "loss": value, "grad_norm": grad_norm}
+    history.append(record)
+    if on_iteration is not None:
+        on_iteration(iteration, record)
+
+
+def _check_loss(value: float, iteration: int) -> None:
     if not math.isfinite(value):
         raise TrainingError(
             f"training diverged at iteration {iteration}: the loss became {value}; nothing was registered "
             "(lower --lr)"
         )
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip))
-    optimizer.step()
-    _update_ema(ema, model, config.ema, iteration)
-    record = {"iteration": float(iteration), "loss": value, "grad_norm": grad_norm}
-    history.append(record)
-    if on_iteration is not None:
-        on_iteration(iteration, record)
 
 
 def _update_ema(ema: nn.Module, model: nn.Module, target: float, iteration: int) -> None:
@@ -428,6 +457,20 @@ def _chain_starts(
         other = rng.integers(0, len(dataset), int(real.sum()))
         x[real] = images_to_tensor(dataset.images[other], device)
     return x
+
+
+def _check_gradients(model: nn.Module, iteration: int) -> None:
+    """Refuse a step whose gradients overflowed: applied, they would turn every weight into NaN."""
+    norm = float(torch.nn.utils.get_total_norm([p.grad for p in model.parameters() if p.grad is not None]))
+    if not math.isfinite(norm):
+        raise _exploded(iteration, norm)
+
+
+def _exploded(iteration: int, norm: float) -> TrainingError:
+    return TrainingError(
+        f"training diverged at iteration {iteration}: the gradient norm became {norm} (exploding gradients); "
+        "nothing was registered (lower --lr)"
+    )
 
 
 def _check_finite(loss: torch.Tensor, e_pos: torch.Tensor, e_neg: torch.Tensor, iteration: int) -> None:

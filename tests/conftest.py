@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import os
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import torch
 from click.testing import CliRunner, Result
+from sqlalchemy import create_engine
+from sqlalchemy.engine import make_url
 
 from conceptlib.cli import cli
 
@@ -21,6 +25,7 @@ TINY_TRAINING = [
 TINY_SAMPLING = ["--levels", "3", "--steps", "2", "--device", "cpu"]
 
 Run = Callable[..., Result]
+POSTGRES_ENV = "CONCEPTLIB_TEST_POSTGRES"
 
 
 @pytest.fixture
@@ -61,3 +66,25 @@ def assert_one_line_error(result: Result, *fragments: str, code: int = 2) -> Non
     assert len(lines) == 1, result.output
     for fragment in fragments:
         assert fragment in lines[0], result.output
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def registry_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """An empty registry location on each backend: a SQLite file, and a fresh PostgreSQL database when
+    ``$CONCEPTLIB_TEST_POSTGRES`` names a server (``.ci/run`` starts one) -- skipped otherwise."""
+    if request.param == "sqlite":
+        yield str(tmp_path / "registry.db")
+        return
+    server = os.environ.get(POSTGRES_ENV)
+    if not server:
+        pytest.skip(f"PostgreSQL not tested: set {POSTGRES_ENV} to a server URL (.ci/run does)")
+    name = f"conceptlib_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(server, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    try:
+        yield make_url(server).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as connection:
+            connection.exec_driver_sql(f'DROP DATABASE "{name}" WITH (FORCE)')
+        admin.dispose()

@@ -253,3 +253,14 @@ def test_concurrent_writers_get_dense_unique_version_numbers(tmp_path):
     for version in registry.history("color"):
         registry.load_weights(version)
     registry.close()
+
+
+def test_the_same_weights_and_metadata_always_encode_to_the_same_bytes():
+    """A seeded run must be checkable by its weights' sha256 (safetensors orders several keys by hash)."""
+    from conceptlib.registry import blobs
+
+    tensors = {"w": np.arange(6, dtype=np.float32).reshape(2, 3), "b": np.zeros(2, np.float32)}
+    metadata = {name: {"i": i} for i, name in enumerate(["concept", "version", "schema", "architecture", "a", "b"])}
+    digests = {blobs.sha256(blobs.encode(tensors, dict(metadata))) for _ in range(20)}
+    assert len(digests) == 1
+    assert blobs.read_metadata(blobs.encode(tensors, metadata)) == metadata

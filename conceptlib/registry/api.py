@@ -11,7 +11,7 @@ import random
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any, TypeVar
 
@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 
 from conceptlib.errors import ConceptError, CorruptBlobError, RegistryError, UnknownConceptError
 from conceptlib.registry import blobs
-from conceptlib.registry.engine import open_engine, redact, resolve_url
+from conceptlib.registry.engine import lock_for_write, open_engine, redact, resolve_url
 from conceptlib.registry.models import Alias, Blob, Concept, CurrentVersion, Event, Lineage, Version
 from conceptlib.schema import ConditionSchema, schema_from_json
 
@@ -61,6 +61,8 @@ class VersionInfo:
     lineage: tuple[VersionRef, ...]
     aliases: tuple[str, ...]
     is_current: bool
+    origin: dict[str, Any] | None = None
+    """For an imported version: its ref and weights sha256 in the registry it came from, and the file."""
 
     @property
     def ref(self) -> VersionRef:
@@ -86,6 +88,7 @@ class VersionInfo:
             "weights_sha256": self.weights_sha256,
             "status": self.status,
             "lineage": [str(ref) for ref in self.lineage],
+            "origin": self.origin,
         }
 
 
@@ -126,6 +129,24 @@ class NewVersion:
     metrics: dict[str, Any]
     lineage: Sequence[VersionRef] = ()
     description: str = ""
+
+
+@dataclass(frozen=True)
+class ImportedVersion:
+    """A version read from an export file; ``new.lineage`` names versions of the exporting registry."""
+
+    new: NewVersion
+    tensors: dict[str, np.ndarray]
+    origin: VersionRef
+    origin_sha256: str
+
+
+@dataclass(frozen=True)
+class ImportResult:
+    origin: VersionRef
+    ref: VersionRef
+    copied: bool
+    """False when an identical version was already here and was reused."""
 
 
 @dataclass(frozen=True)
@@ -192,6 +213,10 @@ class Registry:
 
     def load_weights(self, version: VersionInfo) -> dict[str, np.ndarray]:
         """The version's tensors, after verifying the blob's sha256 and its provenance header."""
+        return blobs.decode(self.weights_blob(version), version.weights_sha256, str(version.ref), verified=True)
+
+    def weights_blob(self, version: VersionInfo) -> bytes:
+        """The version's safetensors bytes, verified against its sha256 and the header's concept and version."""
         try:
             with Session(self.engine) as session:
                 blob = session.get(Blob, version.weights_sha256)
@@ -200,14 +225,14 @@ class Registry:
                 data = bytes(blob.data)
         except (DatabaseError, TypeError) as exc:
             raise CorruptBlobError(f"weights of {version.ref} are corrupt and cannot be read: {exc}") from None
-        tensors = blobs.decode(data, version.weights_sha256, str(version.ref))
+        blobs.verify(data, version.weights_sha256, str(version.ref))
         meta = blobs.read_metadata(data)
         if meta.get("concept") != version.concept or meta.get("version") != version.number:
             raise RegistryError(
                 f"weights blob of {version.ref} says it belongs to "
                 f"{meta.get('concept')}@{meta.get('version')}; the registry is inconsistent"
             )
-        return tensors
+        return data
 
     def events(self, name: str | None = None, limit: int = 100) -> list[EventInfo]:
         with Session(self.engine) as session:
@@ -222,54 +247,37 @@ class Registry:
     # ---------------------------------------------------------------- writes
     def add_version(self, new: NewVersion, tensors: dict[str, np.ndarray]) -> VersionInfo:
         """Write a version, its blob, lineage, the current pointer and an event in one transaction."""
-
-        def write(session: Session) -> tuple[int, int]:
-            concept = session.scalar(select(Concept).where(Concept.name == new.concept))
-            if concept is None:
-                concept = Concept(
-                    name=new.concept, description=new.description, condition_schema=new.schema.to_json()
-                )
-                session.add(concept)
-                session.flush()
-            elif schema_from_json(concept.condition_schema) != new.schema:
-                raise RegistryError(
-                    f"concept {new.concept!r} takes {schema_from_json(concept.condition_schema).describe()}, "
-                    f"but this run's attribute {new.attribute!r} is {new.schema.describe()}; "
-                    "train it under another concept name"
-                )
-            frozen_ids = [self._version_row(session, self._concept_row(session, r.concept), r.number).id
-                          for r in new.lineage]
-            number = (session.scalar(
-                select(func.max(Version.number)).where(Version.concept_id == concept.id)
-            ) or 0) + 1
-            data = blobs.encode(tensors, {
-                "concept": new.concept,
-                "version": number,
-                "schema": new.schema.to_json(),
-                "architecture": new.architecture,
-                "architecture_config": new.architecture_config,
-            })
-            digest = blobs.sha256(data)
-            if session.get(Blob, digest) is None:
-                session.add(Blob(sha256=digest, size=len(data), data=data))
-            version = Version(
-                concept_id=concept.id, number=number, architecture=new.architecture,
-                architecture_config=new.architecture_config, source=new.source,
-                source_params=new.source_params, attribute=new.attribute, dataset_hash=new.dataset_hash,
-                hyperparameters=new.hyperparameters, seed=new.seed, metrics=new.metrics,
-                weights_sha256=digest, status="ready",
-            )
-            session.add(version)
-            session.flush()
-            session.add_all(Lineage(version_id=version.id, frozen_version_id=f) for f in frozen_ids)
-            self._point(session, concept.id, version.id)
-            session.add(Event(kind="add", concept=new.concept, version=number, details={
-                "lineage": [str(r) for r in new.lineage], "weights_sha256": digest,
-            }))
-            return concept.id, number
-
-        _, number = self._write(write)
+        number = self._write(lambda session: self._insert_version(session, new, tensors, current=True))
         return self.resolve(new.concept, number)
+
+    def import_versions(self, versions: Sequence[ImportedVersion], source: str) -> list[ImportResult]:
+        """Write versions exported from another registry in one transaction, lineage first.
+
+        A version already held here (same concept, architecture, config and tensors) is reused rather
+        than copied, so importing a file twice adds nothing. Each new version gets the next number of
+        its concept here, its lineage is renumbered to match, and it records where it came from. The
+        last version (the exported one) becomes current; a lineage version only when its concept had none.
+        """
+
+        def write(session: Session) -> list[ImportResult]:
+            renumbered: dict[VersionRef, VersionRef] = {}
+            results = []
+            for i, item in enumerate(versions):
+                lineage = tuple(renumbered[ref] for ref in item.new.lineage)
+                new = replace(item.new, lineage=lineage)
+                existing = self._same_version(session, new, item.tensors)
+                if existing is not None:
+                    renumbered[item.origin] = VersionRef(new.concept, existing)
+                    results.append(ImportResult(item.origin, renumbered[item.origin], copied=False))
+                    continue
+                origin = {"ref": str(item.origin), "weights_sha256": item.origin_sha256, "from": source}
+                number = self._insert_version(session, new, item.tensors, current=i == len(versions) - 1,
+                                              origin=origin)
+                renumbered[item.origin] = VersionRef(new.concept, number)
+                results.append(ImportResult(item.origin, renumbered[item.origin], copied=True))
+            return results
+
+        return self._write(write)
 
     def rollback(self, name: str, to: int | str | None = None) -> tuple[int, int]:
         """Point ``name`` at version ``to`` (default: the version before the current one).
@@ -348,13 +356,13 @@ class Registry:
                 with self._write_session() as session:
                     return work(session)
             except (OperationalError, IntegrityError) as exc:
-                if not _is_contention(exc) or time.monotonic() > deadline:
-                    if _is_contention(exc):
-                        raise RegistryError(
-                            f"registry {self.display_url} stayed busy for {WRITE_RETRY_SECONDS:.0f} s; "
-                            "another process holds it, try again"
-                        ) from None
-                    raise
+                if not _is_contention(exc):
+                    raise RegistryError(f"registry {self.display_url} refused the write: {exc.orig}") from None
+                if time.monotonic() > deadline:
+                    raise RegistryError(
+                        f"registry {self.display_url} stayed busy for {WRITE_RETRY_SECONDS:.0f} s; "
+                        "another process holds it, try again"
+                    ) from None
                 time.sleep(delay * (1 + random.random()))
                 delay = min(delay * 2, 2.0)
 
@@ -363,8 +371,75 @@ class Registry:
         with self.engine.connect() as connection:
             connection.execution_options(immediate=True)
             with connection.begin(), Session(bind=connection, expire_on_commit=False) as session:
+                lock_for_write(connection)
                 yield session
                 session.flush()
+
+    def _insert_version(self, session: Session, new: NewVersion, tensors: dict[str, np.ndarray], current: bool,
+                        origin: dict[str, Any] | None = None) -> int:
+        """The next version of ``new.concept`` with its blob, lineage and event; returns its number.
+
+        ``current`` moves the concept's pointer to it (a concept without one always gets it).
+        """
+        concept = session.scalar(select(Concept).where(Concept.name == new.concept))
+        if concept is None:
+            concept = Concept(name=new.concept, description=new.description, condition_schema=new.schema.to_json())
+            session.add(concept)
+            session.flush()
+        elif schema_from_json(concept.condition_schema) != new.schema:
+            raise RegistryError(
+                f"concept {new.concept!r} takes {schema_from_json(concept.condition_schema).describe()}, "
+                f"but this version's attribute {new.attribute!r} is {new.schema.describe()}; "
+                "use another concept name"
+            )
+        frozen_ids = [self._version_row(session, self._concept_row(session, r.concept), r.number).id
+                      for r in new.lineage]
+        number = (session.scalar(select(func.max(Version.number)).where(Version.concept_id == concept.id)) or 0) + 1
+        metadata = {
+            "concept": new.concept,
+            "version": number,
+            "schema": new.schema.to_json(),
+            "architecture": new.architecture,
+            "architecture_config": new.architecture_config,
+        }
+        data = blobs.encode(tensors, {**metadata, "origin": origin} if origin else metadata)
+        digest = blobs.sha256(data)
+        if session.get(Blob, digest) is None:
+            session.add(Blob(sha256=digest, size=len(data), data=data))
+        version = Version(
+            concept_id=concept.id, number=number, architecture=new.architecture,
+            architecture_config=new.architecture_config, source=new.source,
+            source_params=new.source_params, attribute=new.attribute, dataset_hash=new.dataset_hash,
+            hyperparameters=new.hyperparameters, seed=new.seed, metrics=new.metrics,
+            weights_sha256=digest, status="ready",
+        )
+        session.add(version)
+        session.flush()
+        session.add_all(Lineage(version_id=version.id, frozen_version_id=f) for f in frozen_ids)
+        if current or session.get(CurrentVersion, concept.id) is None:
+            self._point(session, concept.id, version.id)
+        details: dict[str, Any] = {"lineage": [str(r) for r in new.lineage], "weights_sha256": digest}
+        session.add(Event(kind="import" if origin else "add", concept=new.concept, version=number,
+                          details={**details, "origin": origin} if origin else details))
+        return number
+
+    @staticmethod
+    def _same_version(session: Session, new: NewVersion, tensors: dict[str, np.ndarray]) -> int | None:
+        """The number of a version of ``new.concept`` here with the same architecture, config and tensors."""
+        candidates = session.execute(
+            select(Version.number, Version.architecture_config, Version.weights_sha256)
+            .join(Concept, Concept.id == Version.concept_id)
+            .where(Concept.name == new.concept, Version.architecture == new.architecture)
+            .order_by(Version.number)
+        ).all()
+        wanted = blobs.tensor_digest(tensors)
+        for number, config, sha in candidates:
+            if dict(config) != dict(new.architecture_config):
+                continue
+            blob = session.get(Blob, sha)
+            if blob is not None and blobs.tensor_digest(blobs.decode(bytes(blob.data), sha, sha[:12])) == wanted:
+                return int(number)
+        return None
 
     @staticmethod
     def _point(session: Session, concept_id: int, version_id: int) -> None:
@@ -447,6 +522,9 @@ class Registry:
         ).all()
         pointer = session.get(CurrentVersion, concept.id)
         aliases = tuple(a for a, n in self._aliases(session, concept.id).items() if n == version.number)
+        imported = session.scalar(select(Event.details).where(
+            Event.kind == "import", Event.concept == concept.name, Event.version == version.number
+        ).limit(1))
         return VersionInfo(
             concept=concept.name,
             number=version.number,
@@ -466,6 +544,7 @@ class Registry:
             lineage=tuple(VersionRef(name, number) for name, number in lineage),
             aliases=aliases,
             is_current=pointer is not None and pointer.version_id == version.id,
+            origin=dict(imported["origin"]) if imported else None,
         )
 
 
@@ -474,9 +553,16 @@ def _utc(moment: datetime) -> datetime:
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=timezone.utc)
 
 
+CONTENTION_SQLSTATES = ("40001", "40P01", "55P03")
+"""PostgreSQL: serialization failure, deadlock, lock not available (lock_timeout)."""
+
+
 def _is_contention(exc: Exception) -> bool:
-    """True for errors another writer causes: a locked SQLite file, or a racing version number."""
-    message = str(getattr(exc, "orig", exc)).lower()
+    """True for errors another writer causes: a locked database, or a racing version number."""
+    original = getattr(exc, "orig", exc)
+    if getattr(original, "sqlstate", None) in CONTENTION_SQLSTATES:
+        return True
+    message = str(original).lower()
     if isinstance(exc, IntegrityError):
         return "uq_versions_concept_number" in message or "versions.concept_id, versions.number" in message
     return "locked" in message or "busy" in message or "could not serialize" in message

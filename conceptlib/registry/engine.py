@@ -2,8 +2,9 @@
 
 SQLite is opened with WAL (readers never block the writer), foreign keys on, and a busy timeout;
 write transactions begin IMMEDIATE so two writers queue on the lock instead of failing when one
-upgrades a read lock. Migrations run through alembic only when the stored revision is behind, so
-read-only commands stay fast.
+upgrades a read lock. PostgreSQL gets the same one-writer-at-a-time rule from a transaction-scoped
+advisory lock with a lock timeout, so version numbers stay dense without serialization retries.
+Migrations run through alembic only when the stored revision is behind, so read-only commands stay fast.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from sqlalchemy import Engine, create_engine, event, inspect, text
+from sqlalchemy import Connection, Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DatabaseError, NoSuchModuleError, OperationalError
 
@@ -23,6 +24,7 @@ HEAD_REVISION = "0001"
 KNOWN_REVISIONS = ("0001",)
 BUSY_TIMEOUT_MS = 30_000
 SQLITE_MAGIC = b"SQLite format 3\x00"
+WRITE_LOCK_KEY = 0x636F6E63  # "conc": the advisory lock every PostgreSQL write transaction takes
 
 
 def resolve_url(location: str | None) -> str:
@@ -40,7 +42,7 @@ def redact(url: str) -> str:
     """The URL with any password hidden, for messages and logs."""
     try:
         return make_url(url).render_as_string(hide_password=True)
-    except ArgumentError:
+    except (ArgumentError, ValueError):  # a port that is not a number raises ValueError
         return "<unparseable registry URL>"
 
 
@@ -59,7 +61,13 @@ def open_engine(url: str, create: bool) -> Engine:
     ``--registry`` must not silently start an empty registry).
     """
     shown = redact(url)
-    path = sqlite_path(url)
+    try:
+        path = sqlite_path(url)
+    except (ArgumentError, ValueError):
+        raise RegistryError(
+            f"{shown} is neither a registry file nor a SQLAlchemy URL (e.g. postgresql+psycopg://user@host/db); "
+            "check --registry"
+        ) from None
     if path is not None:
         _check_sqlite_file(path, create, shown)
     try:
@@ -116,6 +124,17 @@ def _configure_sqlite(engine: Engine) -> None:
         connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
 
+def lock_for_write(connection: Connection) -> None:
+    """Queue this write transaction behind any other one (SQLite did so already with BEGIN IMMEDIATE).
+
+    On PostgreSQL a transaction-scoped advisory lock serialises writers; waiting longer than the busy
+    timeout raises a lock-timeout error, which the registry's retry loop counts as contention.
+    """
+    if connection.dialect.name == "postgresql":
+        connection.exec_driver_sql(f"SET LOCAL lock_timeout = {BUSY_TIMEOUT_MS}")
+        connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({WRITE_LOCK_KEY})")
+
+
 def _migrate(engine: Engine, shown: str) -> None:
     with engine.connect() as connection:
         tables = set(inspect(connection).get_table_names())
@@ -142,5 +161,6 @@ def _run_alembic(engine: Engine) -> None:
     config.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
     with engine.connect().execution_options(immediate=True) as connection:
         config.attributes["connection"] = connection
-        command.upgrade(config, "head")
-        connection.commit()
+        with connection.begin():
+            lock_for_write(connection)  # two processes opening a new registry at once migrate it once
+            command.upgrade(config, "head")

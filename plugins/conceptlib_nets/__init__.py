@@ -4,11 +4,15 @@ torch is imported only when a network is built, so listing plugins stays fast.
 """
 
 from collections.abc import Mapping
-from typing import Any
+from functools import partial
+from typing import TYPE_CHECKING, Any
 
 from conceptlib.architectures import Architecture
 from conceptlib.hookspecs import hookimpl
 from conceptlib.schema import ConditionSchema
+
+if TYPE_CHECKING:
+    from conceptlib_nets.paper import PaperEnergyNet
 
 SMALL_CONFIG: dict[str, Any] = {"channels": [32, 64, 64], "embed": 128, "bump_sigma": 0.08}
 UNET_CONFIG: dict[str, Any] = {
@@ -37,6 +41,25 @@ def build_unet(schema: ConditionSchema, image_size: int, config: Mapping[str, An
     return DenoisingEnergyNet(schema, image_size, {**UNET_CONFIG, **config})
 
 
+PAPER64_CONFIG: dict[str, Any] = {
+    "channels": [64, 64, 128, 128, 256], "extra_blocks": 0, "pool": "mean", "embed": 128, "bump_sigma": 0.08,
+}
+"""Fig. 17a: the stem's width, then one downsampling residual block per further entry."""
+PAPER128_CONFIG: dict[str, Any] = {
+    "channels": [64, 64, 128, 256, 512, 1024], "extra_blocks": 1, "pool": "sum", "embed": 256, "bump_sigma": 0.08,
+}
+"""Fig. 17c: five downsampling blocks, one more block at 1024 channels, global sum pooling."""
+
+
+def build_paper(
+    defaults: Mapping[str, Any], schema: ConditionSchema, image_size: int, config: Mapping[str, Any]
+) -> "PaperEnergyNet":
+    """The paper network with ``defaults`` overlaid by ``config`` (registered once per figure via partial)."""
+    from conceptlib_nets.paper import PaperEnergyNet
+
+    return PaperEnergyNet(schema, image_size, {**defaults, **config})
+
+
 @hookimpl
 def conceptlib_architectures() -> list[Architecture]:
     return [
@@ -57,5 +80,17 @@ def conceptlib_architectures() -> list[Architecture]:
             build=build_classifier,
             default_config=CLASSIFIER_CONFIG,
             description="noise-conditioned classifier energy -log p(c | x) (objective classifier)",
+        ),
+        Architecture(
+            name="paper64",
+            build=partial(build_paper, PAPER64_CONFIG),
+            default_config=PAPER64_CONFIG,
+            description="the paper's 64x64 scenes ResNet (A.4): spectral norm, Swish, FiLM per block (objective cd)",
+        ),
+        Architecture(
+            name="paper128",
+            build=partial(build_paper, PAPER128_CONFIG),
+            default_config=PAPER128_CONFIG,
+            description="the paper's 128x128 CelebA ResNet (A.4), 42M parameters, for a GPU (objective cd)",
         ),
     ]

@@ -23,7 +23,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from conceptlib.schema import ConditionSchema
-from conceptlib_nets.unet import FiLMConv
+from conceptlib_nets.unet import FiLMConv, shared_rows
 
 
 class NoisyClassifierEnergy(nn.Module):
@@ -55,8 +55,7 @@ class NoisyClassifierEnergy(nn.Module):
     ) -> torch.Tensor:
         if sigma is None:
             sigma = torch.full((x.shape[0],), 0.01, device=x.device, dtype=x.dtype)
-        angles = (torch.log(sigma) / 4)[:, None] * self.frequencies[None, :] * 2 * math.pi
-        e = self.noise_embed(torch.cat([angles.cos(), angles.sin()], dim=1))
+        e = self.embedding(sigma)
         h = (x - 0.5) / torch.sqrt(sigma**2 + self.sigma_data**2)[:, None, None, None]
         for block in self.blocks:
             h = block(h, e)
@@ -70,3 +69,10 @@ class NoisyClassifierEnergy(nn.Module):
         if keep is not None:
             energy = energy * keep
         return energy
+
+    def embedding(self, sigma: torch.Tensor) -> torch.Tensor:
+        """The noise level's embedding; computed once and broadcast when the batch shares one level."""
+        if sigma.shape[0] > 1 and shared_rows(sigma):
+            return self.embedding(sigma[:1]).expand(sigma.shape[0], -1)
+        angles = (torch.log(sigma) / 4)[:, None] * self.frequencies[None, :] * 2 * math.pi
+        return self.noise_embed(torch.cat([angles.cos(), angles.sin()], dim=1))

@@ -36,8 +36,26 @@ class FiLMConv(nn.Module):
         nn.init.zeros_(self.film.bias)
 
     def forward(self, h: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+        if e.stride(0) == 0 and not self.conv.weight.requires_grad:  # one embedding for the batch: fold FiLM
+            scale, shift = self.film(e[:1]).chunk(2, dim=1)
+            gain = 1 + scale[0]
+            weight = (self.conv.weight * gain[:, None, None, None]).contiguous(memory_format=_layout(self.conv.weight))
+            return F.silu(F.conv2d(h, weight, self.conv.bias * gain + shift[0], self.conv.stride, self.conv.padding))
         scale, shift = self.film(e).chunk(2, dim=1)
         return F.silu(self.conv(h) * (1 + scale[:, :, None, None]) + shift[:, :, None, None])
+
+
+def _layout(weight: torch.Tensor) -> torch.memory_format:
+    return torch.channels_last if weight.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+
+
+def shared_rows(*tensors: torch.Tensor) -> bool:
+    """True when every tensor has the same value in every row (sampling: one noise level, one condition).
+
+    Networks then compute their embedding once and broadcast it (stride 0), which lets frozen
+    :class:`FiLMConv` blocks fold FiLM into their convolutions instead of two passes over activations.
+    """
+    return all(t.shape[0] == 1 or torch.equal(t, t[:1].expand_as(t)) for t in tensors)
 
 
 class DenoisingEnergyNet(nn.Module):
@@ -73,6 +91,8 @@ class DenoisingEnergyNet(nn.Module):
         self.head = nn.Conv2d(c0, 3 * self.patch**2, 3, padding=1)
 
     def embedding(self, c: torch.Tensor, sigma: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        if sigma.shape[0] > 1 and shared_rows(c, sigma, keep):
+            return self.embedding(c[:1], sigma[:1], keep[:1]).expand(sigma.shape[0], -1)
         angles = (torch.log(sigma) / 4)[:, None] * self.frequencies[None, :] * 2 * math.pi
         noise = self.noise_embed(torch.cat([angles.cos(), angles.sin()], dim=1))
         k = keep[:, None]

@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from conceptlib.params import split_names
+
 RENDERER_VERSION = 1
 """Bump on any change to the drawing code: it enters every dataset hash."""
 
@@ -46,19 +48,14 @@ SHADE = (0.85, 1.00)
 _SIN60 = float(np.sqrt(3.0) / 2.0)
 
 
-def parse_names(text: str) -> list[str]:
-    """The names in a comma-separated parameter value (``"red, blue"``), blanks dropped."""
-    return [name.strip() for name in text.split(",") if name.strip()]
-
-
 def sample_attributes(n: int, params: Mapping[str, Any], rng: np.random.Generator) -> dict[str, np.ndarray]:
     """Draw ``n`` scenes' labels uniformly within resolved ``params``.
 
     Indices always refer to the full :data:`SHAPES` / :data:`COLORS`, whatever subset ``params``
     allows, so labels mean the same thing in every dataset of this source.
     """
-    shapes = np.array([SHAPES.index(s) for s in parse_names(params["shapes"])], dtype=np.int64)
-    colors = np.array([COLORS.index(c) for c in parse_names(params["colors"])], dtype=np.int64)
+    shapes = np.array([SHAPES.index(s) for s in split_names(params["shapes"])], dtype=np.int64)
+    colors = np.array([COLORS.index(c) for c in split_names(params["colors"])], dtype=np.int64)
     return {
         "shape": shapes[rng.integers(len(shapes), size=n)],
         "color": colors[rng.integers(len(colors), size=n)],

@@ -7,20 +7,18 @@ covers.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
-from conceptlib.errors import SourceParamError
+from conceptlib.params import integer, names, number, ordered_range
 from conceptlib.schema import Categorical, ConditionSchema, Continuous
 from conceptlib.sources import Dataset, Progress, Source, canonical_hash
 from conceptlib_scenes.render import (
     COLORS,
     RENDERER_VERSION,
     SHAPES,
-    parse_names,
     render_scenes,
     sample_attributes,
 )
@@ -57,21 +55,17 @@ class ScenesSource(Source):
         datasets get equal parameters (and equal hashes) however they were spelled.
         """
         params = super().resolve_params(given)
-        params["image_size"] = self._integer(params, "image_size", *IMAGE_SIZES)
-        params["n"] = self._integer(params, "n", 1)
-        params["seed"] = self._integer(params, "seed", 0)
+        params["image_size"] = integer(self.name, params, "image_size", *IMAGE_SIZES)
+        params["n"] = integer(self.name, params, "n", 1)
+        params["seed"] = integer(self.name, params, "seed", 0)
         for key in ("position_low", "position_high"):
-            params[key] = self._number(params, key, 0.0, 1.0, "[0, 1]")
+            params[key] = number(self.name, params, key, 0.0, 1.0, "[0, 1]")
         for key in ("size_low", "size_high"):
-            params[key] = self._number(params, key, 0.0, 0.5, "(0, 0.5]", low_open=True)
+            params[key] = number(self.name, params, key, 0.0, 0.5, "(0, 0.5]", low_open=True)
         for prefix in ("position", "size"):
-            low, high = params[f"{prefix}_low"], params[f"{prefix}_high"]
-            if low > high:
-                raise SourceParamError(
-                    f"source {self.name!r}: {prefix}_low ({low:g}) must not exceed {prefix}_high ({high:g})"
-                )
-        params["shapes"] = self._names(params, "shapes", SHAPES)
-        params["colors"] = self._names(params, "colors", COLORS)
+            ordered_range(self.name, params, prefix)
+        params["shapes"] = names(self.name, params, "shapes", SHAPES)
+        params["colors"] = names(self.name, params, "colors", COLORS)
         return params
 
     def attributes(self, params: Mapping[str, Any]) -> dict[str, ConditionSchema]:
@@ -112,38 +106,3 @@ class ScenesSource(Source):
             if progress is not None:
                 progress(part.stop, n)
         return Dataset(images, labels, self.attributes(resolved), self.dataset_hash(resolved))
-
-    def _integer(self, params: Mapping[str, Any], key: str, low: int, high: int | None = None) -> int:
-        value = params[key]
-        valid = f"in [{low}, {high}]" if high is not None else f">= {low}"
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, (int, np.integer))
-            or value < low
-            or (high is not None and value > high)
-        ):
-            raise SourceParamError(f"source {self.name!r}: {key} must be an integer {valid}; got {value!r}")
-        return int(value)
-
-    def _number(
-        self, params: Mapping[str, Any], key: str, low: float, high: float, valid: str, low_open: bool = False
-    ) -> float:
-        value = params[key]
-        if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-            raise SourceParamError(f"source {self.name!r}: {key} must be a number in {valid}; got {value!r}")
-        number = float(value)
-        below = number <= low if low_open else number < low
-        if not math.isfinite(number) or below or number > high:
-            raise SourceParamError(f"source {self.name!r}: {key} must lie in {valid}; got {number:g}")
-        return number
-
-    def _names(self, params: Mapping[str, Any], key: str, known: tuple[str, ...]) -> str:
-        value = params[key]
-        names = parse_names(value) if isinstance(value, str) else []
-        unknown = [name for name in names if name not in known]
-        if not names or unknown or len(set(names)) != len(names):
-            raise SourceParamError(
-                f"source {self.name!r}: {key} must be distinct names from {', '.join(known)}, "
-                f"comma-separated; got {value!r}"
-            )
-        return ",".join(name for name in known if name in names)
