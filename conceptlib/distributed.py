@@ -247,5 +247,6 @@ def trace(iteration: int, modules: Mapping[str, nn.Module]) -> None:
             digest.update(value.detach().cpu().contiguous().numpy().tobytes())
         digests.append(f"{name}={digest.hexdigest()}")
     path = Path(directory) / f"rank{_current.rank}.txt"
+    path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a") as handle:
         handle.write(f"{iteration} {' '.join(digests)}\n")

@@ -91,6 +91,24 @@ def test_both_ranks_hold_identical_weights_and_ema_after_every_step(trained):
     assert rank0 == rank1
 
 
+def test_two_torchrun_agents_meeting_at_a_rendezvous_train_as_one_run(tmp_path):
+    """Multi-node as torchrun does it (``--nnodes 2``, c10d rendezvous), the two nodes played on this machine."""
+    env = {k: v for k, v in os.environ.items() if k not in LAUNCH and not k.startswith("CONCEPTLIB_")}
+    env.update({TRACE_ENV: str(tmp_path / "trace"), "CONCEPTLIB_CHECKPOINTS": str(tmp_path / "checkpoints")})
+    command = [str(TORCHRUN), "--nnodes", "2", "--nproc-per-node", "1", "--rdzv-backend", "c10d",
+               "--rdzv-endpoint", f"127.0.0.1:{free_port()}", "--rdzv-id", "two-nodes", "-m", "conceptlib",
+               "--registry", str(tmp_path / "registry.db"), "add", "position", *TINY_SOURCE, *TINY_TRAINING]
+    nodes = [subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for _ in range(2)]
+    outputs = [node.communicate(timeout=300)[0] for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], outputs
+    (version,) = Registry.open(str(tmp_path / "registry.db")).history("position")
+    assert version.hyperparameters["world_size"] == 2
+    assert "".join(outputs).count("registered position@1") == 1
+    rank0, rank1 = ((tmp_path / "trace" / f"rank{r}.txt").read_text() for r in (0, 1))
+    assert rank0 == rank1 and len(rank0.splitlines()) == 3
+
+
 def test_sharded_compose_equals_the_single_process_run_and_is_duplicate_free(trained, tmp_path):
     root, _ = trained
     registry = ["--registry", str(root / "registry.db")]
