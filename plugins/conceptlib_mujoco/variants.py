@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from conceptlib.colors import palette
 from conceptlib.errors import SourceParamError
 from conceptlib.params import split_names
 from conceptlib_mujoco.camera import apparent_radius, project, unproject
@@ -30,19 +31,7 @@ SHAPES: tuple[str, ...] = ("sphere", "cylinder", "cube")
 COLORS: tuple[str, ...] = ("red", "green", "blue", "yellow", "magenta", "cyan", "orange", "purple")
 TRAINING_COLORS: tuple[str, ...] = COLORS[:6]
 """The default colors; orange and purple are left for the ``unseen-color`` test set."""
-PALETTE = np.array(
-    [
-        [0.90, 0.12, 0.10],  # red
-        [0.12, 0.80, 0.15],  # green
-        [0.12, 0.25, 0.92],  # blue
-        [0.92, 0.85, 0.10],  # yellow
-        [0.88, 0.12, 0.85],  # magenta
-        [0.10, 0.85, 0.90],  # cyan
-        [1.00, 0.50, 0.05],  # orange
-        [0.50, 0.15, 0.80],  # purple
-    ],
-    dtype=np.float32,
-)
+PALETTE = palette(COLORS)
 VARIANTS: tuple[str, ...] = (
     "scene", "cube", "extrapolation", "unseen-color", "unseen-size", "unseen-light", "unseen-type",
 )

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from conceptlib.colors import palette
 from conceptlib.params import split_names
 
 RENDERER_VERSION = 1
@@ -25,17 +26,7 @@ RENDERER_VERSION = 1
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle")
 COLORS: tuple[str, ...] = ("red", "green", "blue", "yellow", "magenta", "cyan")
 
-PALETTE = np.array(
-    [
-        [0.90, 0.12, 0.10],  # red
-        [0.12, 0.80, 0.15],  # green
-        [0.12, 0.25, 0.92],  # blue
-        [0.92, 0.85, 0.10],  # yellow
-        [0.88, 0.12, 0.85],  # magenta
-        [0.10, 0.85, 0.90],  # cyan
-    ],
-    dtype=np.float32,
-)
+PALETTE = palette(COLORS)
 """RGB in [0, 1] of each name in :data:`COLORS`, before the per-image shade."""
 
 BACKGROUND_LEVEL = (0.40, 0.60)
