@@ -69,23 +69,31 @@ def main() -> None:
                                guidance=args.guidance)
     names = args.protocol or list(PROTOCOLS)
     started = time.perf_counter()
-    run = evaluate_registry(registry, PluginManager(), names, args.n, settings, seed=0, device=device,
-                            inference_n=args.inference)
-    run.extra.update({
-        "training_seconds": training or {v.concept: v.metrics.get("seconds") for v in
-                                         (registry.resolve(c) for c, _ in CONTINUAL)},
-        "versions": {c: registry.resolve(c).to_json()["hyperparameters"] for c, _ in CONTINUAL},
-        "machine": {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
-                    "device": str(device)},
-        "evaluation_seconds": round(time.perf_counter() - started, 1),
-        "command": " ".join(sys.argv),
-    })
-    markdown, data = write_report(run.results, run.extra, args.out)
-    RESULTS.mkdir(exist_ok=True)
-    shutil.copy(markdown, RESULTS / "quality.md")
-    shutil.copy(data, RESULTS / "quality.json")
+    results: list = []
+    extra: dict = {}
+    # One protocol at a time, the report rewritten after each: a long run stopped part way keeps what it measured.
+    for index, name in enumerate([*names, None]):
+        last = name is None
+        run = evaluate_registry(registry, PluginManager(), [] if last else [name], args.n, settings, seed=0,
+                                device=device, inference_n=args.inference if last else 0)
+        results += run.results
+        extra.update(run.extra)
+        extra.update({
+            "training_seconds": training or {v.concept: v.metrics.get("seconds") for v in
+                                             (registry.resolve(c) for c, _ in CONTINUAL)},
+            "versions": {c: registry.resolve(c).to_json()["hyperparameters"] for c, _ in CONTINUAL},
+            "machine": {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
+                        "device": str(device)},
+            "evaluation_seconds": round(time.perf_counter() - started, 1),
+            "protocols_done": f"{min(index + 1, len(names))} of {len(names)}" + ("" if last else ", running"),
+            "command": " ".join(sys.argv),
+        })
+        markdown, data = write_report(results, extra, args.out)
+        RESULTS.mkdir(exist_ok=True)
+        shutil.copy(markdown, RESULTS / "quality.md")
+        shutil.copy(data, RESULTS / "quality.json")
     print(markdown.read_text())
-    print(json.dumps(run.extra.get("position_inference", {}), indent=2))
+    print(json.dumps(extra.get("position_inference", {}), indent=2))
 
 
 if __name__ == "__main__":

@@ -31,6 +31,21 @@ class LoadedConcept:
         vector = self.version.schema.encode(value, concept=self.version.concept)  # type: ignore[arg-type]
         return torch.tensor([vector], dtype=torch.float32, device=device)
 
+    def trained_range(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per-dimension bounds of the continuous conditions this concept was trained on.
+
+        Outside them its energies are extrapolation (measured: an inference grid over the schema's whole
+        [0, 1] box put a position trained on [0.2, 0.8] at the corner (1, 0) for every image), so sampling
+        and inference stay inside: the range training recorded, else the source's, else the schema's.
+        """
+        schema = self.version.schema
+        metrics, params, name = self.version.metrics, self.version.source_params, self.version.attribute
+        low = metrics.get("condition_low", params.get(f"{name}_low", schema.low))  # type: ignore[union-attr]
+        high = metrics.get("condition_high", params.get(f"{name}_high", schema.high))  # type: ignore[union-attr]
+        shape = (schema.dim,)
+        return (np.broadcast_to(np.asarray(low, np.float64), shape).copy(),
+                np.broadcast_to(np.asarray(high, np.float64), shape).copy())
+
 
 def state_to_numpy(model: nn.Module) -> dict[str, np.ndarray]:
     return {k: v.detach().cpu().contiguous().numpy() for k, v in model.state_dict().items()}

@@ -147,11 +147,9 @@ def draw_prior_conditions(prior: LoadedConcept, n: int, generator: torch.Generat
     if schema.kind == "categorical":
         index = torch.randint(0, schema.dim, (n,), generator=generator, device=device)
         return torch.eye(schema.dim, device=device)[index]
-    metrics, params, name = prior.version.metrics, prior.version.source_params, prior.version.attribute
-    low = metrics.get("condition_low", params.get(f"{name}_low", schema.low))
-    high = metrics.get("condition_high", params.get(f"{name}_high", schema.high))
-    low_t = torch.as_tensor(low, dtype=torch.float32, device=device).expand(schema.dim)
-    high_t = torch.as_tensor(high, dtype=torch.float32, device=device).expand(schema.dim)
+    low, high = prior.trained_range()
+    low_t = torch.as_tensor(low, dtype=torch.float32, device=device)
+    high_t = torch.as_tensor(high, dtype=torch.float32, device=device)
     return low_t + (high_t - low_t) * torch.rand((n, schema.dim), generator=generator, device=device)
 
 

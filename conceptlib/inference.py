@@ -12,7 +12,6 @@ diffusion classifiers. The same draws are used for every candidate, so the compa
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -92,8 +91,9 @@ def infer(
         candidates = torch.eye(schema.dim, device=device)
         labels: list[str | tuple[float, ...]] = list(schema.values)
     else:
-        axis = np.linspace(schema.low, schema.high, config.grid)
-        points = list(itertools.product(axis, repeat=schema.dim))
+        low, high = concept.trained_range()
+        axes = [np.linspace(low[d], high[d], config.grid) for d in range(schema.dim)]
+        points = list(itertools.product(*axes))
         candidates = torch.tensor(points, dtype=torch.float32, device=device)
         labels = [tuple(float(v) for v in p) for p in points]
     per_call = max(1, batch // images.shape[0])
@@ -106,7 +106,7 @@ def infer(
     ranked = [(labels[i], float(energies[i])) for i in order]
     if isinstance(schema, Categorical) or config.refine_steps == 0:
         return Inferred(ranked[0][0], ranked[0][1], ranked[:5])
-    best = _refine(concept, images, candidates[order[0]], config, (schema.low, schema.high))
+    best = _refine(concept, images, candidates[order[0]], config, concept.trained_range())
     with torch.no_grad():
         energy = float(summed_energy(concept, images, best[None], config)[0])
     if energy > ranked[0][1]:
@@ -123,9 +123,10 @@ def infer_each(
 
 def _refine(
     concept: LoadedConcept, images: torch.Tensor, start: torch.Tensor, config: InferenceConfig,
-    bounds: Sequence[float],
+    bounds: tuple[np.ndarray, np.ndarray],
 ) -> torch.Tensor:
-    """Adam on the condition from the best grid point, kept inside the schema's box."""
+    """Adam on the condition from the best grid point, kept inside the range the concept was trained on."""
+    low, high = (torch.as_tensor(b, dtype=start.dtype, device=start.device) for b in bounds)
     c = start.clone().detach().requires_grad_(True)
     optimizer = torch.optim.Adam([c], lr=config.refine_lr)
     concept.model.requires_grad_(False)
@@ -134,5 +135,5 @@ def _refine(
         summed_energy(concept, images, c[None], config).sum().backward()
         optimizer.step()
         with torch.no_grad():
-            c.clamp_(bounds[0], bounds[1])
+            c.copy_(torch.maximum(torch.minimum(c, high), low))
     return c.detach()

@@ -111,3 +111,22 @@ def test_cd_concepts_are_inferred_from_their_plain_energy(run, tmp_path):
     assert result.exit_code == 0, result.output
     value = json.loads(result.output)[0]["value"]
     assert len(value) == 2 and all(0.0 <= v <= 1.0 for v in value)
+
+
+def test_inference_stays_inside_the_range_the_concept_was_trained_on():
+    """Outside its training range a concept's energy is extrapolation: a corner of the schema's box once
+    won every image (position error 0.55), so the grid and the refinement keep to the trained range."""
+    from types import SimpleNamespace
+
+    from conceptlib.schema import Continuous
+
+    class Downhill(nn.Module):
+        """Lower energy the larger the condition: unconstrained, the argmin is the box's far corner."""
+
+        def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+            return -c.sum(1) + 0 * x.mean((1, 2, 3))
+
+    version = SimpleNamespace(schema=Continuous(names=("x", "y"), low=0.0, high=1.0), attribute="position",
+                              metrics={"condition_low": [0.2, 0.3], "condition_high": [0.8, 0.7]}, source_params={})
+    found = infer(LoadedConcept(version, Downhill()), torch.zeros(1, 3, 8, 8), InferenceConfig(grid=5)).value
+    assert found == pytest.approx((0.8, 0.7))
