@@ -130,37 +130,43 @@ def train_concept(
     ``prior`` is the concept whose null energy is the image prior of the frozen composition (dsm with
     frozen concepts only). ``checkpoint`` restores a stopped run before the loop and saves this one as it goes.
     """
-    checkpoint = checkpoint or Checkpoint.disabled()
-    if config.objective == "classifier":
-        return _train_classifier(architecture, architecture_config, dataset, attribute, frozen, config, device,
-                                 on_iteration, checkpoint)
-    if config.objective == "dsm":
-        return _train_dsm(architecture, architecture_config, dataset, attribute, frozen, config, device,
-                          on_iteration, prior, checkpoint)
-    if config.objective != "cd":
+    trainers = {"cd": _train_cd, "dsm": _train_dsm, "classifier": _train_classifier}
+    if config.objective not in trainers:
         raise TrainingError(f"unknown objective {config.objective!r}; use one of {', '.join(OBJECTIVES)}")
-    return _train_cd(architecture, architecture_config, dataset, attribute, frozen, config, device, on_iteration,
-                     checkpoint)
+    return trainers[config.objective](_Run(architecture, architecture_config, dataset, attribute, frozen, config,
+                                           device, on_iteration, prior, checkpoint or Checkpoint.disabled()))
 
 
-def _train_cd(
-    architecture: Architecture,
-    architecture_config: Mapping[str, Any],
-    dataset: Dataset,
-    attribute: str,
-    frozen: Sequence[LoadedConcept],
-    config: TrainConfig,
-    device: torch.device,
-    on_iteration: IterationCallback | None,
-    checkpoint: Checkpoint,
-) -> TrainResult:
+@dataclass(frozen=True)
+class _Run:
+    """Everything one training run is given, passed whole to the objective's loop."""
+
+    architecture: Architecture
+    architecture_config: Mapping[str, Any]
+    dataset: Dataset
+    attribute: str
+    frozen: Sequence[LoadedConcept]
+    config: TrainConfig
+    device: torch.device
+    on_iteration: IterationCallback | None
+    prior: LoadedConcept | None
+    checkpoint: Checkpoint
+
+
+def _seeded_streams(config: TrainConfig, device: torch.device) -> tuple[np.random.Generator, torch.Generator]:
+    """Seed the initial weights alike on every rank; each rank's batches and noise from its own stream."""
+    torch.manual_seed(config.seed)
+    rank_seed = distributed.stream_seed(config.seed, distributed.current().rank)
+    return np.random.default_rng(rank_seed), torch.Generator(device=device).manual_seed(rank_seed)
+
+
+def _train_cd(run: _Run) -> TrainResult:
     """Contrastive divergence (eq. 2): frozen concepts enter only through the Langevin negatives."""
-    torch.manual_seed(config.seed)  # the same initial weights on every rank
-    rank_seed = distributed.stream_seed(config.seed, distributed.current().rank)  # each rank its own batches
-    rng = np.random.default_rng(rank_seed)
-    generator = torch.Generator(device=device).manual_seed(rank_seed)
+    dataset, attribute, frozen, config, device = run.dataset, run.attribute, run.frozen, run.config, run.device
+    on_iteration, checkpoint = run.on_iteration, run.checkpoint
+    rng, generator = _seeded_streams(config, device)
     schema = dataset.schemas[attribute]
-    model = architecture.build(schema, dataset.image_size, architecture_config).to(device)
+    model = run.architecture.build(schema, dataset.image_size, run.architecture_config).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, betas=(0.9, 0.999))
     size = dataset.image_size
     buffer = ReplayBuffer(config.buffer_size, (3, size, size), device)
@@ -217,23 +223,15 @@ def _train_cd(
     return TrainResult(model, metrics, history)
 
 
-def _train_dsm(
-    architecture: Architecture,
-    architecture_config: Mapping[str, Any],
-    dataset: Dataset,
-    attribute: str,
-    frozen: Sequence[LoadedConcept],
-    config: TrainConfig,
-    device: torch.device,
-    on_iteration: IterationCallback | None,
-    prior: LoadedConcept | None,
-    checkpoint: Checkpoint,
-) -> TrainResult:
+def _train_dsm(run: _Run) -> TrainResult:
     """Denoising score matching of ``E_new`` on top of the frozen composition; returns the EMA weights."""
+    architecture, dataset, attribute, frozen = run.architecture, run.dataset, run.attribute, run.frozen
+    config, device, on_iteration, checkpoint = run.config, run.device, run.on_iteration, run.checkpoint
+    prior = run.prior
     if frozen and prior is None:
         raise TrainingError("training against frozen concepts needs the concept that provides the image prior")
     rng, generator, model, ema, optimizer = _noise_conditioned_setup(
-        architecture, architecture_config, dataset, attribute, frozen, config, device, "noise_conditioned",
+        run, "noise_conditioned",
         f"architecture {architecture.name!r} is not noise-conditioned, which objective dsm needs; "
         "use --arch unet, or --objective cd",
     )
@@ -274,25 +272,17 @@ def _train_dsm(
     return TrainResult(ema, metrics, history)
 
 
-def _train_classifier(
-    architecture: Architecture,
-    architecture_config: Mapping[str, Any],
-    dataset: Dataset,
-    attribute: str,
-    frozen: Sequence[LoadedConcept],
-    config: TrainConfig,
-    device: torch.device,
-    on_iteration: IterationCallback | None,
-    checkpoint: Checkpoint,
-) -> TrainResult:
+def _train_classifier(run: _Run) -> TrainResult:
     """Cross-entropy (or Gaussian likelihood) of the attribute given noisy images: ``E = -log p(c | x_sigma)``.
 
     The frozen concepts are not in the loss: an image fixes every attribute, so ``p(c_new | x)`` is
     already the factor they leave unexplained; they supply the image prior when composing. A held-out
     twentieth of the dataset measures the result.
     """
+    architecture, dataset, attribute = run.architecture, run.dataset, run.attribute
+    config, device, on_iteration, checkpoint = run.config, run.device, run.on_iteration, run.checkpoint
     rng, generator, model, ema, optimizer = _noise_conditioned_setup(
-        architecture, architecture_config, dataset, attribute, frozen, config, device, "ratio_only",
+        run, "ratio_only",
         f"architecture {architecture.name!r} is not a classifier energy, which objective classifier needs; "
         "use --arch classifier",
     )
@@ -336,13 +326,7 @@ def _held_out(model: nn.Module, dataset: Dataset, attribute: str, index: np.ndar
 
 
 def _noise_conditioned_setup(
-    architecture: Architecture,
-    architecture_config: Mapping[str, Any],
-    dataset: Dataset,
-    attribute: str,
-    frozen: Sequence[LoadedConcept],
-    config: TrainConfig,
-    device: torch.device,
+    run: _Run,
     required: str,
     refusal: str,
 ) -> tuple[np.random.Generator, torch.Generator, nn.Module, nn.Module, torch.optim.Optimizer]:
@@ -350,14 +334,13 @@ def _noise_conditioned_setup(
 
     Frozen concepts must be noise-conditioned too: CD energies do not compose with these.
     """
-    torch.manual_seed(config.seed)  # the same initial weights on every rank
-    rank_seed = distributed.stream_seed(config.seed, distributed.current().rank)  # each rank its own batches
-    rng = np.random.default_rng(rank_seed)
-    generator = torch.Generator(device=device).manual_seed(rank_seed)
-    model = architecture.build(dataset.schemas[attribute], dataset.image_size, architecture_config).to(device)
+    config, device, dataset = run.config, run.device, run.dataset
+    rng, generator = _seeded_streams(config, device)
+    model = run.architecture.build(dataset.schemas[run.attribute], dataset.image_size,
+                                   run.architecture_config).to(device)
     if not getattr(model, required, False):
         raise TrainingError(refusal)
-    for concept in frozen:
+    for concept in run.frozen:
         if not getattr(concept.model, "noise_conditioned", False):
             raise TrainingError(
                 f"frozen concept {concept.version.ref} was trained by contrastive divergence; noise-conditioned "
