@@ -242,8 +242,6 @@ def _train_dsm(run: _Run) -> TrainResult:
     started = time.perf_counter()
 
     for iteration in range(checkpoint.restore(state), config.iterations + 1):
-        for group in optimizer.param_groups:
-            group["lr"] = config.lr * min(1.0, iteration / max(1, config.warmup))
         index = rng.integers(0, len(dataset), config.batch_size)
         x0 = images_to_tensor(dataset.images[index], device)
         c = torch.from_numpy(dataset.condition_vectors(attribute, index)).to(device)
@@ -293,8 +291,6 @@ def _train_classifier(run: _Run) -> TrainResult:
     net = distributed.wrap(model)
     started = time.perf_counter()
     for iteration in range(checkpoint.restore(state), config.iterations + 1):
-        for group in optimizer.param_groups:
-            group["lr"] = config.lr * min(1.0, iteration / max(1, config.warmup))
         index = rng.integers(0, train_size, config.batch_size)
         x0 = images_to_tensor(dataset.images[index], device)
         c = torch.from_numpy(dataset.condition_vectors(attribute, index)).to(device)
@@ -361,9 +357,11 @@ def _clipped_step(
     history: list[dict[str, float]],
     on_iteration: IterationCallback | None,
 ) -> None:
-    """One update of the noise-conditioned objectives: finite check, clipped Adam step, EMA, record."""
+    """One update of the noise-conditioned objectives: finite check, warmed-up clipped Adam step, EMA, record."""
     value = float(loss.detach())
     distributed.all_or_none(f"training diverged at iteration {iteration}", _check_loss, value, iteration)
+    for group in optimizer.param_groups:  # linear warm-up of the learning rate
+        group["lr"] = config.lr * min(1.0, iteration / max(1, config.warmup))
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip))
