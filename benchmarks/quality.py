@@ -55,6 +55,7 @@ def main() -> None:
     parser.add_argument("--levels", type=int, default=AnnealedConfig.levels)
     parser.add_argument("--corrector", default=AnnealedConfig.corrector)
     parser.add_argument("--guidance", type=float, default=2.0)
+    parser.add_argument("--classifier-guidance", type=float, default=3.0)
     parser.add_argument("--out", type=Path, default=RESULTS / "quality")
     args = parser.parse_args()
 
@@ -66,7 +67,7 @@ def main() -> None:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     registry = Registry.open(str(args.registry))
     settings = SamplerSettings(annealed=AnnealedConfig(levels=args.levels, corrector=args.corrector),
-                               guidance=args.guidance)
+                               guidance=args.guidance, classifier_guidance=args.classifier_guidance)
     names = args.protocol or list(PROTOCOLS)
     started = time.perf_counter()
     results: list = []

@@ -48,7 +48,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from conceptlib import batched, expr
 from conceptlib.concepts import LoadedConcept, load_concept, state_to_numpy
-from conceptlib.diffusion import AnnealedConfig, annealed_sample
+from conceptlib.diffusion import AnnealedConfig, annealed_sample, energy_scores
 from conceptlib.energy import Term, compose, compose_noisy
 from conceptlib.plugins import PluginManager
 from conceptlib.registry import NewVersion, Registry
@@ -535,7 +535,8 @@ def noisy(registry: Registry, plugins: PluginManager, device: torch.device, batc
             terms[leaf] = Term(LoadedConcept(concept.version, model), concept.condition(leaf.value, device), fast=fast)
         energy = compose_noisy(node, terms, loaded["dsm_position"], guidance=2.0)
         runs["conceptlib" if fast else "plain networks"] = partial(
-            annealed_sample, energy, batch, 32, short, torch.Generator(device=device).manual_seed(9), device)
+            annealed_sample, energy_scores(energy), batch, 32, short, torch.Generator(device=device).manual_seed(9),
+            device)
     rows = []
     for path, t in interleaved(runs, rounds, device).items():
         images = batch / (t["median_s"] / short.steps * full.steps)

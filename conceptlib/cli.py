@@ -105,8 +105,9 @@ def cli(ctx: click.Context, registry: str | None, plugins_dir: str | None) -> No
 
 
 # ------------------------------------------------------------------- add
-DEFAULT_ITERATIONS = {"dsm": 1800, "classifier": 1500, "cd": 300}
-DEFAULT_BATCH = {"dsm": 48, "classifier": 64, "cd": 64}
+DEFAULT_ITERATIONS = {"denoiser": 3000, "dsm": 1800, "classifier": 1500, "cd": 300}
+DEFAULT_BATCH = {"denoiser": 48, "dsm": 48, "classifier": 64, "cd": 64}
+DEFAULT_SCHEDULE = {"denoiser": "cosine"}
 
 
 @cli.command()
@@ -116,17 +117,21 @@ DEFAULT_BATCH = {"dsm": 48, "classifier": 64, "cd": 64}
 @click.option("--attribute", help="Source attribute to learn [default: NAME].")
 @click.option("--with", "frozen", multiple=True, metavar="OTHER[@V]",
               help="Registered concept to freeze and compose into the sampler, repeatable.")
-@click.option("--objective", default="auto", show_default=True, type=click.Choice(["auto", "dsm", "classifier", "cd"]),
-              help="dsm: denoising score matching of a noise-conditioned energy (a whole scene model); "
+@click.option("--objective", default="auto", show_default=True,
+              type=click.Choice(["auto", "denoiser", "dsm", "classifier", "cd"]),
+              help="denoiser: a denoiser of whole scenes, composed by its score (the prior); "
+                   "dsm: denoising score matching of a noise-conditioned energy (a whole scene model); "
                    "classifier: -log p(c | noisy x), the factor a concept adds to frozen ones; "
-                   "cd: the paper's contrastive divergence; auto: dsm alone, classifier with --with.")
-@click.option("--arch", "architecture", help="Energy-network architecture [default: unet for dsm, small for cd].")
+                   "cd: the paper's contrastive divergence; auto: denoiser alone, classifier with --with.")
+@click.option("--arch", "architecture",
+              help="Energy-network architecture [default: unet for denoiser and dsm, classifier, small for cd].")
 @click.option("--arch-config", multiple=True, metavar="KEY=VALUE", help="Architecture setting, repeatable.")
-@click.option("--iterations", type=click.IntRange(1), help="[default: 1800 dsm, 1500 classifier, 300 cd]")
-@click.option("--batch-size", type=click.IntRange(1), help="[default: 48 dsm, 64 classifier, 64 cd]")
+@click.option("--iterations", type=click.IntRange(1),
+              help="[default: 3000 denoiser, 1800 dsm, 1500 classifier, 300 cd]")
+@click.option("--batch-size", type=click.IntRange(1), help="[default: 48 denoiser, 48 dsm, 64 classifier, 64 cd]")
 @click.option("--lr", default=1e-3, show_default=True, type=click.FloatRange(0, min_open=True))
 @click.option("--condition-dropout", default=0.2, show_default=True, type=click.FloatRange(0, 1, max_open=True),
-              help="dsm: fraction of samples trained with the null condition.")
+              help="denoiser, dsm: fraction of samples trained with the null condition.")
 @click.option("--l2", default=1.0, show_default=True, type=click.FloatRange(0), help="cd: energy regulariser (eq. 2).")
 @click.option("--steps", default=20, show_default=True, type=click.IntRange(1),
               help="cd: Langevin steps per update.")
@@ -173,6 +178,7 @@ def add(ctx: click.Context, name: str, source_name: str, params: tuple[str, ...]
                           iterations=iterations or DEFAULT_ITERATIONS[resolved],
                           batch_size=batch_size or DEFAULT_BATCH[resolved],
                           condition_dropout=condition_dropout,
+                          schedule=DEFAULT_SCHEDULE.get(resolved, "constant"),
                           langevin=LangevinConfig(steps=steps, step_size=step_size, noise=noise)),
         device=torch_device, description=description, resume=resume,
         checkpoint_every=checkpoint_every, checkpoint_dir=checkpoint_dir,
@@ -192,17 +198,22 @@ def add(ctx: click.Context, name: str, source_name: str, params: tuple[str, ...]
 
 # --------------------------------------------------------------- compose
 def annealed_options(command: Any) -> Any:
-    """The annealed sampler's options (compose and eval share them); passes ``annealed`` and ``guidance``."""
+    """The annealed sampler's options (compose and eval share them); passes ``annealed`` and the guidances."""
     options = [
         click.option("--levels", default=40, show_default=True, type=click.IntRange(2),
-                     help="dsm: noise levels of the annealed sampler."),
+                     help="denoiser, dsm: noise levels of the annealed sampler."),
         click.option("--corrector", default="ula", show_default=True, type=click.Choice(["none", "ula", "mala"]),
-                     help="dsm: Langevin corrector at each level (mala: with a Metropolis accept)."),
+                     help="denoiser, dsm: Langevin corrector per level (mala: Metropolis accept; dsm only)."),
         click.option("--corrector-steps", default=1, show_default=True, type=click.IntRange(0)),
         click.option("--corrector-step", default=0.1, show_default=True, type=click.FloatRange(0, min_open=True),
-                     help="dsm: corrector step as a fraction of sigma^2."),
+                     help="denoiser, dsm: corrector step as a fraction of sigma^2."),
+        click.option("--eta", default=1.0, show_default=True, type=click.FloatRange(0, 1),
+                     help="denoiser, dsm: fresh noise per step down (1 Euler-ancestral, 0 deterministic)."),
         click.option("--guidance", default=2.0, show_default=True, type=click.FloatRange(0, min_open=True),
-                     help="dsm: scale of every concept's E(x|c) - E(x|null) (1 = plain product)."),
+                     help="denoiser, dsm: scale of every concept's E(x|c) - E(x|null) (1 = plain product)."),
+        click.option("--classifier-guidance", default=3.0, show_default=True,
+                     type=click.FloatRange(0, min_open=True),
+                     help="classifier concepts: scale of their -log p(c|x) (1 = plain product)."),
     ]
 
     @functools.wraps(command)  # keeps the options declared below this decorator (click's __click_params__)
@@ -212,6 +223,7 @@ def annealed_options(command: Any) -> Any:
         kwargs["annealed"] = AnnealedConfig(
             levels=kwargs.pop("levels"), corrector=kwargs.pop("corrector"),
             corrector_steps=kwargs.pop("corrector_steps"), corrector_step=kwargs.pop("corrector_step"),
+            eta=kwargs.pop("eta"),
         )
         return command(**kwargs)
 
@@ -240,8 +252,9 @@ def annealed_options(command: Any) -> Any:
 @click.option("--device", default="auto", show_default=True)
 @click.pass_context
 def compose_command(ctx: click.Context, expression: str, count: int, output: Path | None, out_dir: Path | None,
-                    seed: int, annealed: Any, guidance: float, steps: int, step_size: float, noise: float,
-                    init: str, temperature: float, batch_size: int, device: str) -> None:
+                    seed: int, annealed: Any, guidance: float, classifier_guidance: float, steps: int,
+                    step_size: float, noise: float, init: str, temperature: float, batch_size: int,
+                    device: str) -> None:
     """Sample images from a composed EXPRESSION, e.g. "position=(0.3,0.7) & color=red & !shape=square"."""
     from conceptlib import distributed
     from conceptlib.devices import resolve_device
@@ -264,7 +277,8 @@ def compose_command(ctx: click.Context, expression: str, count: int, output: Pat
         result = compose_images(registry, plugins, expression, count, sampler, seed=seed,
                                 device=torch_device, or_temperature=temperature,
                                 batch_size=batch_size, on_step=progress.phase("sampling"),
-                                annealed=annealed, guidance=guidance, shard=(ranks.rank, ranks.world_size))
+                                annealed=annealed, guidance=guidance, shard=(ranks.rank, ranks.world_size),
+                                classifier_guidance=classifier_guidance)
     for warning in result.warnings if ranks.is_main else ():
         err.print(f"warning: {warning}", markup=False)
     if output is not None:
@@ -298,8 +312,8 @@ def compose_command(ctx: click.Context, expression: str, count: int, output: Pat
 @click.option("--device", default="auto", show_default=True)
 @click.pass_context
 def eval_command(ctx: click.Context, protocols: tuple[str, ...], count: int, out_dir: Path, inference_n: int,
-                 judge_cache: Path | None, seed: int, annealed: Any, guidance: float, batch_size: int,
-                 device: str) -> None:
+                 judge_cache: Path | None, seed: int, annealed: Any, guidance: float, classifier_guidance: float,
+                 batch_size: int, device: str) -> None:
     """Grade the registry's concepts with an independent judge (paper Tables 1-3): a table and sample grids."""
     from conceptlib.devices import resolve_device
     from conceptlib.evaluation import PROTOCOLS, SamplerSettings, evaluate_registry, write_report
@@ -311,7 +325,8 @@ def eval_command(ctx: click.Context, protocols: tuple[str, ...], count: int, out
     names = list(protocols) or [name for name, p in PROTOCOLS.items() if set(p.concepts) <= known]
     if not names:
         raise click.UsageError("no protocol can run: the registry needs position, color or shape concepts")
-    settings = SamplerSettings(annealed=annealed, guidance=guidance, batch_size=batch_size)
+    settings = SamplerSettings(annealed=annealed, guidance=guidance, classifier_guidance=classifier_guidance,
+                               batch_size=batch_size)
     phases: dict[str, Any] = {}
     with job_progress(err) as progress:
         def on_phase(name: str, done: int, total: int) -> None:
@@ -384,17 +399,23 @@ def infer(ctx: click.Context, ref: str, images: tuple[Path, ...], grid: int, ref
 @click.pass_context
 def list_command(ctx: click.Context, as_json: bool) -> None:
     """List the registered concepts."""
-    concepts = open_registry(ctx).concepts()
+    from conceptlib.listing import read_concepts
+    from conceptlib.schema import schema_from_json
+
+    concepts = read_concepts(ctx.obj["registry"])  # stdlib sqlite3, no SQLAlchemy: where it is sure of the file
+    if concepts is None:
+        concepts = [c.to_json() for c in open_registry(ctx).concepts()]
     if as_json:
-        emit_json([c.to_json() for c in concepts])
+        emit_json(concepts)
         return
     if not concepts:
         out.print("no concepts yet; train one with 'concept add NAME --source scenes'")
         return
     table = Table("concept", "current", "versions", "aliases", "condition")
     for c in concepts:
-        aliases = ", ".join(f"@{a}→{n}" for a, n in c.aliases.items())
-        table.add_row(c.name, str(c.current), str(c.versions), aliases, c.schema.describe())
+        aliases = ", ".join(f"@{a}→{n}" for a, n in c["aliases"].items())
+        table.add_row(c["name"], str(c["current"]), str(c["versions"]), aliases,
+                      schema_from_json(c["schema"]).describe())
     out.print(table)
 
 

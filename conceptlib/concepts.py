@@ -31,6 +31,11 @@ class LoadedConcept:
         vector = self.version.schema.encode(value, concept=self.version.concept)  # type: ignore[arg-type]
         return torch.tensor([vector], dtype=torch.float32, device=device)
 
+    @property
+    def is_denoiser(self) -> bool:
+        """Trained as a plain denoiser (objective denoiser): its score is ``(D - x) / sigma^2``, not ``-grad E``."""
+        return self.version.hyperparameters.get("objective") == "denoiser"
+
     def trained_range(self) -> tuple[np.ndarray, np.ndarray]:
         """Per-dimension bounds of the continuous conditions this concept was trained on.
 

@@ -24,6 +24,8 @@ from conceptlib.errors import ConceptError
 
 NoisyEnergyFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 """``E(x, sigma) -> (B,)`` for images ``(B, 3, H, W)`` and noise scales ``(B,)``."""
+ScoreFn = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, "torch.Tensor | None"]]
+"""``(x, sigma) -> (score, energy or None)``: what the sampler follows; a pure score field has no energy."""
 StepCallback = Callable[[int, int], None]
 CORRECTORS = ("none", "ula", "mala")
 
@@ -54,6 +56,9 @@ class AnnealedConfig:
     corrector_steps: int = 1
     corrector_step: float = 0.1
     """Langevin step as a fraction of sigma^2 at each level (the score's natural scale)."""
+    eta: float = 1.0
+    """Fresh noise of each step down, as a fraction of the ancestral amount: 1 = Euler-ancestral, 0 = the
+    deterministic probability-flow (DDIM) step."""
 
     def __post_init__(self) -> None:
         if self.levels < 2:
@@ -64,6 +69,8 @@ class AnnealedConfig:
             raise ConceptError(f"unknown corrector {self.corrector!r}; use one of {', '.join(CORRECTORS)}")
         if self.corrector_steps < 0 or self.corrector_step <= 0:
             raise ConceptError("corrector steps must be >= 0 and the corrector step positive")
+        if not 0 <= self.eta <= 1:
+            raise ConceptError(f"eta must lie in [0, 1]; got {self.eta}")
 
     @property
     def steps(self) -> int:
@@ -89,6 +96,11 @@ def score(energy: NoisyEnergyFn, x: torch.Tensor, sigma: torch.Tensor) -> tuple[
     return -grad, e.detach()
 
 
+def energy_scores(energy: NoisyEnergyFn) -> ScoreFn:
+    """The score field of an energy, with the energy itself (MALA's accept test needs it)."""
+    return lambda x, sigma: score(energy, x, sigma)
+
+
 def denoising_loss(
     predicted: torch.Tensor, sigma: torch.Tensor, noise: torch.Tensor, sigma_data: float
 ) -> torch.Tensor:
@@ -102,7 +114,7 @@ def denoising_loss(
 
 
 def annealed_sample(
-    energy: NoisyEnergyFn,
+    scores: ScoreFn,
     n: int,
     image_size: int,
     config: AnnealedConfig,
@@ -110,7 +122,8 @@ def annealed_sample(
     device: torch.device,
     on_step: StepCallback | None = None,
 ) -> torch.Tensor:
-    """``n`` images from ``energy`` by annealed Euler-ancestral steps plus Langevin correctors."""
+    """``n`` images following ``scores`` (see :func:`energy_scores`) by annealed Euler-ancestral steps plus
+    Langevin correctors."""
     sigmas = config.sigmas(device)
     x = 0.5 + sigmas[0] * torch.randn((n, 3, image_size, image_size), generator=generator, device=device)
     done = 0
@@ -126,15 +139,15 @@ def annealed_sample(
         level = sigma.expand(n)
         if config.corrector != "none":
             for _ in range(config.corrector_steps):
-                x = _corrector_step(energy, x, level, config, generator)
+                x = _corrector_step(scores, x, level, config, generator)
                 tick()
-        s, _ = score(energy, x, level)
+        s, _ = scores(x, level)
         denoised = x + sigma**2 * s
         if i == config.levels - 1:
             x = denoised
         else:
             following = sigmas[i + 1]
-            up = (following**2 * (sigma**2 - following**2) / sigma**2).clamp_min(0).sqrt()
+            up = config.eta * (following**2 * (sigma**2 - following**2) / sigma**2).clamp_min(0).sqrt()
             down = (following**2 - up**2).clamp_min(0).sqrt()
             noise = torch.randn(x.shape, generator=generator, device=device)
             x = denoised + (x - denoised) * (down / sigma) + up * noise
@@ -143,16 +156,18 @@ def annealed_sample(
 
 
 def _corrector_step(
-    energy: NoisyEnergyFn, x: torch.Tensor, sigma: torch.Tensor, config: AnnealedConfig, generator: torch.Generator
+    scores: ScoreFn, x: torch.Tensor, sigma: torch.Tensor, config: AnnealedConfig, generator: torch.Generator
 ) -> torch.Tensor:
     """One Langevin step at a fixed level; MALA accepts or rejects each sample by its energy."""
     step = config.corrector_step * sigma[0] ** 2
-    s, e = score(energy, x, sigma)
+    s, e = scores(x, sigma)
     noise = torch.randn(x.shape, generator=generator, device=x.device)
     proposal = x + step * s + (2 * step).sqrt() * noise
     if config.corrector == "ula":
         return proposal.detach()
-    s_new, e_new = score(energy, proposal, sigma)
+    s_new, e_new = scores(proposal, sigma)
+    if e is None or e_new is None:
+        raise ConceptError("the MALA corrector needs an energy, and this composition gives a score only; use ula")
 
     def log_q(to: torch.Tensor, start: torch.Tensor, s_start: torch.Tensor) -> torch.Tensor:
         return -(to - start - step * s_start).pow(2).flatten(1).sum(1) / (4 * step)

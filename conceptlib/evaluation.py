@@ -21,7 +21,7 @@ import torch
 
 from conceptlib.concepts import LoadedConcept, load_concept
 from conceptlib.diffusion import AnnealedConfig, annealed_sample
-from conceptlib.energy import Term, compose, compose_noisy, draw_prior_conditions, names_prior
+from conceptlib.energy import Term, compose, draw_prior_conditions, names_prior
 from conceptlib.errors import ConceptError
 from conceptlib.expr import And, Leaf, Node, Not, Or
 from conceptlib.imaging import save_grid, to_uint8
@@ -30,6 +30,7 @@ from conceptlib.jobs import prior_concept
 from conceptlib.plugins import PluginManager
 from conceptlib.registry import Registry
 from conceptlib.sampling import LangevinConfig, initial_images, langevin
+from conceptlib.scores import composed_score, draw_branches
 from conceptlib.training import images_to_tensor
 
 WITHIN = 0.1
@@ -209,6 +210,7 @@ class SamplerSettings:
     annealed: AnnealedConfig = field(default_factory=AnnealedConfig)
     langevin: LangevinConfig = field(default_factory=LangevinConfig)
     guidance: float = 1.0
+    classifier_guidance: float = 1.0
     or_temperature: float = 1.0
     batch_size: int = 64
 
@@ -234,8 +236,10 @@ def sample_trial(
         if prior is not None:
             drawn = None if names_prior(trial.node, terms, prior) else draw_prior_conditions(prior, count, generator,
                                                                                               device)
-            energy = compose_noisy(trial.node, terms, prior, settings.guidance, settings.or_temperature, drawn)
-            x = annealed_sample(energy, count, image_size, settings.annealed, generator, device)
+            branches = draw_branches(trial.node, prior, count, generator, device)
+            scores = composed_score(trial.node, terms, prior, settings.guidance, settings.classifier_guidance,
+                                    settings.or_temperature, drawn, settings.annealed.corrector, branches)
+            x = annealed_sample(scores, count, image_size, settings.annealed, generator, device)
         else:
             plain = compose(trial.node, terms, settings.or_temperature)
             start_images = initial_images(count, image_size, settings.langevin.init, generator, device)
@@ -294,6 +298,13 @@ def infer_positions(
 
 
 # ---------------------------------------------------------------- report
+def grid_name(protocol: str) -> str:
+    """A file name that keeps the logic: ``!position & color`` -> ``not-position-and-color``."""
+    words = {"&": " and ", "|": " or ", "!": " not "}
+    text = "".join(words.get(ch, ch if ch.isalnum() else " ") for ch in protocol)
+    return "-".join(text.split())
+
+
 def write_report(results: Sequence[ProtocolResult], extra: Mapping[str, Any], out_dir: Path) -> tuple[Path, Path]:
     """``results.md`` (a table), ``results.json`` and one sample grid per protocol under ``out_dir``."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -301,9 +312,9 @@ def write_report(results: Sequence[ProtocolResult], extra: Mapping[str, Any], ou
     for r in results:
         shown = ", ".join(f"{k} {v:.3f}" for k, v in r.metrics.items())
         wanted = ", ".join(f"{k} {op} {v:g}" for k, (op, v) in r.targets.items())
-        rows.append(f"| `{r.name}` | {r.n} | {shown} | {wanted} | {'yes' if r.passed else 'no'} | {r.seconds:.0f} |")
-        slug = "".join(ch if ch.isalnum() else "_" for ch in r.name).strip("_")
-        save_grid(r.images[:64], out_dir / f"{slug}.png", columns=8)
+        name = r.name.replace("|", "\\|")  # a bare | would split the Markdown cell
+        rows.append(f"| `{name}` | {r.n} | {shown} | {wanted} | {'yes' if r.passed else 'no'} | {r.seconds:.0f} |")
+        save_grid(r.images[:64], out_dir / f"{grid_name(r.name)}.png", columns=8)
     for key, value in extra.items():
         rows.append(f"\n{key}: {json.dumps(value)}")
     markdown = out_dir / "results.md"
@@ -350,7 +361,8 @@ def evaluate_registry(
     )
     extra: dict[str, Any] = {
         "judge_held_out": report.get("attributes", report.get("held_out_test")),
-        "sampler": {**settings.annealed.to_json(), "guidance": settings.guidance},
+        "sampler": {**settings.annealed.to_json(), "guidance": settings.guidance,
+                    "classifier_guidance": settings.classifier_guidance},
         "seed": seed,
         "device": str(device),
     }

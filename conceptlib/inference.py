@@ -6,7 +6,9 @@ a continuous box), then, for continuous concepts, gradient refinement of the bes
 
 A noise-conditioned concept (objective dsm) is scored by its energy averaged over a few noise levels
 and fixed noise draws, ``E(x + sigma eps, sigma | c)``: the denoising view of ``-log p(x | c)`` used by
-diffusion classifiers. The same draws are used for every candidate, so the comparison is paired.
+diffusion classifiers; a plain denoiser (objective denoiser) by its denoising error
+``||x - D(x + sigma eps, sigma | c)||^2 / 2 sigma^2``, the same view without an energy network. The
+same draws are used for every candidate, so the comparison is paired.
 """
 
 from __future__ import annotations
@@ -76,7 +78,12 @@ def image_energies(
         for _ in range(config.draws):
             noise = torch.randn(images.shape, generator=generator, device=images.device).repeat(repeats, 1, 1, 1)
             s = torch.full((x.shape[0],), sigma, device=images.device)
-            total = total + model(x + sigma * noise, conditions, s)
+            if concept.is_denoiser:  # its denoising error: the diffusion-classifier view of -log p(x | c)
+                keep = torch.ones(x.shape[0], device=images.device)
+                error = x - model.denoise(x + sigma * noise, conditions, s, keep)
+                total = total + error.pow(2).flatten(1).sum(1) / (2 * sigma**2)
+            else:
+                total = total + model(x + sigma * noise, conditions, s)
     return total / (len(config.sigmas) * config.draws)
 
 

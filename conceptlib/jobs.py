@@ -20,7 +20,7 @@ from conceptlib import distributed, expr
 from conceptlib.checkpoints import Checkpoint, DeferredInterrupt, checkpoint_root
 from conceptlib.concepts import LoadedConcept, build_network, load_concept, state_to_numpy
 from conceptlib.diffusion import AnnealedConfig, annealed_sample
-from conceptlib.energy import Term, compose, compose_noisy, draw_prior_conditions, names_prior
+from conceptlib.energy import Term, compose, draw_prior_conditions, names_prior
 from conceptlib.errors import (
     ConceptError,
     ConditionError,
@@ -35,6 +35,7 @@ from conceptlib.registry import NewVersion, Registry, VersionInfo, VersionRef
 from conceptlib.registry.api import ImportResult
 from conceptlib.registry.transfer import ConceptFile, read_concept_file
 from conceptlib.sampling import LangevinConfig, initial_images, langevin
+from conceptlib.scores import composed_score, draw_branches
 from conceptlib.sources import Progress, Source, canonical_hash
 from conceptlib.training import (
     IterationCallback,
@@ -61,7 +62,7 @@ class AddRequest:
     attribute: str | None = None
     frozen: Sequence[str] = ()
     architecture: str | None = None
-    """Default: ``unet`` for objective dsm, ``small`` for cd."""
+    """Default: ``unet`` for objectives denoiser and dsm, ``classifier`` for classifier, ``small`` for cd."""
     architecture_config: Mapping[str, Any] = field(default_factory=dict)
     train: TrainConfig = field(default_factory=TrainConfig)
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
@@ -176,7 +177,7 @@ def add_concept(
     return version if version is not None else registry.resolve(request.name, number)
 
 
-DEFAULT_ARCHITECTURES = {"dsm": "unet", "classifier": "classifier", "cd": "small"}
+DEFAULT_ARCHITECTURES = {"denoiser": "unet", "dsm": "unet", "classifier": "classifier", "cd": "small"}
 RESUMABLE_CHANGES = ("iterations", "lr")
 """Settings a resumed run may change: train longer, or more gently after a divergence."""
 
@@ -259,7 +260,7 @@ def prior_concept(
     names = ", ".join(sorted({c.version.concept for c in concepts}))
     raise ConceptError(
         f"no concept in this expression ({names}) or its lineage models whole images, which sampling needs as "
-        "the prior; add a concept trained with --objective dsm (e.g. position) to the expression or train "
+        "the prior; add a concept trained with --objective denoiser (e.g. position) to the expression or train "
         "these --with one"
     )
 
@@ -288,10 +289,11 @@ def compose_images(
     annealed: AnnealedConfig | None = None,
     guidance: float = 1.0,
     shard: tuple[int, int] = (0, 1),
+    classifier_guidance: float = 1.0,
 ) -> Composition:
     """Sample ``n`` images from the composed energy of ``expression``.
 
-    Noise-conditioned concepts (objective dsm) are sampled by the annealed sampler with the prior
+    Noise-conditioned concepts (objectives denoiser, dsm, classifier) are sampled by the annealed sampler with the prior
     counted once; contrastive-divergence concepts by Langevin dynamics. One expression cannot mix them.
 
     Batch ``b`` draws from its own random stream of ``seed``, so ``shard=(rank, ranks)`` (a contiguous
@@ -301,8 +303,9 @@ def compose_images(
         raise ConceptError(f"-n must be at least 1; got {n}")
     if or_temperature <= 0:
         raise ConceptError(f"--temperature must be positive; got {or_temperature}")
-    if guidance <= 0:
-        raise ConceptError(f"--guidance must be positive; got {guidance}")
+    if guidance <= 0 or classifier_guidance <= 0:
+        raise ConceptError(f"--guidance and --classifier-guidance must be positive; got {guidance}, "
+                           f"{classifier_guidance}")
     device = device or torch.device("cpu")
     node = expr.parse(expression)
     loaded: dict[VersionRef, LoadedConcept] = {}
@@ -331,13 +334,16 @@ def compose_images(
         prior = prior_concept(registry, plugins, list(loaded.values()), device)
         latent = not names_prior(node, terms, prior)
         steps_per_batch = annealed.steps
-        settings = {**annealed.to_json(), "guidance": guidance, "prior": str(prior.version.ref),
+        settings = {**annealed.to_json(), "guidance": guidance, "classifier_guidance": classifier_guidance,
+                    "prior": str(prior.version.ref),
                     "prior_condition": "drawn per sample" if latent else "from the expression or null"}
 
         def draw(count: int, step: Callable[[int, int], None], generator: torch.Generator) -> torch.Tensor:
             drawn = draw_prior_conditions(prior, count, generator, device) if latent else None
-            energy = compose_noisy(node, terms, prior, guidance, or_temperature, drawn)
-            return annealed_sample(energy, count, image_size, annealed, generator, device, on_step=step)
+            branches = draw_branches(node, prior, count, generator, device)
+            scores = composed_score(node, terms, prior, guidance, classifier_guidance, or_temperature, drawn,
+                                    annealed.corrector, branches)
+            return annealed_sample(scores, count, image_size, annealed, generator, device, on_step=step)
     else:
         sampler = sampler or LangevinConfig()
         energy = compose(node, terms, or_temperature)

@@ -10,8 +10,8 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 db="$work/registry.db"
 common=(--source scenes --device auto --seed 0)
-# position models the whole scene (denoising score matching); each later concept learns only the factor
-# it adds to the frozen ones (a noise-conditioned classifier energy): --objective auto picks both.
+# position models the whole scene (a denoiser, the prior); each later concept learns only the factor it adds
+# to the frozen ones (a noise-conditioned classifier energy): --objective auto picks both.
 "$concept" --registry "$db" add position "${common[@]}" --description "object centre (x, y) in scene units"
 "$concept" --registry "$db" add shape "${common[@]}" --with position --description "circle, square or triangle"
 "$concept" --registry "$db" add color "${common[@]}" --with position --with shape --description "object color"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import uuid
 from collections.abc import Callable, Iterator
@@ -26,6 +27,19 @@ TINY_SAMPLING = ["--levels", "3", "--steps", "2", "--device", "cpu"]
 
 Run = Callable[..., Result]
 POSTGRES_ENV = "CONCEPTLIB_TEST_POSTGRES"
+SHIPPED_REGISTRY = Path(__file__).resolve().parent.parent / "registry.db"
+
+
+def _digest(path: Path) -> str | None:
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else None
+
+
+@pytest.fixture(scope="session", autouse=True)
+def shipped_registry_is_never_written() -> Iterator[None]:
+    """The repo's registry.db ships trained concepts: the suite must leave it byte for byte as it was."""
+    before = _digest(SHIPPED_REGISTRY)
+    yield
+    assert _digest(SHIPPED_REGISTRY) == before, "a test wrote to the shipped registry.db; use a tmp_path registry"
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from conceptlib import jobs
-from tests.conftest import TINY_SAMPLING, assert_one_line_error
+from tests.conftest import TINY_SAMPLING, TINY_SOURCE, TINY_TRAINING, assert_one_line_error
 
 
 def sidecar(directory: Path, index: int = 0) -> dict:
@@ -49,7 +49,8 @@ def test_add_records_lineage_dataset_hash_and_hyperparameters(run, add_tiny):
     assert shown["hyperparameters"]["objective"] == "classifier"  # auto: a concept added to frozen ones
     assert shown["architecture"] == "classifier"
     position = json.loads(run("show", "position", "--json").output)
-    assert position["hyperparameters"]["objective"] == "dsm" and position["architecture"] == "unet"
+    assert position["hyperparameters"]["objective"] == "denoiser" and position["architecture"] == "unet"
+    assert position["hyperparameters"]["schedule"] == "cosine"
     assert shown["source_params"]["n"] == 256
     assert shown["metrics"]["seconds"] > 0
 
@@ -237,3 +238,25 @@ def test_a_classifier_concept_reports_its_held_out_accuracy(run, add_tiny):
     add_tiny("shape", "--with", "position")
     metrics = json.loads(run("show", "shape", "--json").output)["metrics"]
     assert 0.0 <= metrics["held_out_accuracy"] <= 1.0
+
+
+def test_a_denoiser_prior_composes_with_classifiers_and_refuses_mala(run, add_tiny, tmp_path):
+    add_tiny("position")  # auto: a first concept is a denoiser
+    add_tiny("color", "--with", "position")
+    out = tmp_path / "out"
+    result = run("compose", "position=(0.3,0.7) & !color=red", "-n", "2", "--out-dir", str(out),
+                 "--classifier-guidance", "4", *TINY_SAMPLING)
+    assert result.exit_code == 0, result.output
+    sampler = sidecar(out)["sampler"]
+    assert sampler["classifier_guidance"] == 4.0 and sampler["prior"] == "position@1"
+    refused = run("compose", "color=red", "-n", "2", "-o", str(tmp_path / "g.png"), "--corrector", "mala",
+                  *TINY_SAMPLING)
+    assert_one_line_error(refused, "MALA corrector needs an energy", "--corrector ula")
+    assert not (tmp_path / "g.png").exists()
+
+
+def test_a_denoiser_cannot_be_added_with_frozen_concepts(run, add_tiny):
+    add_tiny("position")
+    result = run("add", "color", *TINY_SOURCE, *TINY_TRAINING, "--objective", "denoiser", "--with", "position")
+    assert_one_line_error(result, "objective denoiser models whole images", "--objective classifier")
+    assert [c["name"] for c in json.loads(run("list", "--json").output)] == ["position"]

@@ -55,4 +55,4 @@ def test_a_face_classifier_composes_with_a_scene_prior_and_alone_says_what_is_mi
     assert sidecar(out)["sampler"]["prior"] == "position@1"
     alone = run("compose", "smiling=yes", "-n", "1", "--out-dir", str(tmp_path / "alone"), *TINY_SAMPLING)
     assert_one_line_error(alone, "models whole images",
-                          "--objective dsm")
+                          "--objective denoiser")

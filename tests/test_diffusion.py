@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conceptlib.diffusion import AnnealedConfig, NoiseConfig, annealed_sample, denoising_loss
+from conceptlib.diffusion import AnnealedConfig, NoiseConfig, annealed_sample, denoising_loss, energy_scores
 from conceptlib.errors import ConceptError
 
 MEAN, STD = 0.6, 0.05
@@ -20,7 +20,7 @@ def gaussian(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
 @pytest.mark.parametrize("corrector", ["none", "ula", "mala"])
 def test_annealed_sampling_recovers_a_known_gaussian(corrector):
     config = AnnealedConfig(levels=30, corrector=corrector, corrector_steps=2)
-    x = annealed_sample(gaussian, 256, 4, config, torch.Generator().manual_seed(0), torch.device("cpu"))
+    x = annealed_sample(energy_scores(gaussian), 256, 4, config, torch.Generator().manual_seed(0), torch.device("cpu"))
     assert x.shape == (256, 3, 4, 4)
     assert float(x.mean()) == pytest.approx(MEAN, abs=0.01)
     assert float(x.std()) == pytest.approx(STD, rel=0.25)

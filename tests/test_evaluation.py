@@ -54,7 +54,19 @@ def test_a_result_passes_only_when_every_target_is_met(tmp_path):
     markdown, data = write_report([good, bad], {"seed": 0}, tmp_path)
     assert "| `color` | 3 |" in markdown.read_text()
     assert json.loads(data.read_text())["protocols"][1]["passed"] is False
-    assert (tmp_path / "color.png").exists() and (tmp_path / "position____color.png").exists()
+    assert (tmp_path / "color.png").exists() and (tmp_path / "position-and-not-color.png").exists()
+
+
+def test_every_protocol_gets_its_own_grid_and_an_or_keeps_its_markdown_cell(tmp_path):
+    from conceptlib.evaluation import grid_name
+
+    names = [grid_name(p) for p in PROTOCOLS]
+    assert len(set(names)) == len(names)  # '!position & color' and 'position & color' once shared a file
+    assert grid_name("!position & color") == "not-position-and-color"
+    images = np.zeros((1, 8, 8, 3), np.uint8)
+    either = ProtocolResult("position | position", 1, {"either_mode": 1.0}, {}, 1.0, {}, images)
+    markdown, _ = write_report([either], {}, tmp_path)
+    assert "| `position \\| position` | 1 |" in markdown.read_text()
 
 
 class FakeJudge:

@@ -23,7 +23,7 @@ from tests.test_training import TINY_NET, tiny_config
 PLUGINS = str(Path(__file__).parent / "plugins")
 CPU = torch.device("cpu")
 ITERATIONS = 6
-ARCHITECTURES = {"cd": "small", "dsm": "unet", "classifier": "classifier"}
+ARCHITECTURES = {"cd": "small", "dsm": "unet", "classifier": "classifier", "denoiser": "unet"}
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +50,7 @@ def train(plugins, dataset, objective: str, checkpoint: Checkpoint | None = None
                          on_iteration, checkpoint=checkpoint)
 
 
-@pytest.mark.parametrize("objective", ["cd", "dsm", "classifier"])
+@pytest.mark.parametrize("objective", ["cd", "dsm", "classifier", "denoiser"])
 def test_a_resumed_seeded_run_reproduces_the_uninterrupted_one_bit_for_bit(plugins, dataset, tmp_path, objective):
     whole = train(plugins, dataset, objective)
     with pytest.raises(RuntimeError):

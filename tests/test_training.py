@@ -118,6 +118,7 @@ def test_dsm_hyperparameters_leave_out_the_other_objectives_settings():
     recorded = TrainConfig(objective="dsm").to_json()
     assert "condition_dropout" in recorded and "langevin" not in recorded
     assert "langevin" in TrainConfig(objective="cd").to_json()
+    assert "langevin" not in TrainConfig(objective="denoiser").to_json()
 
 
 def test_divergence_raises_a_training_error(plugins, dataset):
@@ -174,3 +175,52 @@ def test_classifier_objective_refuses_a_network_that_is_not_a_classifier(plugins
     unet = plugins.architecture("unet")
     with pytest.raises(TrainingError, match="--arch classifier"):
         train_concept(unet, unet.config(TINY_NET), dataset, "color", [], tiny_config(objective="classifier"), CPU)
+
+
+def test_denoiser_learns_to_denoise_and_returns_the_averaged_weights(plugins, dataset):
+    unet = plugins.architecture("unet")
+    config = tiny_config(objective="denoiser", iterations=80, batch_size=16, lr=1e-2, warmup=1, seed=1)
+    torch.manual_seed(config.seed)
+    untrained = unet.build(dataset.schemas["color"], 16, unet.config(TINY_NET))
+    result = train_concept(unet, unet.config(TINY_NET), dataset, "color", [], config, CPU)
+    x0 = images_to_tensor(dataset.images[-32:], CPU)
+    c = torch.from_numpy(dataset.condition_vectors("color", np.arange(len(dataset) - 32, len(dataset))))
+    sigma = torch.full((32,), 0.3)  # where the estimate must come from the learned scene, not the noisy input
+    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(0))
+
+    def error(model) -> float:
+        with torch.no_grad():
+            return float((model.denoise(x0 + 0.3 * noise, c, sigma, torch.ones(32)) - x0).pow(2).mean())
+
+    assert error(result.model) < 0.8 * error(untrained)  # held-out images; measured 0.74 of the untrained error
+    assert {"loss", "grad_norm", "seconds"} <= set(result.metrics)
+    assert not any(p.requires_grad for p in result.model.parameters())
+
+
+def test_the_cosine_schedule_decays_the_learning_rate_to_zero(plugins, dataset):
+    from conceptlib.training import _clipped_step
+
+    model = torch.nn.Linear(2, 1)
+    ema = torch.nn.Linear(2, 1)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1.0)
+    config = tiny_config(objective="denoiser", iterations=10, warmup=2, lr=1.0, schedule="cosine")
+    rates = []
+    for iteration in range(1, 11):
+        _clipped_step(model(torch.ones(1, 2)).sum(), model, ema, optimizer, config, iteration, [], None)
+        rates.append(optimizer.param_groups[0]["lr"])
+    assert rates[0] == pytest.approx(0.5 * 0.5 * (1 + np.cos(np.pi * 0.1)))  # half warmed up, slightly decayed
+    assert rates[4] == pytest.approx(0.5 * (1 + np.cos(np.pi * 0.5)))
+    assert rates[-1] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_denoiser_refuses_frozen_concepts_and_networks_without_a_denoiser(plugins, dataset):
+    unet, classifier = plugins.architecture("unet"), plugins.architecture("classifier")
+    frozen = frozen_concept(plugins, dataset, "position", "unet")
+    with pytest.raises(TrainingError, match="--objective classifier"):
+        train_concept(unet, unet.config(TINY_NET), dataset, "color", [frozen], tiny_config(objective="denoiser"), CPU,
+                      prior=frozen)
+    with pytest.raises(TrainingError, match="--arch unet"):
+        train_concept(classifier, classifier.config(TINY_NET), dataset, "color", [],
+                      tiny_config(objective="denoiser"), CPU)
+    with pytest.raises(TrainingError, match="unknown schedule"):
+        tiny_config(objective="denoiser", schedule="linear")

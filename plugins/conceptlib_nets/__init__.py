@@ -73,7 +73,7 @@ def conceptlib_architectures() -> list[Architecture]:
             name="unet",
             build=build_unet,
             default_config=UNET_CONFIG,
-            description="noise-conditioned U-Net denoiser as an energy, null condition (objective dsm)",
+            description="noise-conditioned U-Net denoiser as an energy, null condition (objectives denoiser, dsm)",
         ),
         Architecture(
             name="classifier",

@@ -1,0 +1,185 @@
+"""Score-space composition for a denoiser prior, checked against hand-written formulas on toy networks."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from conceptlib.concepts import LoadedConcept
+from conceptlib.diffusion import energy_scores
+from conceptlib.energy import Term, compose_noisy
+from conceptlib.errors import ConceptError
+from conceptlib.expr import And, Leaf, Not, Or, Weighted
+from conceptlib.registry import VersionInfo
+from conceptlib.schema import Continuous
+from conceptlib.scores import CLASSIFIER_SIGMA, composed_score
+
+
+class ToyDenoiser(nn.Module):
+    """``D = 0.5 tanh(x) + keep * scale * c``: nonlinear in x, so a gradient through D is not trivial."""
+
+    noise_conditioned = True
+
+    def __init__(self, scale: float) -> None:
+        super().__init__()
+        self.scale = scale
+
+    def denoise(self, x, c, sigma, keep):
+        return 0.5 * torch.tanh(x) + (keep * self.scale * c[:, 0])[:, None, None, None]
+
+    def forward(self, x, c, sigma=None, keep=None):
+        keep = torch.ones(x.shape[0]) if keep is None else keep
+        sigma = torch.full((x.shape[0],), 0.1) if sigma is None else sigma
+        return (x - self.denoise(x, c, sigma, keep)).pow(2).flatten(1).sum(1) / (2 * sigma**2)
+
+
+class ToyClassifier(nn.Module):
+    """``-log p(c | x)`` stand-in: squared distance of the image's mean to c, scaled by the noise level."""
+
+    noise_conditioned = True
+    ratio_only = True
+
+    def forward(self, x, c, sigma=None, keep=None):
+        return (x.flatten(1).mean(1) - c[:, 0]).pow(2) * (1 + sigma)
+
+
+def concept(name: str, model: nn.Module, objective: str) -> LoadedConcept:
+    version = VersionInfo(
+        concept=name, number=1, created_at=None, schema=Continuous(("v",)), architecture="toy",
+        architecture_config={}, source="s", source_params={}, attribute=name, dataset_hash="",
+        hyperparameters={"image_size": 2, "objective": objective}, seed=0, metrics={}, weights_sha256="",
+        status="ready", lineage=(), aliases=(), is_current=True,
+    )
+    return LoadedConcept(version, model)
+
+
+N = 3
+X = torch.randn(N, 1, 2, 2, generator=torch.Generator().manual_seed(0))
+SIGMA = torch.full((N,), 0.3)
+S2 = 0.3**2
+ZEROS, ONES = torch.zeros(N), torch.ones(N)
+
+
+@pytest.fixture
+def toys():
+    prior = concept("pos", ToyDenoiser(1.0), "denoiser")
+    other = concept("size", ToyDenoiser(-0.7), "denoiser")
+    color = concept("color", ToyClassifier(), "classifier")
+    leaves = {"pos": Leaf("pos", 0.4), "pos2": Leaf("pos", 0.9), "size": Leaf("size", 0.2), "color": Leaf("color", 0.6)}
+    terms = {leaves["pos"]: Term(prior, torch.tensor([[0.4]])), leaves["pos2"]: Term(prior, torch.tensor([[0.9]])),
+             leaves["size"]: Term(other, torch.tensor([[0.2]])), leaves["color"]: Term(color, torch.tensor([[0.6]]))}
+    return prior, other, color, leaves, terms
+
+
+def d(toy: LoadedConcept, value: float | None) -> torch.Tensor:
+    c = torch.full((N, 1), 0.0 if value is None else value)
+    return toy.model.denoise(X, c, SIGMA, ZEROS if value is None else ONES)
+
+
+def classifier_grad(color: LoadedConcept, prior: LoadedConcept, reading: float | None, value: float) -> torch.Tensor:
+    """``grad_x E_cls(D_prior(x))``, computed here independently of the module under test."""
+    x = X.clone().requires_grad_(True)
+    c = torch.full((N, 1), 0.0 if reading is None else reading)
+    estimate = prior.model.denoise(x, c, SIGMA, ZEROS if reading is None else ONES)
+    energy = color.model(estimate, torch.full((N, 1), value), torch.full((N,), CLASSIFIER_SIGMA))
+    (grad,) = torch.autograd.grad(energy.sum(), x)
+    return grad
+
+
+def test_a_named_prior_is_classifier_free_guidance(toys):
+    prior, _, _, leaves, terms = toys
+    score, energy = composed_score(leaves["pos"], terms, prior, guidance=2.0)(X, SIGMA)
+    expected = (d(prior, None) + 2.0 * (d(prior, 0.4) - d(prior, None)) - X) / S2
+    assert energy is None
+    assert torch.allclose(score, expected, atol=1e-5)
+
+
+def test_a_classifier_reads_the_prior_estimate_at_the_named_condition(toys):
+    prior, _, color, leaves, terms = toys
+    node = And((leaves["pos"], leaves["color"]))
+    score, _ = composed_score(node, terms, prior, guidance=2.0, classifier_guidance=3.0)(X, SIGMA)
+    guided = (d(prior, None) + 2.0 * (d(prior, 0.4) - d(prior, None)) - X) / S2
+    assert torch.allclose(score, guided - 3.0 * classifier_grad(color, prior, 0.4, 0.6), atol=1e-5)
+
+
+def test_a_drawn_prior_condition_is_guided_and_read_by_the_classifier(toys):
+    prior, _, color, leaves, terms = toys
+    drawn = torch.tensor([[0.1], [0.5], [0.8]])
+    score, _ = composed_score(leaves["color"], terms, prior, guidance=2.0, classifier_guidance=3.0,
+                              prior_condition=drawn)(X, SIGMA)
+    at_drawn = prior.model.denoise(X, drawn, SIGMA, ONES)
+    base = d(prior, None) + 2.0 * (at_drawn - d(prior, None))
+    x = X.clone().requires_grad_(True)
+    energy = color.model(prior.model.denoise(x, drawn, SIGMA, ONES), torch.full((N, 1), 0.6),
+                         torch.full((N,), CLASSIFIER_SIGMA))
+    (grad,) = torch.autograd.grad(energy.sum(), x)
+    assert torch.allclose(score, (base - X) / S2 - 3.0 * grad, atol=1e-5)
+
+
+def test_without_a_prior_condition_the_classifier_reads_the_null_estimate(toys):
+    prior, _, color, leaves, terms = toys
+    score, _ = composed_score(leaves["color"], terms, prior, classifier_guidance=2.0)(X, SIGMA)
+    expected = (d(prior, None) - X) / S2 - 2.0 * classifier_grad(color, prior, None, 0.6)
+    assert torch.allclose(score, expected, atol=1e-5)
+
+
+def test_or_mixes_the_modes_by_their_denoising_energies(toys):
+    prior, _, _, leaves, terms = toys
+    node = Or((leaves["pos"], leaves["pos2"]))
+    score, _ = composed_score(node, terms, prior, guidance=1.5, or_temperature=0.5)(X, SIGMA)
+    null = d(prior, None)
+    energies, grads = [], []
+    for value in (0.4, 0.9):
+        conditioned = d(prior, value)
+        e = ((X - conditioned).pow(2) - (X - null).pow(2)).flatten(1).sum(1) / (2 * S2)
+        energies.append(1.5 * e)
+        grads.append(-1.5 * (conditioned - null) / S2)
+    weights = torch.softmax(-torch.stack(energies) / 0.5, dim=0)
+    mixed = sum(weights[i][:, None, None, None] * grads[i] for i in range(2))
+    assert not torch.allclose(weights[0], weights[1])  # the test would not tell a plain average apart otherwise
+    assert torch.allclose(score, (null - X) / S2 - mixed, atol=1e-5)
+
+
+def test_not_and_weights_act_on_a_denoiser_leaf(toys):
+    prior, other, _, leaves, terms = toys
+    node = And((leaves["pos"], Not(Weighted(0.5, leaves["size"]))))
+    score, _ = composed_score(node, terms, prior)(X, SIGMA)
+    expected = (d(prior, 0.4) - X) / S2 - 0.5 * (d(other, 0.2) - d(other, None)) / S2
+    assert torch.allclose(score, expected, atol=1e-5)
+
+
+def test_mala_is_refused_for_a_denoiser_prior(toys):
+    prior, _, _, leaves, terms = toys
+    with pytest.raises(ConceptError, match="MALA corrector needs an energy"):
+        composed_score(leaves["pos"], terms, prior, corrector="mala")
+
+
+def test_an_energy_prior_scales_classifier_leaves_by_their_own_guidance(toys):
+    _, _, _, leaves, terms = toys
+    energy_prior = concept("pos", ToyDenoiser(1.0), "dsm")
+    mixed_terms = {leaves["pos"]: Term(energy_prior, torch.tensor([[0.4]])), leaves["color"]: terms[leaves["color"]]}
+    node = And((leaves["pos"], leaves["color"]))
+    score, energy = composed_score(node, mixed_terms, energy_prior, guidance=2.0, classifier_guidance=5.0)(X, SIGMA)
+    reference = energy_scores(compose_noisy(And((leaves["pos"], Weighted(2.5, leaves["color"]))), mixed_terms,
+                                            energy_prior, 2.0))(X, SIGMA)
+    assert energy is not None
+    assert torch.allclose(score, reference[0], atol=1e-5)
+
+
+def test_drawn_branches_make_each_sample_follow_one_part_of_a_top_level_or(toys):
+    from conceptlib.scores import draw_branches
+
+    prior, _, _, leaves, terms = toys
+    node = Or((leaves["pos"], leaves["pos2"]))
+    branches = torch.tensor([1, 0, 1])
+    score, _ = composed_score(node, terms, prior, guidance=1.5, branches=branches)(X, SIGMA)
+    null = d(prior, None)
+    parts = [(null - X) / S2 + 1.5 * (d(prior, value) - null) / S2 for value in (0.4, 0.9)]
+    for i, b in enumerate(branches.tolist()):
+        assert torch.allclose(score[i], parts[b][i], atol=1e-5)
+    generator = torch.Generator().manual_seed(0)
+    drawn = draw_branches(node, prior, 1000, generator, torch.device("cpu"))
+    assert set(drawn.tolist()) == {0, 1} and abs(float(drawn.float().mean()) - 0.5) < 0.06
+    assert draw_branches(And((leaves["pos"], leaves["color"])), prior, 4, generator, torch.device("cpu")) is None
+    assert draw_branches(node, concept("pos", ToyDenoiser(1.0), "dsm"), 4, generator, torch.device("cpu")) is None
