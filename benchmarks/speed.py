@@ -548,16 +548,12 @@ def noisy(registry: Registry, plugins: PluginManager, device: torch.device, batc
 
 
 def cold_start(registry_path: Path, runs: int) -> dict[str, Any]:
-    """Median wall time of ``concept --help`` and ``concept list`` in fresh processes."""
-    concept = Path(sys.executable).with_name("concept")
-    result = {}
-    for label, args in (("concept --help", ["--help"]), ("concept list", ["--registry", str(registry_path), "list"])):
-        times = []
-        for _ in range(runs):
-            start = time.perf_counter()
-            subprocess.run([str(concept), *args], check=True, capture_output=True)
-            times.append(time.perf_counter() - start)
-        result[label] = {"median_s": statistics.median(times), "runs": runs}
+    """Median wall time of ``concept --help`` and ``concept list`` in fresh processes (timed as
+    ``benchmarks/cold_start.py`` times them)."""
+    from cold_start import median_seconds  # this script's own folder is first on sys.path
+
+    result = {"concept --help": median_seconds(["--help"], runs),
+              "concept list": median_seconds(["--registry", str(registry_path), "list"], runs)}
     check = subprocess.run([sys.executable, "-c", "import sys, conceptlib.cli; print('torch' in sys.modules)"],
                            check=True, capture_output=True, text=True)
     result["torch_imported_by_cli"] = check.stdout.strip() == "True"
@@ -675,8 +671,8 @@ def notes(data: dict[str, Any]) -> list[str]:
         "- Training goes through `conceptlib/training.py`, which calls the networks directly: of this work only "
         "channels-last frozen concepts (`load_concept`) reach it.",
         f"- Cold start: `concept --help` {cold['concept --help']['median_s']:.2f} s, `concept list` "
-        f"{cold['concept list']['median_s']:.2f} s. torch is not imported by either; `list` imports the registry "
-        "(SQLAlchemy, and numpy through `conceptlib/registry`), which is most of its time.",
+        f"{cold['concept list']['median_s']:.2f} s. torch is not imported by either; `list` reads a SQLite "
+        "registry with the stdlib `sqlite3` (`conceptlib/listing.py`; `benchmarks/cold_start.py` has the detail).",
         f"- GPU: {data['machine']['gpu']}. `--device auto` picks CUDA when present; there chunks and threads are "
         "left to the GPU (one chunk, no channels-last conversion) and peak memory is torch's CUDA peak.",
     ]
