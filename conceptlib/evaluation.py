@@ -25,7 +25,7 @@ from conceptlib.energy import Term, compose, draw_prior_conditions, names_prior
 from conceptlib.errors import ConceptError
 from conceptlib.expr import And, Leaf, Node, Not, Or
 from conceptlib.imaging import save_grid, to_uint8
-from conceptlib.inference import InferenceConfig, infer
+from conceptlib.inference import InferenceConfig, infer_each
 from conceptlib.jobs import prior_concept
 from conceptlib.plugins import PluginManager
 from conceptlib.registry import Registry
@@ -292,7 +292,7 @@ def infer_positions(
 ) -> dict[str, float]:
     """Mean absolute error (scene units, per axis) of inferring each image's position on its own."""
     x = images_to_tensor(images, device)
-    found = np.array([infer(concept, x[i : i + 1], config).value for i in range(len(images))], dtype=np.float64)
+    found = np.array([r.value for r in infer_each(concept, x, config)], dtype=np.float64)
     error = np.abs(found - targets)
     return {"mae": float(error.mean()), "within_0.1": float((np.linalg.norm(found - targets, axis=1) < WITHIN).mean())}
 

@@ -14,6 +14,7 @@ same draws are used for every candidate, so the comparison is paired.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -61,12 +62,14 @@ def summed_energy(
 
 def image_energies(
     concept: LoadedConcept, images: torch.Tensor, conditions: torch.Tensor, config: InferenceConfig,
-    repeats: int = 1,
+    repeats: int = 1, shared_noise: bool = False,
 ) -> torch.Tensor:
     """``E(x_j | c_j)`` per row for ``x = images`` tiled ``repeats`` times and ``conditions`` ``(repeats * N, dim)``.
 
     A noise-conditioned concept is averaged over ``config``'s noise levels and draws; each image gets the
     same noise in every repeat, so energies of one image under different conditions compare paired.
+    ``shared_noise`` gives every row the noise a single image would get, so a batch of independent
+    inferences computes exactly what one call per image would.
     """
     model = concept.model
     x = images.repeat(repeats, 1, 1, 1)
@@ -74,9 +77,11 @@ def image_energies(
         return model(x, conditions)
     generator = torch.Generator(device=images.device).manual_seed(config.seed)
     total = torch.zeros(x.shape[0], device=images.device)
+    shape = (1, *images.shape[1:]) if shared_noise else images.shape
     for sigma in config.sigmas:
         for _ in range(config.draws):
-            noise = torch.randn(images.shape, generator=generator, device=images.device).repeat(repeats, 1, 1, 1)
+            noise = torch.randn(shape, generator=generator, device=images.device).expand(images.shape)
+            noise = noise.repeat(repeats, 1, 1, 1)
             s = torch.full((x.shape[0],), sigma, device=images.device)
             if concept.is_denoiser:  # its denoising error: the diffusion-classifier view of -log p(x | c)
                 keep = torch.ones(x.shape[0], device=images.device)
@@ -87,22 +92,26 @@ def image_energies(
     return total / (len(config.sigmas) * config.draws)
 
 
+def _candidates(
+    concept: LoadedConcept, config: InferenceConfig, device: torch.device
+) -> tuple[torch.Tensor, list[str | tuple[float, ...]]]:
+    """The grid searched first: every name of a categorical concept, a grid over a continuous one's range."""
+    schema = concept.version.schema
+    if isinstance(schema, Categorical):
+        return torch.eye(schema.dim, device=device), list(schema.values)
+    low, high = concept.trained_range()
+    axes = [np.linspace(low[d], high[d], config.grid) for d in range(schema.dim)]
+    points = list(itertools.product(*axes))
+    return torch.tensor(points, dtype=torch.float32, device=device), [tuple(float(v) for v in p) for p in points]
+
+
 def infer(
     concept: LoadedConcept, images: torch.Tensor, config: InferenceConfig | None = None, batch: int = 256
 ) -> Inferred:
     """The condition of ``concept`` that best explains all of ``images`` ``(N, 3, H, W)`` together."""
     config = config or InferenceConfig()
     schema = concept.version.schema
-    device = images.device
-    if isinstance(schema, Categorical):
-        candidates = torch.eye(schema.dim, device=device)
-        labels: list[str | tuple[float, ...]] = list(schema.values)
-    else:
-        low, high = concept.trained_range()
-        axes = [np.linspace(low[d], high[d], config.grid) for d in range(schema.dim)]
-        points = list(itertools.product(*axes))
-        candidates = torch.tensor(points, dtype=torch.float32, device=device)
-        labels = [tuple(float(v) for v in p) for p in points]
+    candidates, labels = _candidates(concept, config, images.device)
     per_call = max(1, batch // images.shape[0])
     with torch.no_grad():
         energies = torch.cat([
@@ -113,7 +122,9 @@ def infer(
     ranked = [(labels[i], float(energies[i])) for i in order]
     if isinstance(schema, Categorical) or config.refine_steps == 0:
         return Inferred(ranked[0][0], ranked[0][1], ranked[:5])
-    best = _refine(concept, images, candidates[order[0]], config, concept.trained_range())
+    concept.model.requires_grad_(False)
+    best = _refine(candidates[order[0]], lambda c: summed_energy(concept, images, c[None], config), config,
+                   concept.trained_range())
     with torch.no_grad():
         energy = float(summed_energy(concept, images, best[None], config)[0])
     if energy > ranked[0][1]:
@@ -122,24 +133,62 @@ def infer(
 
 
 def infer_each(
-    concept: LoadedConcept, images: torch.Tensor, config: InferenceConfig | None = None
+    concept: LoadedConcept, images: torch.Tensor, config: InferenceConfig | None = None, batch: int = 256
 ) -> list[Inferred]:
-    """One inference per image (each its own observation)."""
-    return [infer(concept, images[i : i + 1], config) for i in range(images.shape[0])]
+    """One inference per image (each its own observation), batched across images.
+
+    The same result as one :func:`infer` call per image (every image gets the noise a lone image would, and
+    Adam's update is elementwise, so refining all conditions at once refines each on its own), at full
+    batches: a grid of 81 positions and the refinement run on many images per network call instead of one.
+    """
+    config = config or InferenceConfig()
+    n, device = images.shape[0], images.device
+    candidates, labels = _candidates(concept, config, device)
+    k = len(candidates)
+    image_of = torch.arange(n, device=device).repeat_interleave(k)
+    candidate_of = torch.arange(k, device=device).repeat(n)
+    with torch.no_grad():
+        energies = torch.cat([
+            image_energies(concept, images[image_of[i : i + batch]], candidates[candidate_of[i : i + batch]], config,
+                           shared_noise=True)
+            for i in range(0, n * k, batch)
+        ]).view(n, k)
+    order = torch.argsort(energies, dim=1)
+    ranked = [[(labels[j], float(energies[i, j])) for j in order[i].tolist()] for i in range(n)]
+    if isinstance(concept.version.schema, Categorical) or config.refine_steps == 0:
+        return [Inferred(r[0][0], r[0][1], r[:5]) for r in ranked]
+    concept.model.requires_grad_(False)
+    results: list[Inferred] = []
+    for start in range(0, n, batch):
+        part = slice(start, min(n, start + batch))
+        best = _refine(candidates[order[part, 0]],
+                       lambda c, x=images[part]: image_energies(concept, x, c, config, shared_noise=True), config,
+                       concept.trained_range())
+        with torch.no_grad():
+            refined = image_energies(concept, images[part], best, config, shared_noise=True)
+        for row, i in enumerate(range(part.start, part.stop)):
+            top = ranked[i]
+            if float(refined[row]) > top[0][1]:
+                results.append(Inferred(top[0][0], top[0][1], top[:5]))
+            else:
+                results.append(Inferred(tuple(float(v) for v in best[row].tolist()), float(refined[row]), top[:5]))
+    return results
 
 
 def _refine(
-    concept: LoadedConcept, images: torch.Tensor, start: torch.Tensor, config: InferenceConfig,
+    start: torch.Tensor, energy: Callable[[torch.Tensor], torch.Tensor], config: InferenceConfig,
     bounds: tuple[np.ndarray, np.ndarray],
 ) -> torch.Tensor:
-    """Adam on the condition from the best grid point, kept inside the range the concept was trained on."""
+    """Adam on the condition(s) from the best grid point, kept inside the range the concept was trained on.
+
+    ``start`` is one condition ``(dim,)`` or one per image ``(N, dim)``; ``energy`` maps it to what is summed.
+    """
     low, high = (torch.as_tensor(b, dtype=start.dtype, device=start.device) for b in bounds)
     c = start.clone().detach().requires_grad_(True)
     optimizer = torch.optim.Adam([c], lr=config.refine_lr)
-    concept.model.requires_grad_(False)
     for _ in range(config.refine_steps):
         optimizer.zero_grad()
-        summed_energy(concept, images, c[None], config).sum().backward()
+        energy(c).sum().backward()
         optimizer.step()
         with torch.no_grad():
             c.copy_(torch.maximum(torch.minimum(c, high), low))

@@ -47,6 +47,10 @@ class Part:
 
     energy: torch.Tensor
     grad: torch.Tensor
+    probability: torch.Tensor | None = None
+    """A classifier leaf's ``p(c | D(x))`` ``(B,)``, which lets NOT use ``1 - p`` (see :func:`_negate`)."""
+    scale: float = 1.0
+    """The classifier leaf's guidance ``w`` (its energy is ``-w log p``)."""
 
 
 def composed_score(
@@ -114,9 +118,11 @@ def composed_score(
             term = terms[leaf]
             conditions = term.condition.expand(n, -1)
             if _is_classifier(term.concept):
-                energy = classifier_guidance * term.concept.model(estimate, conditions, classifier_sigma)
-                (grad,) = torch.autograd.grad(energy.sum(), x_in, retain_graph=True)
-                return Part(energy.detach(), grad)
+                nll = term.concept.model(estimate, conditions, classifier_sigma)
+                (grad,) = torch.autograd.grad(classifier_guidance * nll.sum(), x_in, retain_graph=True)
+                # a categorical classifier's exp(-nll) is a probability; a continuous one's is a density
+                probability = torch.exp(-nll.detach()) if getattr(term.concept.model, "categorical", False) else None
+                return Part(classifier_guidance * nll.detach(), grad, probability, classifier_guidance)
             if term.concept.is_denoiser:
                 key = (term.concept.version.ref, id(term.condition))
                 if key not in estimates:
@@ -193,9 +199,22 @@ def _combine(node: Node, leaf_part: Callable[[Leaf], Part], temperature: float) 
         return Part(-temperature * torch.logsumexp(-energies / temperature, 0),
                     (weights * torch.stack([p.grad for p in parts])).sum(0))
     if isinstance(node, Not):
-        inner = _combine(node.term, leaf_part, temperature)
-        return Part(-inner.energy, -inner.grad)
+        return _negate(_combine(node.term, leaf_part, temperature))
     if isinstance(node, Weighted):
         inner = _combine(node.term, leaf_part, temperature)
         return Part(node.weight * inner.energy, node.weight * inner.grad)
     raise TypeError(f"not an expression node: {node!r}")
+
+
+def _negate(part: Part) -> Part:
+    """NOT: ``-E`` in general; for a classifier leaf, the classifier of the complement, ``-w log(1 - p(c | x))``.
+
+    Negating ``-w log p`` pushes ``p`` toward 0 without bound: measured on ``position & !color`` the objects
+    grew and the judge's realism fell to 0.08. ``1 - p`` asks the same question and stops pushing once the
+    image no longer shows ``c``. Its gradient is the negated one scaled by ``p / (1 - p)`` (``w`` cancels).
+    """
+    if part.probability is None:
+        return Part(-part.energy, -part.grad)
+    p = part.probability.clamp(max=1 - 1e-6)
+    weight = (p / (1 - p))[:, None, None, None]
+    return Part(-part.scale * torch.log1p(-p), -weight * part.grad)

@@ -183,3 +183,42 @@ def test_drawn_branches_make_each_sample_follow_one_part_of_a_top_level_or(toys)
     assert set(drawn.tolist()) == {0, 1} and abs(float(drawn.float().mean()) - 0.5) < 0.06
     assert draw_branches(And((leaves["pos"], leaves["color"])), prior, 4, generator, torch.device("cpu")) is None
     assert draw_branches(node, concept("pos", ToyDenoiser(1.0), "dsm"), 4, generator, torch.device("cpu")) is None
+
+
+class ToyCategorical(nn.Module):
+    """``-log softmax(logits)[c]`` over two values, the logits a smooth function of the image."""
+
+    noise_conditioned = True
+    ratio_only = True
+    categorical = True
+
+    def forward(self, x, c, sigma=None, keep=None):
+        m = x.flatten(1).mean(1)
+        logits = torch.stack([2 * m, -m + 0.3], dim=1)
+        return -(torch.log_softmax(logits, dim=1) * c).sum(1)
+
+
+def test_not_of_a_categorical_classifier_is_the_classifier_of_the_complement(toys):
+    prior, _, _, leaves, terms = toys
+    shape = concept("shape", ToyCategorical(), "classifier")
+    leaf = Leaf("shape", "b")
+    terms = {**terms, leaf: Term(shape, torch.tensor([[0.0, 1.0]]))}
+    node = And((leaves["pos"], Not(leaf)))
+    score, _ = composed_score(node, terms, prior, classifier_guidance=3.0)(X, SIGMA)
+    x = X.clone().requires_grad_(True)
+    estimate = prior.model.denoise(x, torch.full((N, 1), 0.4), SIGMA, ONES)
+    p = torch.exp(-shape.model(estimate, torch.tensor([[0.0, 1.0]]).expand(N, -1)))
+    (grad,) = torch.autograd.grad((-3.0 * torch.log1p(-p)).sum(), x, retain_graph=True)  # -w log(1 - p(c | D(x)))
+    expected = (d(prior, 0.4) - X) / S2 - grad
+    assert torch.allclose(score, expected, atol=1e-5)
+    plain_negation = (d(prior, 0.4) - X) / S2 + 3.0 * torch.autograd.grad(
+        -torch.log(p).sum(), x, retain_graph=True)[0]
+    assert not torch.allclose(score, plain_negation, atol=1e-3)  # the bounded form differs from -E
+
+
+def test_not_of_a_continuous_classifier_negates_its_energy(toys):
+    prior, _, color, leaves, terms = toys
+    node = And((leaves["pos"], Not(leaves["color"])))
+    score, _ = composed_score(node, terms, prior, classifier_guidance=2.0)(X, SIGMA)
+    expected = (d(prior, 0.4) - X) / S2 + 2.0 * classifier_grad(color, prior, 0.4, 0.6)
+    assert torch.allclose(score, expected, atol=1e-5)
