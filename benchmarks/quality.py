@@ -54,9 +54,14 @@ def main() -> None:
     parser.add_argument("--protocol", action="append", help="default: all")
     parser.add_argument("--levels", type=int, default=AnnealedConfig.levels)
     parser.add_argument("--corrector", default=AnnealedConfig.corrector)
+    parser.add_argument("--corrector-steps", type=int, default=AnnealedConfig.corrector_steps)
+    parser.add_argument("--corrector-step", type=float, default=AnnealedConfig.corrector_step)
     parser.add_argument("--guidance", type=float, default=2.0)
     parser.add_argument("--classifier-guidance", type=float, default=3.0)
+    parser.add_argument("--prior-guidance", type=float, default=SamplerSettings.prior_guidance)
     parser.add_argument("--out", type=Path, default=RESULTS / "quality")
+    parser.add_argument("--report", default="quality",
+                        help="name of the copies written to benchmarks/results/ (NAME.md, NAME.json)")
     args = parser.parse_args()
 
     training = {}
@@ -66,8 +71,11 @@ def main() -> None:
         training = train(args.registry, args.iterations)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     registry = Registry.open(str(args.registry))
-    settings = SamplerSettings(annealed=AnnealedConfig(levels=args.levels, corrector=args.corrector),
-                               guidance=args.guidance, classifier_guidance=args.classifier_guidance)
+    annealed = AnnealedConfig(levels=args.levels, corrector=args.corrector, corrector_steps=args.corrector_steps,
+                              corrector_step=args.corrector_step)
+    settings = SamplerSettings(annealed=annealed,
+                               guidance=args.guidance, classifier_guidance=args.classifier_guidance,
+                               prior_guidance=args.prior_guidance)
     names = args.protocol or list(PROTOCOLS)
     started = time.perf_counter()
     results: list = []
@@ -91,8 +99,8 @@ def main() -> None:
         })
         markdown, data = write_report(results, extra, args.out)
         RESULTS.mkdir(exist_ok=True)
-        shutil.copy(markdown, RESULTS / "quality.md")
-        shutil.copy(data, RESULTS / "quality.json")
+        shutil.copy(markdown, RESULTS / f"{args.report}.md")
+        shutil.copy(data, RESULTS / f"{args.report}.json")
     print(markdown.read_text())
     print(json.dumps(extra.get("position_inference", {}), indent=2))
 

@@ -204,8 +204,9 @@ def annealed_options(command: Any) -> Any:
                      help="denoiser, dsm: noise levels of the annealed sampler."),
         click.option("--corrector", default="ula", show_default=True, type=click.Choice(["none", "ula", "mala"]),
                      help="denoiser, dsm: Langevin corrector per level (mala: Metropolis accept; dsm only)."),
-        click.option("--corrector-steps", default=1, show_default=True, type=click.IntRange(0)),
-        click.option("--corrector-step", default=0.1, show_default=True, type=click.FloatRange(0, min_open=True),
+        click.option("--corrector-steps", default=4, show_default=True, type=click.IntRange(0),
+                     help="denoiser, dsm: Langevin corrector steps per level."),
+        click.option("--corrector-step", default=0.3, show_default=True, type=click.FloatRange(0, min_open=True),
                      help="denoiser, dsm: corrector step as a fraction of sigma^2."),
         click.option("--eta", default=1.0, show_default=True, type=click.FloatRange(0, 1),
                      help="denoiser, dsm: fresh noise per step down (1 Euler-ancestral, 0 deterministic)."),
@@ -214,6 +215,9 @@ def annealed_options(command: Any) -> Any:
         click.option("--classifier-guidance", default=3.0, show_default=True,
                      type=click.FloatRange(0, min_open=True),
                      help="classifier concepts: scale of their -log p(c|x) (1 = plain product)."),
+        click.option("--prior-guidance", default=1.0, show_default=True, type=click.FloatRange(0, min_open=True),
+                     help="denoiser prior: guidance of its condition drawn per sample when the expression does "
+                          "not name it (1 = sample p(x) exactly)."),
     ]
 
     @functools.wraps(command)  # keeps the options declared below this decorator (click's __click_params__)
@@ -252,7 +256,8 @@ def annealed_options(command: Any) -> Any:
 @click.option("--device", default="auto", show_default=True)
 @click.pass_context
 def compose_command(ctx: click.Context, expression: str, count: int, output: Path | None, out_dir: Path | None,
-                    seed: int, annealed: Any, guidance: float, classifier_guidance: float, steps: int,
+                    seed: int, annealed: Any, guidance: float, classifier_guidance: float, prior_guidance: float,
+                    steps: int,
                     step_size: float, noise: float, init: str, temperature: float, batch_size: int,
                     device: str) -> None:
     """Sample images from a composed EXPRESSION, e.g. "position=(0.3,0.7) & color=red & !shape=square"."""
@@ -278,7 +283,7 @@ def compose_command(ctx: click.Context, expression: str, count: int, output: Pat
                                 device=torch_device, or_temperature=temperature,
                                 batch_size=batch_size, on_step=progress.phase("sampling"),
                                 annealed=annealed, guidance=guidance, shard=(ranks.rank, ranks.world_size),
-                                classifier_guidance=classifier_guidance)
+                                classifier_guidance=classifier_guidance, prior_guidance=prior_guidance)
     for warning in result.warnings if ranks.is_main else ():
         err.print(f"warning: {warning}", markup=False)
     if output is not None:
@@ -313,6 +318,7 @@ def compose_command(ctx: click.Context, expression: str, count: int, output: Pat
 @click.pass_context
 def eval_command(ctx: click.Context, protocols: tuple[str, ...], count: int, out_dir: Path, inference_n: int,
                  judge_cache: Path | None, seed: int, annealed: Any, guidance: float, classifier_guidance: float,
+                 prior_guidance: float,
                  batch_size: int, device: str) -> None:
     """Grade the registry's concepts with an independent judge (paper Tables 1-3): a table and sample grids."""
     from conceptlib.devices import resolve_device
@@ -326,7 +332,7 @@ def eval_command(ctx: click.Context, protocols: tuple[str, ...], count: int, out
     if not names:
         raise click.UsageError("no protocol can run: the registry needs position, color or shape concepts")
     settings = SamplerSettings(annealed=annealed, guidance=guidance, classifier_guidance=classifier_guidance,
-                               batch_size=batch_size)
+                               prior_guidance=prior_guidance, batch_size=batch_size)
     phases: dict[str, Any] = {}
     with job_progress(err) as progress:
         def on_phase(name: str, done: int, total: int) -> None:

@@ -53,8 +53,10 @@ class AnnealedConfig:
     sigma_max: float = 1.0
     rho: float = 7.0
     corrector: str = "ula"
-    corrector_steps: int = 1
-    corrector_step: float = 0.1
+    corrector_steps: int = 4
+    """Langevin steps per level. Four of 0.3 sigma^2 instead of one of 0.1 cost 2.5x the evaluations and lifted
+    color from 0.86 to 0.976 (500 samples): with one, most wrong colors were dark, unfinished blobs."""
+    corrector_step: float = 0.3
     """Langevin step as a fraction of sigma^2 at each level (the score's natural scale)."""
     eta: float = 1.0
     """Fresh noise of each step down, as a fraction of the ancestral amount: 1 = Euler-ancestral, 0 = the

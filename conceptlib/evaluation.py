@@ -211,6 +211,7 @@ class SamplerSettings:
     langevin: LangevinConfig = field(default_factory=LangevinConfig)
     guidance: float = 1.0
     classifier_guidance: float = 1.0
+    prior_guidance: float = 1.0
     or_temperature: float = 1.0
     batch_size: int = 64
 
@@ -238,7 +239,8 @@ def sample_trial(
                                                                                               device)
             branches = draw_branches(trial.node, prior, count, generator, device)
             scores = composed_score(trial.node, terms, prior, settings.guidance, settings.classifier_guidance,
-                                    settings.or_temperature, drawn, settings.annealed.corrector, branches)
+                                    settings.or_temperature, drawn, settings.annealed.corrector, branches,
+                                    settings.prior_guidance)
             x = annealed_sample(scores, count, image_size, settings.annealed, generator, device)
         else:
             plain = compose(trial.node, terms, settings.or_temperature)
@@ -362,7 +364,7 @@ def evaluate_registry(
     extra: dict[str, Any] = {
         "judge_held_out": report.get("attributes", report.get("held_out_test")),
         "sampler": {**settings.annealed.to_json(), "guidance": settings.guidance,
-                    "classifier_guidance": settings.classifier_guidance},
+                    "classifier_guidance": settings.classifier_guidance, "prior_guidance": settings.prior_guidance},
         "seed": seed,
         "device": str(device),
     }

@@ -290,6 +290,7 @@ def compose_images(
     guidance: float = 1.0,
     shard: tuple[int, int] = (0, 1),
     classifier_guidance: float = 1.0,
+    prior_guidance: float = 1.0,
 ) -> Composition:
     """Sample ``n`` images from the composed energy of ``expression``.
 
@@ -303,9 +304,9 @@ def compose_images(
         raise ConceptError(f"-n must be at least 1; got {n}")
     if or_temperature <= 0:
         raise ConceptError(f"--temperature must be positive; got {or_temperature}")
-    if guidance <= 0 or classifier_guidance <= 0:
-        raise ConceptError(f"--guidance and --classifier-guidance must be positive; got {guidance}, "
-                           f"{classifier_guidance}")
+    if min(guidance, classifier_guidance, prior_guidance) <= 0:
+        raise ConceptError(f"--guidance, --classifier-guidance and --prior-guidance must be positive; got "
+                           f"{guidance}, {classifier_guidance}, {prior_guidance}")
     device = device or torch.device("cpu")
     node = expr.parse(expression)
     loaded: dict[VersionRef, LoadedConcept] = {}
@@ -335,6 +336,7 @@ def compose_images(
         latent = not names_prior(node, terms, prior)
         steps_per_batch = annealed.steps
         settings = {**annealed.to_json(), "guidance": guidance, "classifier_guidance": classifier_guidance,
+                    "prior_guidance": prior_guidance,
                     "prior": str(prior.version.ref),
                     "prior_condition": "drawn per sample" if latent else "from the expression or null"}
 
@@ -342,7 +344,7 @@ def compose_images(
             drawn = draw_prior_conditions(prior, count, generator, device) if latent else None
             branches = draw_branches(node, prior, count, generator, device)
             scores = composed_score(node, terms, prior, guidance, classifier_guidance, or_temperature, drawn,
-                                    annealed.corrector, branches)
+                                    annealed.corrector, branches, prior_guidance)
             return annealed_sample(scores, count, image_size, annealed, generator, device, on_step=step)
     else:
         sampler = sampler or LangevinConfig()

@@ -72,7 +72,21 @@ def test_compose_sidecar_records_expression_sampler_and_seed(run, add_tiny, tmp_
     assert meta["expression"] == "shape=circle"
     assert meta["seed"] == 7 and meta["index"] == 2
     assert meta["sampler"]["name"] == "annealed" and meta["sampler"]["levels"] == 3
-    assert meta["sampler"]["prior"] == "shape@1"
+    assert meta["sampler"]["prior"] == "shape@1" and meta["sampler"]["prior_guidance"] == 1.0
+
+
+@pytest.mark.parametrize("command", ["compose", "eval"])
+def test_sampler_options_default_to_the_annealed_config(command):
+    """The CLI spells its defaults out (it must not import torch to show --help); they must not drift."""
+    from conceptlib.cli import cli
+    from conceptlib.diffusion import AnnealedConfig
+    from conceptlib.evaluation import SamplerSettings
+
+    defaults = {p.name: p.default for p in cli.commands[command].params}
+    config = AnnealedConfig()
+    for field in ("levels", "corrector", "corrector_steps", "corrector_step", "eta"):
+        assert defaults[field] == getattr(config, field), field
+    assert defaults["prior_guidance"] == SamplerSettings().prior_guidance
 
 
 def test_compose_with_the_same_seed_gives_the_same_images(run, add_tiny, tmp_path):

@@ -103,18 +103,37 @@ def test_a_classifier_reads_the_prior_estimate_at_the_named_condition(toys):
     assert torch.allclose(score, guided - 3.0 * classifier_grad(color, prior, 0.4, 0.6), atol=1e-5)
 
 
-def test_a_drawn_prior_condition_is_guided_and_read_by_the_classifier(toys):
+@pytest.mark.parametrize("prior_guidance", [1.0, 2.0])
+def test_a_drawn_prior_condition_is_followed_at_its_own_guidance_and_read_by_the_classifier(toys, prior_guidance):
+    """The drawn condition is not asked for: ``guidance`` (2 here) must not sharpen it, ``prior_guidance`` does."""
     prior, _, color, leaves, terms = toys
     drawn = torch.tensor([[0.1], [0.5], [0.8]])
     score, _ = composed_score(leaves["color"], terms, prior, guidance=2.0, classifier_guidance=3.0,
-                              prior_condition=drawn)(X, SIGMA)
+                              prior_condition=drawn, prior_guidance=prior_guidance)(X, SIGMA)
     at_drawn = prior.model.denoise(X, drawn, SIGMA, ONES)
-    base = d(prior, None) + 2.0 * (at_drawn - d(prior, None))
+    base = d(prior, None) + prior_guidance * (at_drawn - d(prior, None))
     x = X.clone().requires_grad_(True)
     energy = color.model(prior.model.denoise(x, drawn, SIGMA, ONES), torch.full((N, 1), 0.6),
                          torch.full((N,), CLASSIFIER_SIGMA))
     (grad,) = torch.autograd.grad(energy.sum(), x)
     assert torch.allclose(score, (base - X) / S2 - 3.0 * grad, atol=1e-5)
+
+
+def test_beside_a_not_of_the_prior_the_drawn_condition_follows_the_guidance_of_the_not(toys):
+    """``!pos & color``: the drawn leaf is guided like the negated one, so their null scores cancel."""
+    prior, _, color, leaves, terms = toys
+    drawn = torch.tensor([[0.1], [0.5], [0.8]])
+    node = And((Not(leaves["pos2"]), leaves["color"]))
+    score, _ = composed_score(node, terms, prior, guidance=2.0, classifier_guidance=3.0, prior_condition=drawn,
+                              prior_guidance=1.0)(X, SIGMA)
+    at_drawn, null = prior.model.denoise(X, drawn, SIGMA, ONES), d(prior, None)
+    drawn_leaf = null + 2.0 * (at_drawn - null)
+    negated = -2.0 * (d(prior, 0.9) - null)  # NOT of the guided ratio w (s(x | c) - s(x | null))
+    x = X.clone().requires_grad_(True)
+    energy = color.model(prior.model.denoise(x, drawn, SIGMA, ONES), torch.full((N, 1), 0.6),
+                         torch.full((N,), CLASSIFIER_SIGMA))
+    (grad,) = torch.autograd.grad(energy.sum(), x)
+    assert torch.allclose(score, (drawn_leaf + negated - X) / S2 - 3.0 * grad, atol=1e-5)
 
 
 def test_without_a_prior_condition_the_classifier_reads_the_null_estimate(toys):
