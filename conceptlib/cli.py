@@ -257,8 +257,7 @@ def annealed_options(command: Any) -> Any:
 @click.pass_context
 def compose_command(ctx: click.Context, expression: str, count: int, output: Path | None, out_dir: Path | None,
                     seed: int, annealed: Any, guidance: float, classifier_guidance: float, prior_guidance: float,
-                    steps: int,
-                    step_size: float, noise: float, init: str, temperature: float, batch_size: int,
+                    steps: int, step_size: float, noise: float, init: str, temperature: float, batch_size: int,
                     device: str) -> None:
     """Sample images from a composed EXPRESSION, e.g. "position=(0.3,0.7) & color=red & !shape=square"."""
     from conceptlib import distributed
@@ -318,8 +317,7 @@ def compose_command(ctx: click.Context, expression: str, count: int, output: Pat
 @click.pass_context
 def eval_command(ctx: click.Context, protocols: tuple[str, ...], count: int, out_dir: Path, inference_n: int,
                  judge_cache: Path | None, seed: int, annealed: Any, guidance: float, classifier_guidance: float,
-                 prior_guidance: float,
-                 batch_size: int, device: str) -> None:
+                 prior_guidance: float, batch_size: int, device: str) -> None:
     """Grade the registry's concepts with an independent judge (paper Tables 1-3): a table and sample grids."""
     from conceptlib.devices import resolve_device
     from conceptlib.evaluation import PROTOCOLS, SamplerSettings, evaluate_registry, write_report

@@ -128,7 +128,8 @@ def composed_score(
         elif prior_guidance == 1.0:  # the implicit leaf samples p(x | c'): the prior itself, counted once
             base = estimate.detach()
         else:
-            base = null_of(prior) + prior_guidance * (estimate.detach() - null_of(prior))
+            null = null_of(prior)
+            base = null + prior_guidance * (estimate.detach() - null)
         classifier_sigma = torch.full((n,), CLASSIFIER_SIGMA, device=x.device)
 
         def leaf_part(leaf: Leaf) -> Part:
