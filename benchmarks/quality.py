@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from conceptlib.cli import eval_command
 from conceptlib.diffusion import AnnealedConfig
 from conceptlib.evaluation import PROTOCOLS, SamplerSettings, evaluate_registry, write_report
 from conceptlib.plugins import PluginManager
@@ -44,6 +45,11 @@ def train(registry: Path, iterations: int | None) -> dict[str, float]:
     return seconds
 
 
+def cli_sampler_defaults() -> dict[str, object]:
+    """``concept eval``'s own option defaults, so the table grades what users get."""
+    return {param.name: param.default for param in eval_command.params}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--registry", type=Path, default=RESULTS / "quality-registry.db")
@@ -52,13 +58,14 @@ def main() -> None:
     parser.add_argument("-n", type=int, default=500)
     parser.add_argument("--inference", type=int, default=200)
     parser.add_argument("--protocol", action="append", help="default: all")
-    parser.add_argument("--levels", type=int, default=AnnealedConfig.levels)
-    parser.add_argument("--corrector", default=AnnealedConfig.corrector)
-    parser.add_argument("--corrector-steps", type=int, default=AnnealedConfig.corrector_steps)
-    parser.add_argument("--corrector-step", type=float, default=AnnealedConfig.corrector_step)
-    parser.add_argument("--guidance", type=float, default=2.0)
-    parser.add_argument("--classifier-guidance", type=float, default=3.0)
-    parser.add_argument("--prior-guidance", type=float, default=SamplerSettings.prior_guidance)
+    sampler = cli_sampler_defaults()
+    parser.add_argument("--levels", type=int, default=sampler["levels"])
+    parser.add_argument("--corrector", default=sampler["corrector"])
+    parser.add_argument("--corrector-steps", type=int, default=sampler["corrector_steps"])
+    parser.add_argument("--corrector-step", type=float, default=sampler["corrector_step"])
+    parser.add_argument("--guidance", type=float, default=sampler["guidance"])
+    parser.add_argument("--classifier-guidance", type=float, default=sampler["classifier_guidance"])
+    parser.add_argument("--prior-guidance", type=float, default=sampler["prior_guidance"])
     parser.add_argument("--out", type=Path, default=RESULTS / "quality")
     parser.add_argument("--report", default="quality",
                         help="name of the copies written to benchmarks/results/ (NAME.md, NAME.json)")

@@ -10,7 +10,8 @@ on one machine and thread count:
 4. FLOPs of one Langevin step of each network and the FLOP/s achieved, against a measured matmul/conv peak;
 5. the techniques tried, each measured on its own;
 6. noise-conditioned composition (prior + classifier concepts, the annealed sampler of ``concept compose``);
-7. ``concept --help`` and ``concept list`` cold start.
+7. ``concept compose`` on the shipped ``registry.db`` (trained concepts, the CLI's default sampler), 1-3 concepts;
+8. ``concept --help`` and ``concept list`` cold start.
 
 Concepts are registered in a temporary registry with seeded random weights (the zero-initialised layers
 drawn small and non-zero, so energies and gradients are not trivially zero) and loaded by ``load_concept``,
@@ -261,7 +262,10 @@ def one_thread(run: Callable[[], Any]) -> Callable[[], Any]:
 
 # --------------------------------------------------------------------------------------------- sections
 LIBRARIES = ("conceptlib", "ebmkit", "torchebm")
-SECTIONS = ("chain", "sampling", "training", "flops", "techniques", "noisy", "cold")
+SECTIONS = ("chain", "sampling", "training", "flops", "techniques", "noisy", "shipped", "cold")
+SHIPPED = ROOT.parent / "registry.db"
+SHIPPED_EXPRESSIONS = ("position=(0.3,0.7)", "position=(0.7,0.3) & color=blue",
+                       "position=(0.3,0.3) & shape=square & color=green")
 
 
 def same_chain(concepts: Sequence[LoadedConcept], device: torch.device, n: int, steps: int) -> dict[str, Any]:
@@ -517,7 +521,7 @@ def _vmapped(concepts: Sequence[LoadedConcept], device: torch.device) -> Callabl
 
 def noisy(registry: Registry, plugins: PluginManager, device: torch.device, batch: int, levels: int,
           rounds: int, log: Callable[[str], None]) -> list[dict[str, Any]]:
-    """``concept compose``'s default path: prior counted once, guidance 2, annealed sampler with a ULA corrector.
+    """Noise-conditioned composition: prior counted once, the CLI's guidance and annealed corrector settings.
 
     Timed on chains of 2 levels (4 network evaluations), plain and conceptlib taking turns; images/s are
     for ``levels`` levels (every evaluation costs the same).
@@ -526,6 +530,7 @@ def noisy(registry: Registry, plugins: PluginManager, device: torch.device, batc
               for name in ("dsm_position", "cls_color", "cls_shape")}
     node = expr.parse("dsm_position=(0.3,0.7) & cls_color=red & cls_shape=square")
     short, full = AnnealedConfig(levels=2), AnnealedConfig(levels=levels)
+    guidance = float(compose_defaults()["guidance"])
     runs = {}
     for fast in (False, True):
         terms = {}
@@ -533,17 +538,57 @@ def noisy(registry: Registry, plugins: PluginManager, device: torch.device, batc
             concept = loaded[leaf.concept]
             model = concept.model if fast else plain_copy(concept)
             terms[leaf] = Term(LoadedConcept(concept.version, model), concept.condition(leaf.value, device), fast=fast)
-        energy = compose_noisy(node, terms, loaded["dsm_position"], guidance=2.0)
+        energy = compose_noisy(node, terms, loaded["dsm_position"], guidance=guidance)
         runs["conceptlib" if fast else "plain networks"] = partial(
             annealed_sample, energy_scores(energy), batch, 32, short, torch.Generator(device=device).manual_seed(9),
             device)
     rows = []
     for path, t in interleaved(runs, rounds, device).items():
         images = batch / (t["median_s"] / short.steps * full.steps)
-        rows.append({"path": path, "batch": batch, "levels": levels, "evaluations": full.steps,
+        rows.append({"path": path, "batch": batch, "levels": levels, "evaluations": full.steps, "guidance": guidance,
+                     "corrector_steps": full.corrector_steps,
                      "images_per_s": images, "peak_mib": t["peak_mib"]})
         log(f"noise-conditioned {path}: {images:.2f} img/s")
     rows[1]["vs_plain"] = rows[1]["images_per_s"] / rows[0]["images_per_s"]
+    return rows
+
+
+def compose_defaults() -> dict[str, Any]:
+    """``concept compose``'s option defaults: the figures are for what a user gets."""
+    from conceptlib.cli import compose_command
+
+    return {param.name: param.default for param in compose_command.params}
+
+
+def shipped(plugins: PluginManager, device: torch.device, n: int, levels: int | None,
+            log: Callable[[str], None]) -> list[dict[str, Any]]:
+    """``concept compose`` as a user runs it: the shipped registry's trained concepts, the CLI's defaults.
+
+    One batch of ``n`` per expression through ``jobs.compose_images``, timed from its own clock (loading the
+    weights excluded); a copy of the registry is opened, the shipped file is never touched.
+    """
+    from conceptlib.jobs import compose_images
+
+    options = compose_defaults()
+    annealed = AnnealedConfig(levels=levels or options["levels"], corrector=options["corrector"],
+                              corrector_steps=options["corrector_steps"], corrector_step=options["corrector_step"],
+                              eta=options["eta"])
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        copy_path = Path(tmp) / "registry.db"
+        copy_path.write_bytes(SHIPPED.read_bytes())
+        registry = Registry.open(f"sqlite:///{copy_path}")
+        for expression in SHIPPED_EXPRESSIONS:
+            result = compose_images(registry, plugins, expression, n, seed=0, device=device, batch_size=n,
+                                    annealed=annealed, guidance=options["guidance"],
+                                    classifier_guidance=options["classifier_guidance"],
+                                    prior_guidance=options["prior_guidance"])
+            seconds = result.provenance["seconds"]
+            rows.append({"expression": expression, "concepts": len(expr.leaves(expr.parse(expression))),
+                         "batch": n, "levels": annealed.levels, "evaluations": annealed.steps,
+                         "seconds": seconds, "images_per_s": n / seconds,
+                         "sampler": result.provenance["sampler"]})
+            log(f"shipped {expression}: {n / seconds:.2f} img/s")
     return rows
 
 
@@ -630,13 +675,28 @@ def write_report(data: dict[str, Any], out: Path) -> None:
               "| technique | batch | images/s | vs plain | peak MiB |", "|---|---|---|---|---|"]
     lines += [f"| {r['technique']} | {r['batch']} | {r['images_per_s']:.2f} | {r['vs_plain']:.2f}x | {r['peak_mib']} |"
               for r in data["techniques"]]
-    lines += ["", "## Noise-conditioned composition (`concept compose` default: prior once, guidance 2, annealed)", "",
-              "`dsm_position=(0.3,0.7) & cls_color=red & cls_shape=square`: a U-Net prior (conditioned and null "
-              "energy) and two classifier energies per evaluation, one Euler step and one ULA corrector per level. "
+    first = data["noisy"][0]
+    lines += ["", "## Noise-conditioned composition, plain networks against conceptlib's (prior once, annealed)", "",
+              "`dsm_position=(0.3,0.7) & cls_color=red & cls_shape=square`: a U-Net energy prior (conditioned and "
+              "null energy) and two classifier energies per evaluation, one Euler step and "
+              f"{first.get('corrector_steps', 1)} ULA corrector steps per level, guidance "
+              f"{first.get('guidance', 2.0)}. "
               "Timed on short chains taking turns, scaled to the levels shown.", "",
               "| path | batch | levels (network evaluations) | images/s | peak MiB |", "|---|---|---|---|---|"]
     lines += [f"| {r['path']} | {r['batch']} | {r['levels']} ({r['evaluations']}) | {r['images_per_s']:.2f} "
               f"| {r['peak_mib']} |" for r in data["noisy"]]
+    if "shipped" in data:
+        sampler = data["shipped"][0]["sampler"]
+        lines += ["", "## `concept compose` on the shipped registry (trained concepts, the CLI's defaults)", "",
+                  f"`registry.db`'s position (a U-Net denoiser prior), shape and color (classifiers); one batch of "
+                  f"{data['shipped'][0]['batch']} per expression, {sampler['levels']} levels with "
+                  f"{sampler['corrector_steps']} {sampler['corrector']} corrector steps each, guidance "
+                  f"{sampler['guidance']}, classifier guidance {sampler['classifier_guidance']}; seconds from "
+                  "`compose_images`' own clock (loading excluded).", "",
+                  "| expression | concepts | network evaluations per chain | seconds | images/s |",
+                  "|---|---|---|---|---|"]
+        lines += [f"| `{r['expression']}` | {r['concepts']} | {r['evaluations']} | {r['seconds']:.1f} "
+                  f"| {r['images_per_s']:.2f} |" for r in data["shipped"]]
     cold = data["cold_start"]
     lines += ["", "## CLI cold start (median of fresh processes)", "",
               "| command | seconds |", "|---|---|",
@@ -692,6 +752,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--train-steps", type=int, default=20, help="Langevin steps per training iteration.")
     parser.add_argument("--noisy-levels", type=int, default=20)
     parser.add_argument("--noisy-batch", type=int, default=32)
+    parser.add_argument("--shipped-batch", type=int, default=64, help="Images per expression on registry.db.")
     parser.add_argument("--quick", action="store_true", help="Tiny settings, to check the script.")
     parser.add_argument("--sections", nargs="+", default=list(SECTIONS), choices=SECTIONS,
                         help="What to measure [default: all; the report is written only for all].")
@@ -702,6 +763,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         args.chain_steps, args.timed_steps, args.rounds, args.batches, args.concepts = 2, 2, 2, [8], [1, 2]
         args.technique_steps = 1
         args.train_iterations, args.train_steps, args.noisy_levels, args.noisy_batch = 2, 1, 2, 4
+        args.shipped_batch = 2
     if args.report_only:
         write_report(json.loads((args.out / "speed.json").read_text()), args.out)
         return
@@ -740,6 +802,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         if "noisy" in wanted:
             data["noisy"] = noisy(registry, plugins, device, args.noisy_batch, args.noisy_levels, args.rounds - 1,
                                   log)
+        if "shipped" in wanted:
+            data["shipped"] = shipped(plugins, device, args.shipped_batch, 2 if args.quick else None, log)
         if "cold" in wanted:
             data["cold_start"] = cold_start(Path(tmp) / "registry.db", runs=3 if args.quick else 7)
             log(f"cold start: {data['cold_start']}")

@@ -210,7 +210,7 @@ def annealed_options(command: Any) -> Any:
                      help="denoiser, dsm: corrector step as a fraction of sigma^2."),
         click.option("--eta", default=1.0, show_default=True, type=click.FloatRange(0, 1),
                      help="denoiser, dsm: fresh noise per step down (1 Euler-ancestral, 0 deterministic)."),
-        click.option("--guidance", default=2.0, show_default=True, type=click.FloatRange(0, min_open=True),
+        click.option("--guidance", default=1.5, show_default=True, type=click.FloatRange(0, min_open=True),
                      help="denoiser, dsm: scale of every concept's E(x|c) - E(x|null) (1 = plain product)."),
         click.option("--classifier-guidance", default=3.0, show_default=True,
                      type=click.FloatRange(0, min_open=True),

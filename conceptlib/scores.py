@@ -43,6 +43,13 @@ def _is_classifier(concept: LoadedConcept) -> bool:
     return bool(getattr(concept.model, "ratio_only", False))
 
 
+def _reads_complement(concept: LoadedConcept) -> bool:
+    """A categorical classifier whose condition may name several values (``membership``): its NOT is the
+    same network asked for every other value, ``-log p(not c | x)`` computed from the logits."""
+    model = concept.model
+    return _is_classifier(concept) and all(getattr(model, flag, False) for flag in ("categorical", "membership"))
+
+
 @dataclass(frozen=True)
 class Part:
     """A sub-expression's energy ``(B,)`` and its gradient in ``x``; composes by the paper's logic."""
@@ -132,9 +139,13 @@ def composed_score(
             base = null + prior_guidance * (estimate.detach() - null)
         classifier_sigma = torch.full((n,), CLASSIFIER_SIGMA, device=x.device)
 
-        def leaf_part(leaf: Leaf) -> Part:
+        def leaf_part(leaf: Leaf, negated: bool = False) -> Part:
             term = terms[leaf]
             conditions = term.condition.expand(n, -1)
+            if negated:
+                if not _reads_complement(term.concept):
+                    return _negate(leaf_part(leaf))
+                conditions = 1 - conditions  # the classifier of the complement, -w log p(not c | D(x))
             if _is_classifier(term.concept):
                 nll = term.concept.model(estimate, conditions, classifier_sigma)
                 (grad,) = torch.autograd.grad(classifier_guidance * nll.sum(), x_in, retain_graph=True)
@@ -204,7 +215,8 @@ def _prior_leaf_condition(node: Node, terms: dict[Leaf, Term], prior: LoadedConc
     return terms[mine[0]].condition if len(mine) == 1 else None
 
 
-def _combine(node: Node, leaf_part: Callable[[Leaf], Part], temperature: float) -> Part:
+def _combine(node: Node, leaf_part: Callable[[Leaf, bool], Part], temperature: float) -> Part:
+    """The expression's energy and gradient; ``leaf_part(leaf, negated)`` gives a leaf's, or its NOT's."""
     if isinstance(node, Leaf):
         return leaf_part(node)
     if isinstance(node, And):
@@ -217,6 +229,8 @@ def _combine(node: Node, leaf_part: Callable[[Leaf], Part], temperature: float) 
         return Part(-temperature * torch.logsumexp(-energies / temperature, 0),
                     (weights * torch.stack([p.grad for p in parts])).sum(0))
     if isinstance(node, Not):
+        if isinstance(node.term, Leaf):
+            return leaf_part(node.term, True)
         return _negate(_combine(node.term, leaf_part, temperature))
     if isinstance(node, Weighted):
         inner = _combine(node.term, leaf_part, temperature)
@@ -230,6 +244,9 @@ def _negate(part: Part) -> Part:
     Negating ``-w log p`` pushes ``p`` toward 0 without bound: measured on ``position & !color`` the objects
     grew and the judge's realism fell to 0.08. ``1 - p`` asks the same question and stops pushing once the
     image no longer shows ``c``. Its gradient is the negated one scaled by ``p / (1 - p)`` (``w`` cancels).
+    That is the fallback for a categorical classifier without ``membership``: where the image shows ``c``
+    for certain, ``p`` rounds to 1, ``-log p`` to 0 and both gradients vanish, so the NOT gives up on exactly
+    the samples that break it (:func:`_reads_complement` asks the network for the complement instead).
     """
     if part.probability is None:
         return Part(-part.energy, -part.grad)

@@ -9,6 +9,6 @@ have() { [ -f "$registry" ] && "$concept" --registry "$registry" show "$1" >/dev
 have position || "$concept" --registry "$registry" add position --source scenes
 have color || "$concept" --registry "$registry" add color --source scenes --with position
 "$concept" --registry "$registry" list
-"$concept" --registry "$registry" compose "position=(0.3,0.7) & color=red" -n 16 --seed 0 --guidance 2 \
+"$concept" --registry "$registry" compose "position=(0.3,0.7) & color=red" -n 16 --seed 0 \
   -o out/demo.png --out-dir out/demo
 echo "demo grid: $(pwd)/out/demo.png"

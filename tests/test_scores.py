@@ -235,6 +235,43 @@ def test_not_of_a_categorical_classifier_is_the_classifier_of_the_complement(toy
     assert not torch.allclose(score, plain_negation, atol=1e-3)  # the bounded form differs from -E
 
 
+class ToyMembership(nn.Module):
+    """A categorical classifier that reads a set of names, ``-log sum_j c_j p_j``, and is sure of name "a"."""
+
+    noise_conditioned = True
+    ratio_only = True
+    categorical = True
+    membership = True
+
+    def forward(self, x, c, sigma=None, keep=None):
+        m = x.flatten(1).mean(1)
+        logits = torch.stack([60 + m, -m], dim=1)  # p(a) rounds to 1 in float32
+        return -torch.logsumexp(torch.log_softmax(logits, dim=1) + torch.log(c), dim=1)
+
+
+@pytest.mark.parametrize("membership", [True, False])
+def test_not_of_a_sure_categorical_classifier_still_pushes_away(toys, membership):
+    """Where the image shows the forbidden name for certain, ``1 - p`` rounds to 0; asking the network for the
+    complement keeps the gradient that the rescaled ``-log p`` loses (the fallback, without membership)."""
+    prior, _, _, leaves, terms = toys
+    model = ToyMembership()
+    model.membership = membership
+    shape = concept("shape", model, "classifier")
+    leaf = Leaf("shape", "a")
+    terms = {**terms, leaf: Term(shape, torch.tensor([[1.0, 0.0]]))}
+    score, _ = composed_score(And((leaves["pos"], Not(leaf))), terms, prior, classifier_guidance=3.0)(X, SIGMA)
+    x = X.clone().requires_grad_(True)
+    estimate = prior.model.denoise(x, torch.full((N, 1), 0.4), SIGMA, ONES)
+    not_a = model(estimate, torch.tensor([[0.0, 1.0]]).expand(N, -1))
+    (grad,) = torch.autograd.grad(3.0 * not_a.sum(), x)  # -w log p(b | D(x)): the complement of "a"
+    prior_only = (d(prior, 0.4) - X) / S2
+    assert grad.abs().max() > 1e-3
+    if membership:
+        assert torch.allclose(score, prior_only - grad, atol=1e-5)
+    else:
+        assert torch.allclose(score, prior_only, atol=1e-6)  # what the NOT did before: nothing
+
+
 def test_not_of_a_continuous_classifier_negates_its_energy(toys):
     prior, _, color, leaves, terms = toys
     node = And((leaves["pos"], Not(leaves["color"])))

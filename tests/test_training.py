@@ -171,6 +171,20 @@ def test_classifier_energy_is_minus_log_probability_and_its_null_is_zero(plugins
     assert torch.equal(null, torch.zeros(4)) and torch.allclose(conditioned, energies[:, 0])
 
 
+def test_a_categorical_classifier_reads_a_set_of_names_and_its_complement_exactly(plugins, dataset):
+    classifier = plugins.architecture("classifier")
+    model = classifier.build(dataset.schemas["color"], 16, classifier.config(TINY_NET))
+    x, sigma = torch.rand(4, 3, 16, 16, requires_grad=True), torch.full((4,), 0.1)
+    one = torch.eye(6)[2].expand(4, -1)
+    p = torch.exp(-model(x, one, sigma))
+    either = torch.exp(-model(x, torch.eye(6)[[2, 4]].sum(0).expand(4, -1), sigma))
+    assert torch.allclose(either, p + torch.exp(-model(x, torch.eye(6)[4].expand(4, -1), sigma)), atol=1e-6)
+    assert torch.allclose(torch.exp(-model(x, 1 - one, sigma)), 1 - p, atol=1e-6)
+    null = model(x, torch.zeros(4, 6), sigma)
+    (grad,) = torch.autograd.grad(null.sum(), x)
+    assert torch.equal(null, torch.zeros(4)) and torch.isfinite(grad).all()
+
+
 def test_classifier_objective_refuses_a_network_that_is_not_a_classifier(plugins, dataset):
     unet = plugins.architecture("unet")
     with pytest.raises(TrainingError, match="--arch classifier"):

@@ -7,9 +7,13 @@ trains in minutes on this CPU, where the same ratio learned through denoising sc
 near chance after 20 minutes (measured: color inferred right 0.18-0.30, chance 0.17). Its energy is
 already a ratio (``E(x | null) = 0``), so it composes with the prior counted once.
 
-Categorical conditions get a softmax over their names; continuous ones a Gaussian with a predicted
-mean and spread. Max pooling keeps small objects visible (a judge with average pooling read shape at
-0.61, LEARNING.md). No batch norm: the energy of one image must not depend on the rest of the batch.
+Categorical conditions get a softmax over their names, and the energy is ``-log sum_j c_j p_j``: for a
+one-hot ``c`` the plain ``-log p(c | x)``, for several names the probability that the image shows one of
+them, so NOT is the classifier of the complement ``1 - c``, computed from the logits (``1 - p`` rounds to 0
+and loses its gradient exactly where the image shows the forbidden name). Continuous conditions get a
+Gaussian with a predicted mean and spread. Max pooling keeps small objects visible (a judge with average
+pooling read shape at 0.61, LEARNING.md). No batch norm: the energy of one image must not depend on the
+rest of the batch.
 """
 
 from __future__ import annotations
@@ -31,6 +35,8 @@ class NoisyClassifierEnergy(nn.Module):
 
     noise_conditioned = True
     ratio_only = True
+    membership = True
+    """A categorical condition may name several values: the energy is ``-log p(one of them | x)``."""
 
     def __init__(self, schema: ConditionSchema, image_size: int, config: Mapping[str, Any]) -> None:
         super().__init__()
@@ -61,7 +67,7 @@ class NoisyClassifierEnergy(nn.Module):
             h = block(h, e)
         out = self.head(torch.cat([h.amax((2, 3)), h.mean((2, 3))], dim=1))
         if self.categorical:
-            energy = -(F.log_softmax(out, dim=1) * c).sum(1)
+            energy = _membership_energy(F.log_softmax(out, dim=1), c)
         else:
             mean, log_std = out.chunk(2, dim=1)
             log_std = log_std.clamp(-6, 2)
@@ -76,3 +82,16 @@ class NoisyClassifierEnergy(nn.Module):
             return self.embedding(sigma[:1]).expand(sigma.shape[0], -1)
         angles = (torch.log(sigma) / 4)[:, None] * self.frequencies[None, :] * 2 * math.pi
         return self.noise_embed(torch.cat([angles.cos(), angles.sin()], dim=1))
+
+
+def _membership_energy(log_p: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """``-log sum_j c_j p_j`` from log-probabilities, exact for a one-hot ``c``; 0 for an all-zero (null) row.
+
+    Zero weights are masked to ``-inf`` (no ``log 0`` in the graph); a null row is summed over a harmless
+    stand-in and then zeroed, so neither its value nor its gradient is NaN.
+    """
+    named = c > 0
+    null = ~named.any(1, keepdim=True)
+    weights = torch.where(named, c, torch.ones_like(c))
+    terms = torch.where(named | null, log_p + torch.log(weights), torch.full_like(log_p, -torch.inf))
+    return torch.where(null[:, 0], torch.zeros_like(log_p[:, 0]), -torch.logsumexp(terms, dim=1))
