@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from conceptlib.cli import eval_command
+from conceptlib.cli import option_defaults
 from conceptlib.diffusion import AnnealedConfig
 from conceptlib.evaluation import PROTOCOLS, SamplerSettings, evaluate_registry, write_report
 from conceptlib.plugins import PluginManager
@@ -45,11 +45,6 @@ def train(registry: Path, iterations: int | None) -> dict[str, float]:
     return seconds
 
 
-def cli_sampler_defaults() -> dict[str, object]:
-    """``concept eval``'s own option defaults, so the table grades what users get."""
-    return {param.name: param.default for param in eval_command.params}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--registry", type=Path, default=RESULTS / "quality-registry.db")
@@ -58,7 +53,7 @@ def main() -> None:
     parser.add_argument("-n", type=int, default=500)
     parser.add_argument("--inference", type=int, default=200)
     parser.add_argument("--protocol", action="append", help="default: all")
-    sampler = cli_sampler_defaults()
+    sampler = option_defaults("eval")  # the table grades what `concept eval` users get
     parser.add_argument("--levels", type=int, default=sampler["levels"])
     parser.add_argument("--corrector", default=sampler["corrector"])
     parser.add_argument("--corrector-steps", type=int, default=sampler["corrector_steps"])

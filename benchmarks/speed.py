@@ -48,6 +48,7 @@ from torch.nn import functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from conceptlib import batched, expr
+from conceptlib.cli import option_defaults
 from conceptlib.concepts import LoadedConcept, load_concept, state_to_numpy
 from conceptlib.diffusion import AnnealedConfig, annealed_sample, energy_scores
 from conceptlib.energy import Term, compose, compose_noisy
@@ -530,7 +531,7 @@ def noisy(registry: Registry, plugins: PluginManager, device: torch.device, batc
               for name in ("dsm_position", "cls_color", "cls_shape")}
     node = expr.parse("dsm_position=(0.3,0.7) & cls_color=red & cls_shape=square")
     short, full = AnnealedConfig(levels=2), AnnealedConfig(levels=levels)
-    guidance = float(compose_defaults()["guidance"])
+    guidance = float(option_defaults("compose")["guidance"])
     runs = {}
     for fast in (False, True):
         terms = {}
@@ -553,13 +554,6 @@ def noisy(registry: Registry, plugins: PluginManager, device: torch.device, batc
     return rows
 
 
-def compose_defaults() -> dict[str, Any]:
-    """``concept compose``'s option defaults: the figures are for what a user gets."""
-    from conceptlib.cli import compose_command
-
-    return {param.name: param.default for param in compose_command.params}
-
-
 def shipped(plugins: PluginManager, device: torch.device, n: int, levels: int | None,
             log: Callable[[str], None]) -> list[dict[str, Any]]:
     """``concept compose`` as a user runs it: the shipped registry's trained concepts, the CLI's defaults.
@@ -569,7 +563,7 @@ def shipped(plugins: PluginManager, device: torch.device, n: int, levels: int | 
     """
     from conceptlib.jobs import compose_images
 
-    options = compose_defaults()
+    options = option_defaults("compose")
     annealed = AnnealedConfig(levels=levels or options["levels"], corrector=options["corrector"],
                               corrector_steps=options["corrector_steps"], corrector_step=options["corrector_step"],
                               eta=options["eta"])

@@ -604,5 +604,10 @@ def source_sample(ctx: click.Context, source_name: str, count: int, out_dir: Pat
     out.print(f"wrote {written} images and labels.jsonl to {out_dir}")
 
 
+def option_defaults(command: str) -> dict[str, Any]:
+    """A subcommand's option defaults by parameter name: benchmarks and tests read what users get from here."""
+    return {param.name: param.default for param in cli.commands[command].params}
+
+
 def main() -> None:
     cli()

@@ -78,11 +78,11 @@ def test_compose_sidecar_records_expression_sampler_and_seed(run, add_tiny, tmp_
 @pytest.mark.parametrize("command", ["compose", "eval"])
 def test_sampler_options_default_to_the_annealed_config(command):
     """The CLI spells its defaults out (it must not import torch to show --help); they must not drift."""
-    from conceptlib.cli import cli
+    from conceptlib.cli import option_defaults
     from conceptlib.diffusion import AnnealedConfig
     from conceptlib.evaluation import SamplerSettings
 
-    defaults = {p.name: p.default for p in cli.commands[command].params}
+    defaults = option_defaults(command)
     config = AnnealedConfig()
     for field in ("levels", "corrector", "corrector_steps", "corrector_step", "eta"):
         assert defaults[field] == getattr(config, field), field
