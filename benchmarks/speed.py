@@ -524,8 +524,8 @@ def noisy(registry: Registry, plugins: PluginManager, device: torch.device, batc
           rounds: int, log: Callable[[str], None]) -> list[dict[str, Any]]:
     """Noise-conditioned composition: prior counted once, the CLI's guidance and annealed corrector settings.
 
-    Timed on chains of 2 levels (4 network evaluations), plain and conceptlib taking turns; images/s are
-    for ``levels`` levels (every evaluation costs the same).
+    Timed on chains of 2 levels (10 network evaluations with the default corrector), plain and conceptlib
+    taking turns; images/s are for ``levels`` levels (every evaluation costs the same).
     """
     loaded = {name: load_concept(registry, plugins, registry.resolve(name, None), device)
               for name in ("dsm_position", "cls_color", "cls_shape")}
@@ -564,9 +564,7 @@ def shipped(plugins: PluginManager, device: torch.device, n: int, levels: int | 
     from conceptlib.jobs import compose_images
 
     options = option_defaults("compose")
-    annealed = AnnealedConfig(levels=levels or options["levels"], corrector=options["corrector"],
-                              corrector_steps=options["corrector_steps"], corrector_step=options["corrector_step"],
-                              eta=options["eta"])
+    annealed = AnnealedConfig(levels=levels) if levels else AnnealedConfig()  # = the CLI's (tests/test_cli.py)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         copy_path = Path(tmp) / "registry.db"
