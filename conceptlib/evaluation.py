@@ -67,6 +67,8 @@ class ProtocolResult:
     seconds: float
     versions: dict[str, str]
     images: np.ndarray = field(repr=False, default_factory=lambda: np.zeros((0, 1, 1, 3), np.uint8))
+    confusion: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Per categorical target (``shape``, ``not_color``): ``values`` and ``matrix``, rows asked, columns judged."""
 
     @property
     def passed(self) -> bool:
@@ -75,7 +77,7 @@ class ProtocolResult:
     def to_json(self) -> dict[str, Any]:
         return {"protocol": self.name, "n": self.n, "metrics": self.metrics, "seconds": round(self.seconds, 2),
                 "targets": {k: f"{op} {v:g}" for k, (op, v) in self.targets.items()}, "passed": self.passed,
-                "versions": self.versions}
+                "versions": self.versions, **({"confusion": self.confusion} if self.confusion else {})}
 
 
 def _meets(value: float, op: str, threshold: float) -> bool:
@@ -186,6 +188,29 @@ def _score(predicted: dict[str, np.ndarray], targets: dict[str, np.ndarray]) -> 
     return metrics
 
 
+def confusion(predicted: Mapping[str, np.ndarray], targets: Mapping[str, np.ndarray],
+              values: Mapping[str, Sequence[str]]) -> dict[str, dict[str, Any]]:
+    """Rows asked (or forbidden, for ``not_`` targets), columns judged, for every categorical target.
+
+    Why: an accuracy says how often a concept fails, the matrix says how (measured: most shape errors were
+    circles read as squares and triangles read as circles), which is what decides the next lever.
+    """
+    tables: dict[str, dict[str, Any]] = {}
+    for key, target in targets.items():
+        attribute = key.removeprefix("not_")
+        if attribute not in values:
+            continue
+        judged = np.asarray(predicted[attribute], dtype=np.int64)
+        asked = np.asarray(target, dtype=np.int64)
+        names = list(values[attribute])
+        size = max(len(names), int(judged.max(initial=-1)) + 1, int(asked.max(initial=-1)) + 1)
+        names += [str(i) for i in range(len(names), size)]  # a judge with more classes than the concept
+        matrix = np.zeros((size, size), dtype=np.int64)
+        np.add.at(matrix, (asked, judged), 1)
+        tables[key] = {"values": names, "matrix": matrix.tolist()}
+    return tables
+
+
 PROTOCOLS: dict[str, Protocol] = {p.name: p for p in [
     Protocol("position", ("position",), _position_only, _score, {"position_acc": (">=", 0.98)}),
     Protocol("color", ("color",), _color_only, _score, {"color_acc": (">=", 0.98)}),
@@ -283,8 +308,10 @@ def run_protocols(
         predicted = judge.predict(images)
         metrics = protocol.score(predicted, trial.targets)
         metrics["looks_real"] = float(np.mean(judge.realism(images)))
+        values = {c: v.version.schema.values for c, v in concepts.items() if v.version.schema.kind == "categorical"}
         results.append(ProtocolResult(name, n, metrics, protocol.targets, seconds,
-                                      {c: str(v.version.ref) for c, v in concepts.items()}, images))
+                                      {c: str(v.version.ref) for c, v in concepts.items()}, images,
+                                      confusion(predicted, trial.targets, values)))
     return results
 
 
@@ -317,6 +344,9 @@ def write_report(results: Sequence[ProtocolResult], extra: Mapping[str, Any], ou
         name = r.name.replace("|", "\\|")  # a bare | would split the Markdown cell
         rows.append(f"| `{name}` | {r.n} | {shown} | {wanted} | {'yes' if r.passed else 'no'} | {r.seconds:.0f} |")
         save_grid(r.images[:64], out_dir / f"{grid_name(r.name)}.png", columns=8)
+    for r in results:
+        for key, table in r.confusion.items():
+            rows.extend(_confusion_markdown(r.name, key, table))
     for key, value in extra.items():
         rows.append(f"\n{key}: {json.dumps(value)}")
     markdown = out_dir / "results.md"
@@ -325,6 +355,16 @@ def write_report(results: Sequence[ProtocolResult], extra: Mapping[str, Any], ou
     data = out_dir / "results.json"
     data.write_text(json.dumps(payload, indent=2) + "\n")
     return markdown, data
+
+
+def _confusion_markdown(protocol: str, key: str, table: Mapping[str, Any]) -> list[str]:
+    asked = "forbidden" if key.startswith("not_") else "asked"
+    values = table["values"]
+    lines = [f"\n`{protocol}`, {key.removeprefix('not_')}: rows {asked}, columns judged\n",
+             "| | " + " | ".join(values) + " |", "|---" * (len(values) + 1) + "|"]
+    lines += [f"| {value} | " + " | ".join(str(count) for count in row) + " |"
+              for value, row in zip(values, table["matrix"])]
+    return lines
 
 
 # ----------------------------------------------------------- whole run

@@ -45,6 +45,21 @@ def test_scoring_or_counts_each_mode():
     assert metrics == {"mode1": 0.25, "mode2": 0.5, "either_mode": 0.75}
 
 
+def test_confusion_counts_asked_against_judged_for_categorical_targets_only():
+    from conceptlib.evaluation import confusion
+
+    targets = {"position": np.array([[0.3, 0.3]] * 4), "shape": np.array([0, 0, 2, 1]),
+               "not_color": np.array([1, 0, 1, 1])}
+    predicted = {"position": np.zeros((4, 2)), "shape": np.array([1, 0, 0, 1]), "color": np.array([1, 2, 0, 1])}
+    values = {"shape": ("circle", "square", "triangle"), "color": ("red", "green", "blue")}
+    tables = confusion(predicted, targets, values)
+    assert set(tables) == {"shape", "not_color"}
+    assert tables["shape"] == {"values": ["circle", "square", "triangle"], "matrix": [[1, 1, 0], [0, 1, 0], [1, 0, 0]]}
+    assert tables["not_color"]["matrix"] == [[0, 0, 1], [1, 2, 0], [0, 0, 0]]  # forbidden green, shown twice
+    wider = confusion({"shape": np.array([3])}, {"shape": np.array([0])}, {"shape": ("circle", "square")})
+    assert wider["shape"]["values"] == ["circle", "square", "2", "3"] and wider["shape"]["matrix"][0] == [0, 0, 0, 1]
+
+
 def test_a_result_passes_only_when_every_target_is_met(tmp_path):
     images = np.zeros((3, 8, 8, 3), np.uint8)
     good = ProtocolResult("color", 3, {"color_acc": 0.99}, {"color_acc": (">=", 0.98)}, 1.0, {}, images)
@@ -96,7 +111,11 @@ def test_concept_eval_writes_a_table_from_the_registrys_concepts(run, add_tiny, 
                      "position | position"]
     assert payload["protocols"][2]["versions"] == {"position": "position@1", "color": "color@1"}
     assert set(payload["position_inference"]) == {"same distribution", "unseen size"}
-    assert (out / "results.md").exists()
+    # the fake judge reads every color as red (index 0): the confusion matrix puts all four there
+    table = payload["protocols"][1]["confusion"]["color"]
+    assert table["values"][0] == "red" and [row[0] for row in table["matrix"]] == [sum(r) for r in table["matrix"]]
+    assert sum(map(sum, table["matrix"])) == 4 and "confusion" not in payload["protocols"][0]
+    assert "`color`, color: rows asked, columns judged" in (out / "results.md").read_text()
 
 
 def test_an_unknown_protocol_is_a_one_line_error(run, add_tiny, monkeypatch):
