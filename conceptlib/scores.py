@@ -12,9 +12,9 @@ energy whose gradient is that score, but the logic of the paper still applies le
   ``x`` that gradient is adversarial (measured: multicolored speckle, color right 0.48), on ``D(x)`` it moves
   the object (0.91);
 - an energy leaf (objective dsm) contributes its guided energy ratio and its gradient;
-- AND sums, NOT negates (a categorical classifier's NOT is its complement, ``-w log(1 - p)``), a weight
-  scales, and OR mixes the parts' gradients by ``softmax(-E_i / T)``, so ``-T logsumexp(-E_i / T)`` is
-  differentiated exactly given the parts.
+- AND sums, NOT negates (a categorical classifier's NOT is its complement, ``-w log p(not c | D(x))``
+  asked of the same network), a weight scales, and OR mixes the parts' gradients by ``softmax(-E_i / T)``,
+  so ``-T logsumexp(-E_i / T)`` is differentiated exactly given the parts.
 
 The prior is counted once: its null score, or its unguided score at a condition drawn per sample when
 the expression does not name it. The result is a score field with no energy, so MALA (which needs one) is
