@@ -105,7 +105,7 @@ def cli(ctx: click.Context, registry: str | None, plugins_dir: str | None) -> No
 
 
 # ------------------------------------------------------------------- add
-DEFAULT_ITERATIONS = {"denoiser": 6000, "dsm": 1800, "classifier": 1500, "cd": 300}
+DEFAULT_ITERATIONS = {"denoiser": 5500, "dsm": 1800, "classifier": 1500, "cd": 300}
 DEFAULT_BATCH = {"denoiser": 24, "dsm": 48, "classifier": 64, "cd": 64}
 DEFAULT_SCHEDULE = {"denoiser": "cosine"}
 
@@ -127,7 +127,7 @@ DEFAULT_SCHEDULE = {"denoiser": "cosine"}
               help="Energy-network architecture [default: unet for denoiser and dsm, classifier, small for cd].")
 @click.option("--arch-config", multiple=True, metavar="KEY=VALUE", help="Architecture setting, repeatable.")
 @click.option("--iterations", type=click.IntRange(1),
-              help="[default: 6000 denoiser, 1800 dsm, 1500 classifier, 300 cd]")
+              help="[default: 5500 denoiser, 1800 dsm, 1500 classifier, 300 cd]")
 @click.option("--batch-size", type=click.IntRange(1), help="[default: 24 denoiser, 48 dsm, 64 classifier, 64 cd]")
 @click.option("--lr", default=1e-3, show_default=True, type=click.FloatRange(0, min_open=True))
 @click.option("--condition-dropout", default=0.2, show_default=True, type=click.FloatRange(0, 1, max_open=True),

@@ -25,11 +25,11 @@ def plugins() -> PluginManager:
     return PluginManager()
 
 
-def frozen(plugins: PluginManager, architecture: str, attribute: str, seed: int = 0) -> LoadedConcept:
+def frozen(plugins: PluginManager, architecture: str, attribute: str, seed: int = 0, **config: object) -> LoadedConcept:
     """A tiny frozen network with every weight random (zero-initialised layers would make E constant)."""
     schema = plugins.source("scenes").attributes({})[attribute]
     torch.manual_seed(seed)
-    model = plugins.architecture(architecture).build(schema, SIZE, TINY)
+    model = plugins.architecture(architecture).build(schema, SIZE, {**TINY, **config})
     with torch.no_grad():
         for p in model.parameters():
             p.copy_(torch.randn(p.shape) * 0.2)
@@ -149,9 +149,10 @@ def test_chunks_run_in_parallel_threads_and_give_the_same_result(plugins, monkey
     assert_same(fast, energy_and_gradient(lambda z: concept.model(z, c), x))
 
 
-@pytest.mark.parametrize(("architecture", "attribute"), [("unet", "position"), ("classifier", "color")])
-def test_frozen_film_blocks_fold_a_shared_embedding_into_their_convolutions(plugins, architecture, attribute):
-    concept = frozen(plugins, architecture, attribute)
+@pytest.mark.parametrize(("architecture", "attribute", "config"),
+                         [("unet", "position", {}), ("unet", "position", {"refine": 4}), ("classifier", "color", {})])
+def test_frozen_film_blocks_fold_a_shared_embedding_into_their_convolutions(plugins, architecture, attribute, config):
+    concept = frozen(plugins, architecture, attribute, **config)
     model = concept.model.double()
     c = concept.condition(VALUES[attribute], torch.device("cpu")).double().expand(9, -1)
     sigma = torch.full((9,), 0.3, dtype=torch.float64)

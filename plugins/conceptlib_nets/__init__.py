@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 
 SMALL_CONFIG: dict[str, Any] = {"channels": [32, 64, 64], "embed": 128, "bump_sigma": 0.08}
 UNET_CONFIG: dict[str, Any] = {
-    "channels": [48, 64, 64], "embed": 128, "patch": 2, "bump_sigma": 0.08, "sigma_data": 0.25,
+    "channels": [48, 64, 64], "embed": 128, "patch": 2, "bump_sigma": 0.08, "sigma_data": 0.25, "refine": 16,
 }
 
 
@@ -38,7 +38,8 @@ def build_classifier(schema: ConditionSchema, image_size: int, config: Mapping[s
 def build_unet(schema: ConditionSchema, image_size: int, config: Mapping[str, Any]):
     from conceptlib_nets.unet import DenoisingEnergyNet
 
-    return DenoisingEnergyNet(schema, image_size, {**UNET_CONFIG, **config})
+    # A stored config without "refine" predates it: those weights have no refinement layers.
+    return DenoisingEnergyNet(schema, image_size, {**UNET_CONFIG, "refine": 0, **config})
 
 
 PAPER64_CONFIG: dict[str, Any] = {
