@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from conceptlib.concepts import load_concept
+from conceptlib.errors import ConceptError
 from conceptlib.plugins import PluginManager
 from conceptlib.registry import Registry
 
@@ -65,7 +66,12 @@ def main() -> None:
         label, _, path = item.partition("=")
         if not path:
             parser.error(f"{item!r}: give LABEL=REGISTRY, e.g. shipped=registry.db")
-        results[label] = errors(Path(path), plugins, args.n, args.seed)
+        if not Path(path).is_file():
+            parser.error(f"{path}: no such registry file")
+        try:
+            results[label] = errors(Path(path), plugins, args.n, args.seed)
+        except ConceptError as error:  # e.g. no position concept: one line, not a traceback
+            parser.error(f"{path}: {error}")
     data = {"n": args.n, "seed": args.seed, "seconds": round(time.perf_counter() - started, 1), "results": results}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "denoiser_error.json").write_text(json.dumps(data, indent=2) + "\n")
