@@ -24,6 +24,7 @@ from conceptlib.concepts import load_concept
 from conceptlib.errors import ConceptError
 from conceptlib.plugins import PluginManager
 from conceptlib.registry import Registry
+from conceptlib.training import images_to_tensor
 
 RESULTS = Path(__file__).parent / "results"
 SIGMAS = (0.36, 0.2, 0.1, 0.05, 0.02)
@@ -34,7 +35,7 @@ def errors(registry_path: Path, plugins: PluginManager, n: int, seed: int) -> di
     version = registry.resolve("position")
     model = load_concept(registry, plugins, version, torch.device("cpu")).model
     dataset = plugins.source(version.source).load({**version.source_params, "n": n, "seed": seed})
-    x0 = torch.from_numpy(dataset.images).permute(0, 3, 1, 2).float() / 255
+    x0 = images_to_tensor(dataset.images, torch.device("cpu"))
     c = torch.from_numpy(dataset.condition_vectors("position", np.arange(n)))
     spread = x0.max(1).values - x0.min(1).values
     inside = (spread > 0.3)[:, None].expand_as(x0)
