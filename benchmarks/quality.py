@@ -25,6 +25,7 @@ from conceptlib.diffusion import AnnealedConfig
 from conceptlib.evaluation import PROTOCOLS, SamplerSettings, evaluate_registry, write_report
 from conceptlib.plugins import PluginManager
 from conceptlib.registry import Registry
+from conceptlib.scores import ClassifierBoost
 
 RESULTS = Path(__file__).parent / "results"
 CONTINUAL = [("position", []), ("shape", ["position"]), ("color", ["position", "shape"])]
@@ -61,6 +62,8 @@ def main() -> None:
     parser.add_argument("--guidance", type=float, default=sampler["guidance"])
     parser.add_argument("--classifier-guidance", type=float, default=sampler["classifier_guidance"])
     parser.add_argument("--prior-guidance", type=float, default=sampler["prior_guidance"])
+    parser.add_argument("--classifier-boost-below", type=float, default=sampler["classifier_boost_below"])
+    parser.add_argument("--classifier-boost-max", type=float, default=sampler["classifier_boost_max"])
     parser.add_argument("--out", type=Path, default=RESULTS / "quality")
     parser.add_argument("--report", default="quality",
                         help="name of the copies written to benchmarks/results/ (NAME.md, NAME.json)")
@@ -77,7 +80,8 @@ def main() -> None:
                               corrector_step=args.corrector_step)
     settings = SamplerSettings(annealed=annealed,
                                guidance=args.guidance, classifier_guidance=args.classifier_guidance,
-                               prior_guidance=args.prior_guidance)
+                               prior_guidance=args.prior_guidance,
+                               classifier_boost=ClassifierBoost(args.classifier_boost_below, args.classifier_boost_max))
     names = args.protocol or list(PROTOCOLS)
     started = time.perf_counter()
     results: list = []

@@ -562,6 +562,7 @@ def shipped(plugins: PluginManager, device: torch.device, n: int, levels: int | 
     weights excluded); a copy of the registry is opened, the shipped file is never touched.
     """
     from conceptlib.jobs import compose_images
+    from conceptlib.scores import ClassifierBoost
 
     options = option_defaults("compose")
     annealed = AnnealedConfig(levels=levels) if levels else AnnealedConfig()  # = the CLI's (tests/test_cli.py)
@@ -574,7 +575,9 @@ def shipped(plugins: PluginManager, device: torch.device, n: int, levels: int | 
             result = compose_images(registry, plugins, expression, n, seed=0, device=device, batch_size=n,
                                     annealed=annealed, guidance=options["guidance"],
                                     classifier_guidance=options["classifier_guidance"],
-                                    prior_guidance=options["prior_guidance"])
+                                    prior_guidance=options["prior_guidance"],
+                                    classifier_boost=ClassifierBoost(options["classifier_boost_below"],
+                                                                     options["classifier_boost_max"]))
             seconds = result.provenance["seconds"]
             rows.append({"expression": expression, "concepts": len(expr.leaves(expr.parse(expression))),
                          "batch": n, "levels": annealed.levels, "evaluations": annealed.steps,

@@ -30,7 +30,7 @@ from conceptlib.jobs import prior_concept
 from conceptlib.plugins import PluginManager
 from conceptlib.registry import Registry
 from conceptlib.sampling import LangevinConfig, initial_images, langevin
-from conceptlib.scores import composed_score, draw_branches
+from conceptlib.scores import NO_BOOST, ClassifierBoost, composed_score, draw_branches
 from conceptlib.training import images_to_tensor
 
 WITHIN = 0.1
@@ -237,6 +237,7 @@ class SamplerSettings:
     guidance: float = 1.0
     classifier_guidance: float = 1.0
     prior_guidance: float = 1.0
+    classifier_boost: ClassifierBoost = NO_BOOST
     or_temperature: float = 1.0
     batch_size: int = 64
 
@@ -265,7 +266,7 @@ def sample_trial(
             branches = draw_branches(trial.node, prior, count, generator, device)
             scores = composed_score(trial.node, terms, prior, settings.guidance, settings.classifier_guidance,
                                     settings.or_temperature, drawn, settings.annealed.corrector, branches,
-                                    settings.prior_guidance)
+                                    settings.prior_guidance, settings.classifier_boost)
             x = annealed_sample(scores, count, image_size, settings.annealed, generator, device)
         else:
             plain = compose(trial.node, terms, settings.or_temperature)
@@ -404,7 +405,8 @@ def evaluate_registry(
     extra: dict[str, Any] = {
         "judge_held_out": report.get("attributes", report.get("held_out_test")),
         "sampler": {**settings.annealed.to_json(), "guidance": settings.guidance,
-                    "classifier_guidance": settings.classifier_guidance, "prior_guidance": settings.prior_guidance},
+                    "classifier_guidance": settings.classifier_guidance, "prior_guidance": settings.prior_guidance,
+                    **settings.classifier_boost.to_json()},
         "seed": seed,
         "device": str(device),
     }

@@ -35,7 +35,7 @@ from conceptlib.registry import NewVersion, Registry, VersionInfo, VersionRef
 from conceptlib.registry.api import ImportResult
 from conceptlib.registry.transfer import ConceptFile, read_concept_file
 from conceptlib.sampling import LangevinConfig, initial_images, langevin
-from conceptlib.scores import composed_score, draw_branches
+from conceptlib.scores import NO_BOOST, ClassifierBoost, composed_score, draw_branches
 from conceptlib.sources import Progress, Source, canonical_hash
 from conceptlib.training import (
     IterationCallback,
@@ -291,6 +291,7 @@ def compose_images(
     shard: tuple[int, int] = (0, 1),
     classifier_guidance: float = 1.0,
     prior_guidance: float = 1.0,
+    classifier_boost: ClassifierBoost = NO_BOOST,
 ) -> Composition:
     """Sample ``n`` images from the composed energy of ``expression``.
 
@@ -336,7 +337,7 @@ def compose_images(
         latent = not names_prior(node, terms, prior)
         steps_per_batch = annealed.steps
         settings = {**annealed.to_json(), "guidance": guidance, "classifier_guidance": classifier_guidance,
-                    "prior_guidance": prior_guidance,
+                    "prior_guidance": prior_guidance, **classifier_boost.to_json(),
                     "prior": str(prior.version.ref),
                     "prior_condition": "drawn per sample" if latent else "from the expression or null"}
 
@@ -344,7 +345,7 @@ def compose_images(
             drawn = draw_prior_conditions(prior, count, generator, device) if latent else None
             branches = draw_branches(node, prior, count, generator, device)
             scores = composed_score(node, terms, prior, guidance, classifier_guidance, or_temperature, drawn,
-                                    annealed.corrector, branches, prior_guidance)
+                                    annealed.corrector, branches, prior_guidance, classifier_boost)
             return annealed_sample(scores, count, image_size, annealed, generator, device, on_step=step)
     else:
         sampler = sampler or LangevinConfig()

@@ -39,6 +39,36 @@ CLASSIFIER_SIGMA = 0.02
 """The noise level a classifier is asked at when it reads a denoised estimate (nearly clean)."""
 
 
+@dataclass(frozen=True)
+class ClassifierBoost:
+    """Classifier guidance that grows as the noise falls: ``w(sigma) = w * clamp(below / sigma, 1, maximum)``.
+
+    Why: a sampler step moves ``x`` by ``sigma^2`` times the score, so a constant weight lets a classifier's
+    pull fade quadratically just where a 3-5 pixel object gets its outline (sigma ~ 0.03-0.3), and the prior,
+    which knows position but not shape, rounds squares and flattens circles into domes. Measured with the
+    shipped registry (150 samples, seed 0): shape alone 0.813 -> 0.893, ``position & shape & color`` all
+    three right 0.780 -> 0.867, realism unchanged (0.98 for the triple). ``maximum = 1`` is a constant weight.
+    """
+
+    below: float = 0.3
+    maximum: float = 8.0
+
+    def __post_init__(self) -> None:
+        if not (self.below > 0 and self.maximum >= 1):
+            raise ConceptError(f"classifier boost needs below > 0 and max >= 1; got below {self.below}, "
+                               f"max {self.maximum}")
+
+    def to_json(self) -> dict[str, float]:
+        return {"classifier_boost_below": self.below, "classifier_boost_max": self.maximum}
+
+    def factor(self, sigma: torch.Tensor) -> torch.Tensor:
+        """``(B,)`` multipliers of the classifier guidance at noise levels ``sigma`` ``(B,)``."""
+        return (self.below / sigma).clamp(1.0, self.maximum)
+
+
+NO_BOOST = ClassifierBoost(maximum=1.0)
+
+
 def _is_classifier(concept: LoadedConcept) -> bool:
     return bool(getattr(concept.model, "ratio_only", False))
 
@@ -58,8 +88,8 @@ class Part:
     grad: torch.Tensor
     probability: torch.Tensor | None = None
     """A classifier leaf's ``p(c | D(x))`` ``(B,)``, which lets NOT use ``1 - p`` (see :func:`_negate`)."""
-    scale: float = 1.0
-    """The classifier leaf's guidance ``w`` (its energy is ``-w log p``)."""
+    scale: float | torch.Tensor = 1.0
+    """The classifier leaf's guidance ``w``, a number or ``(B,)`` (its energy is ``-w log p``)."""
 
 
 def composed_score(
@@ -73,6 +103,7 @@ def composed_score(
     corrector: str = "ula",
     branches: torch.Tensor | None = None,
     prior_guidance: float = 1.0,
+    classifier_boost: ClassifierBoost = NO_BOOST,
 ) -> ScoreFn:
     """The score of ``node`` with ``prior`` counted once, whatever kinds of concept the leaves are.
 
@@ -89,6 +120,10 @@ def composed_score(
     instead, so that its null score cancels the negated leaf's: unguided against a guided NOT, no sample
     looked real (realism 0.000, color 0.632 of 500). (An energy prior, objective dsm, keeps its guided drawn
     leaf: see :func:`compose_noisy`.)
+
+    ``classifier_boost`` raises classifier leaves' weight at low noise (see :class:`ClassifierBoost`); it
+    applies over a denoiser prior, where classifiers guide through ``D(x)``; an energy prior (dsm) keeps the
+    constant ``classifier_guidance``.
     """
     if not prior.is_denoiser:
         if classifier_guidance != guidance:
@@ -138,6 +173,7 @@ def composed_score(
             null = null_of(prior)
             base = null + prior_guidance * (estimate.detach() - null)
         classifier_sigma = torch.full((n,), CLASSIFIER_SIGMA, device=x.device)
+        weight = classifier_guidance * classifier_boost.factor(sigma)
 
         def leaf_part(leaf: Leaf, negated: bool = False) -> Part:
             term = terms[leaf]
@@ -148,10 +184,10 @@ def composed_score(
                 conditions = 1 - conditions  # the classifier of the complement, -w log p(not c | D(x))
             if _is_classifier(term.concept):
                 nll = term.concept.model(estimate, conditions, classifier_sigma)
-                (grad,) = torch.autograd.grad(classifier_guidance * nll.sum(), x_in, retain_graph=True)
+                (grad,) = torch.autograd.grad((weight * nll).sum(), x_in, retain_graph=True)
                 # a categorical classifier's exp(-nll) is a probability; a continuous one's is a density
                 probability = torch.exp(-nll.detach()) if getattr(term.concept.model, "categorical", False) else None
-                return Part(classifier_guidance * nll.detach(), grad, probability, classifier_guidance)
+                return Part(weight * nll.detach(), grad, probability, weight)
             if term.concept.is_denoiser:
                 key = (term.concept.version.ref, id(term.condition))
                 if key not in estimates:

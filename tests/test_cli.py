@@ -87,6 +87,10 @@ def test_sampler_options_default_to_the_annealed_config(command):
     for field in ("levels", "corrector", "corrector_steps", "corrector_step", "eta"):
         assert defaults[field] == getattr(config, field), field
     assert defaults["prior_guidance"] == SamplerSettings().prior_guidance
+    # the library's default is no boost (a plain product); the CLI's is the measured one, and it must build
+    from conceptlib.scores import ClassifierBoost
+
+    ClassifierBoost(defaults["classifier_boost_below"], defaults["classifier_boost_max"])
 
 
 def test_compose_with_the_same_seed_gives_the_same_images(run, add_tiny, tmp_path):
@@ -259,13 +263,22 @@ def test_a_denoiser_prior_composes_with_classifiers_and_refuses_mala(run, add_ti
     add_tiny("color", "--with", "position")
     out = tmp_path / "out"
     result = run("compose", "position=(0.3,0.7) & !color=red", "-n", "2", "--out-dir", str(out),
-                 "--classifier-guidance", "4", *TINY_SAMPLING)
+                 "--classifier-guidance", "4", "--classifier-boost-max", "2", *TINY_SAMPLING)
     assert result.exit_code == 0, result.output
     sampler = sidecar(out)["sampler"]
     assert sampler["classifier_guidance"] == 4.0 and sampler["prior"] == "position@1"
+    assert sampler["classifier_boost_below"] == 0.3 and sampler["classifier_boost_max"] == 2.0
     refused = run("compose", "color=red", "-n", "2", "-o", str(tmp_path / "g.png"), "--corrector", "mala",
                   *TINY_SAMPLING)
     assert_one_line_error(refused, "MALA corrector needs an energy", "--corrector ula")
+    assert not (tmp_path / "g.png").exists()
+
+
+@pytest.mark.parametrize(("option", "value", "fragment"), [("--classifier-boost-below", "0", "x>0"),
+                                                            ("--classifier-boost-max", "0.5", "x>=1")])
+def test_a_classifier_boost_it_cannot_mean_is_refused_in_one_line(run, tmp_path, option, value, fragment):
+    result = run("compose", "color=red", "-n", "2", "-o", str(tmp_path / "g.png"), option, value)
+    assert_one_line_error(result, option, fragment)
     assert not (tmp_path / "g.png").exists()
 
 

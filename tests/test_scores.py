@@ -13,7 +13,7 @@ from conceptlib.errors import ConceptError
 from conceptlib.expr import And, Leaf, Not, Or, Weighted
 from conceptlib.registry import VersionInfo
 from conceptlib.schema import Continuous
-from conceptlib.scores import CLASSIFIER_SIGMA, composed_score
+from conceptlib.scores import CLASSIFIER_SIGMA, ClassifierBoost, composed_score
 
 
 class ToyDenoiser(nn.Module):
@@ -141,6 +141,48 @@ def test_without_a_prior_condition_the_classifier_reads_the_null_estimate(toys):
     score, _ = composed_score(leaves["color"], terms, prior, classifier_guidance=2.0)(X, SIGMA)
     expected = (d(prior, None) - X) / S2 - 2.0 * classifier_grad(color, prior, None, 0.6)
     assert torch.allclose(score, expected, atol=1e-5)
+
+
+@pytest.mark.parametrize(("sigma", "factor"), [(0.6, 1.0), (0.3, 1.0), (0.1, 3.0), (0.01, 8.0)])
+def test_a_classifier_boost_scales_classifier_guidance_by_below_over_sigma_up_to_its_max(toys, sigma, factor):
+    """``w(sigma) = w clamp(0.3 / sigma, 1, 8)`` on classifier leaves only; the prior's score is untouched."""
+    prior, _, color, leaves, terms = toys
+    node = And((leaves["pos"], leaves["color"]))
+    level = torch.full((N,), sigma)
+    boosted, _ = composed_score(node, terms, prior, classifier_guidance=2.0,
+                                classifier_boost=ClassifierBoost(0.3, 8.0))(X, level)
+    plain, _ = composed_score(node, terms, prior, classifier_guidance=2.0)(X, level)
+    x = X.clone().requires_grad_(True)
+    estimate = prior.model.denoise(x, torch.full((N, 1), 0.4), level, ONES)
+    (grad,) = torch.autograd.grad(color.model(estimate, torch.full((N, 1), 0.6), torch.full((N,), CLASSIFIER_SIGMA))
+                                  .sum(), x)
+    prior_only = (prior.model.denoise(X, torch.full((N, 1), 0.4), level, ONES) - X) / sigma**2
+    assert grad.abs().max() > 1e-3
+    assert torch.allclose(boosted, prior_only - 2.0 * factor * grad, atol=1e-4)
+    assert torch.allclose(plain, prior_only - 2.0 * grad, atol=1e-4)
+
+
+def test_a_boosted_not_of_a_categorical_classifier_scales_like_its_leaf(toys):
+    """The complement is asked with the same per-level weight as the leaf it negates."""
+    prior, _, _, leaves, terms = toys
+    model = ToyMembership()
+    shape = concept("shape", model, "classifier")
+    leaf = Leaf("shape", "a")
+    terms = {**terms, leaf: Term(shape, torch.tensor([[1.0, 0.0]]))}
+    level = torch.full((N,), 0.05)
+    score, _ = composed_score(And((leaves["pos"], Not(leaf))), terms, prior, classifier_guidance=3.0,
+                              classifier_boost=ClassifierBoost(0.3, 4.0))(X, level)
+    x = X.clone().requires_grad_(True)
+    estimate = prior.model.denoise(x, torch.full((N, 1), 0.4), level, ONES)
+    (grad,) = torch.autograd.grad(model(estimate, torch.tensor([[0.0, 1.0]]).expand(N, -1)).sum(), x)
+    prior_only = (prior.model.denoise(X, torch.full((N, 1), 0.4), level, ONES) - X) / 0.05**2
+    assert torch.allclose(score, prior_only - 3.0 * 4.0 * grad, rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.parametrize(("below", "most"), [(0.0, 8.0), (-0.1, 8.0), (0.3, 0.5)])
+def test_a_classifier_boost_refuses_settings_it_cannot_mean(below, most):
+    with pytest.raises(ConceptError, match="classifier boost"):
+        ClassifierBoost(below, most)
 
 
 def test_or_mixes_the_modes_by_their_denoising_energies(toys):
