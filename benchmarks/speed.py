@@ -682,11 +682,13 @@ def write_report(data: dict[str, Any], out: Path) -> None:
               f"| {r['peak_mib']} |" for r in data["noisy"]]
     if "shipped" in data:
         sampler = data["shipped"][0]["sampler"]
+        most, below = sampler.get("classifier_boost_max", 1), sampler.get("classifier_boost_below")
+        boost = f" (boosted up to {most:g}x below noise {below:g})" if most > 1 else ""
         lines += ["", "## `concept compose` on the shipped registry (trained concepts, the CLI's defaults)", "",
                   f"`registry.db`'s position (a U-Net denoiser prior), shape and color (classifiers); one batch of "
                   f"{data['shipped'][0]['batch']} per expression, {sampler['levels']} levels with "
                   f"{sampler['corrector_steps']} {sampler['corrector']} corrector steps each, guidance "
-                  f"{sampler['guidance']}, classifier guidance {sampler['classifier_guidance']}; seconds from "
+                  f"{sampler['guidance']}, classifier guidance {sampler['classifier_guidance']}{boost}; seconds from "
                   "`compose_images`' own clock (loading excluded).", "",
                   "| expression | concepts | network evaluations per chain | seconds | images/s |",
                   "|---|---|---|---|---|"]

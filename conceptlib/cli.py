@@ -220,7 +220,7 @@ def annealed_options(command: Any) -> Any:
                      type=click.FloatRange(0, min_open=True),
                      help="denoiser prior: noise level below which classifier guidance grows as 1/sigma."),
         click.option("--classifier-boost-max", default=8.0, show_default=True, type=click.FloatRange(1),
-                     help="denoiser prior: most that growth multiplies classifier guidance by (1 = constant)."),
+                     help="denoiser prior: the largest factor of that growth (1 = constant guidance)."),
         click.option("--prior-guidance", default=1.0, show_default=True, type=click.FloatRange(0, min_open=True),
                      help="denoiser prior: guidance of its condition drawn per sample when the expression does "
                           "not name it (1 = sample p(x) exactly)."),
