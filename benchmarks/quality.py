@@ -81,7 +81,7 @@ def main() -> None:
     settings = SamplerSettings(annealed=annealed,
                                guidance=args.guidance, classifier_guidance=args.classifier_guidance,
                                prior_guidance=args.prior_guidance,
-                               classifier_boost=ClassifierBoost(args.classifier_boost_below, args.classifier_boost_max))
+                               classifier_boost=ClassifierBoost.from_json(vars(args)))
     names = args.protocol or list(PROTOCOLS)
     started = time.perf_counter()
     results: list = []

@@ -576,8 +576,7 @@ def shipped(plugins: PluginManager, device: torch.device, n: int, levels: int | 
                                     annealed=annealed, guidance=options["guidance"],
                                     classifier_guidance=options["classifier_guidance"],
                                     prior_guidance=options["prior_guidance"],
-                                    classifier_boost=ClassifierBoost(options["classifier_boost_below"],
-                                                                     options["classifier_boost_max"]))
+                                    classifier_boost=ClassifierBoost.from_json(options))
             seconds = result.provenance["seconds"]
             rows.append({"expression": expression, "concepts": len(expr.leaves(expr.parse(expression))),
                          "batch": n, "levels": annealed.levels, "evaluations": annealed.steps,

@@ -90,7 +90,8 @@ def test_sampler_options_default_to_the_annealed_config(command):
     # the library's default is no boost (a plain product); the CLI's is the measured one, and it must build
     from conceptlib.scores import ClassifierBoost
 
-    ClassifierBoost(defaults["classifier_boost_below"], defaults["classifier_boost_max"])
+    boost = ClassifierBoost.from_json(defaults)
+    assert boost.to_json() == {name: defaults[name] for name in boost.to_json()}
 
 
 def test_compose_with_the_same_seed_gives_the_same_images(run, add_tiny, tmp_path):
