@@ -64,6 +64,7 @@ def main() -> None:
     parser.add_argument("--prior-guidance", type=float, default=sampler["prior_guidance"])
     parser.add_argument("--classifier-boost-below", type=float, default=sampler["classifier_boost_below"])
     parser.add_argument("--classifier-boost-max", type=float, default=sampler["classifier_boost_max"])
+    parser.add_argument("--classifier-temperature", type=float, default=sampler["classifier_temperature"])
     parser.add_argument("--out", type=Path, default=RESULTS / "quality")
     parser.add_argument("--report", default="quality",
                         help="name of the copies written to benchmarks/results/ (NAME.md, NAME.json)")
@@ -81,7 +82,8 @@ def main() -> None:
     settings = SamplerSettings(annealed=annealed,
                                guidance=args.guidance, classifier_guidance=args.classifier_guidance,
                                prior_guidance=args.prior_guidance,
-                               classifier_boost=ClassifierBoost.from_json(vars(args)))
+                               classifier_boost=ClassifierBoost.from_json(vars(args)),
+                               classifier_temperature=args.classifier_temperature)
     names = args.protocol or list(PROTOCOLS)
     started = time.perf_counter()
     results: list = []

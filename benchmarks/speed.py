@@ -576,7 +576,8 @@ def shipped(plugins: PluginManager, device: torch.device, n: int, levels: int | 
                                     annealed=annealed, guidance=options["guidance"],
                                     classifier_guidance=options["classifier_guidance"],
                                     prior_guidance=options["prior_guidance"],
-                                    classifier_boost=ClassifierBoost.from_json(options))
+                                    classifier_boost=ClassifierBoost.from_json(options),
+                                    classifier_temperature=options["classifier_temperature"])
             seconds = result.provenance["seconds"]
             rows.append({"expression": expression, "concepts": len(expr.leaves(expr.parse(expression))),
                          "batch": n, "levels": annealed.levels, "evaluations": annealed.steps,
@@ -683,6 +684,8 @@ def write_report(data: dict[str, Any], out: Path) -> None:
         sampler = data["shipped"][0]["sampler"]
         most, below = sampler.get("classifier_boost_max", 1), sampler.get("classifier_boost_below")
         boost = f" (boosted up to {most:g}x below noise {below:g})" if most > 1 else ""
+        warmth = sampler.get("classifier_temperature", 1)
+        boost += f", read at softmax temperature {warmth:g}" if warmth != 1 else ""
         lines += ["", "## `concept compose` on the shipped registry (trained concepts, the CLI's defaults)", "",
                   f"`registry.db`'s position (a U-Net denoiser prior), shape and color (classifiers); one batch of "
                   f"{data['shipped'][0]['batch']} per expression, {sampler['levels']} levels with "

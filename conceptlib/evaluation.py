@@ -238,6 +238,7 @@ class SamplerSettings:
     classifier_guidance: float = 1.0
     prior_guidance: float = 1.0
     classifier_boost: ClassifierBoost = NO_BOOST
+    classifier_temperature: float = 1.0
     or_temperature: float = 1.0
     batch_size: int = 64
 
@@ -266,7 +267,8 @@ def sample_trial(
             branches = draw_branches(trial.node, prior, count, generator, device)
             scores = composed_score(trial.node, terms, prior, settings.guidance, settings.classifier_guidance,
                                     settings.or_temperature, drawn, settings.annealed.corrector, branches,
-                                    settings.prior_guidance, settings.classifier_boost)
+                                    settings.prior_guidance, settings.classifier_boost,
+                                    settings.classifier_temperature)
             x = annealed_sample(scores, count, image_size, settings.annealed, generator, device)
         else:
             plain = compose(trial.node, terms, settings.or_temperature)
@@ -406,7 +408,7 @@ def evaluate_registry(
         "judge_held_out": report.get("attributes", report.get("held_out_test")),
         "sampler": {**settings.annealed.to_json(), "guidance": settings.guidance,
                     "classifier_guidance": settings.classifier_guidance, "prior_guidance": settings.prior_guidance,
-                    **settings.classifier_boost.to_json()},
+                    **settings.classifier_boost.to_json(), "classifier_temperature": settings.classifier_temperature},
         "seed": seed,
         "device": str(device),
     }

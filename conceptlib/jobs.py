@@ -292,6 +292,7 @@ def compose_images(
     classifier_guidance: float = 1.0,
     prior_guidance: float = 1.0,
     classifier_boost: ClassifierBoost = NO_BOOST,
+    classifier_temperature: float = 1.0,
 ) -> Composition:
     """Sample ``n`` images from the composed energy of ``expression``.
 
@@ -338,6 +339,7 @@ def compose_images(
         steps_per_batch = annealed.steps
         settings = {**annealed.to_json(), "guidance": guidance, "classifier_guidance": classifier_guidance,
                     "prior_guidance": prior_guidance, **classifier_boost.to_json(),
+                    "classifier_temperature": classifier_temperature,
                     "prior": str(prior.version.ref),
                     "prior_condition": "drawn per sample" if latent else "from the expression or null"}
 
@@ -345,7 +347,8 @@ def compose_images(
             drawn = draw_prior_conditions(prior, count, generator, device) if latent else None
             branches = draw_branches(node, prior, count, generator, device)
             scores = composed_score(node, terms, prior, guidance, classifier_guidance, or_temperature, drawn,
-                                    annealed.corrector, branches, prior_guidance, classifier_boost)
+                                    annealed.corrector, branches, prior_guidance, classifier_boost,
+                                    classifier_temperature)
             return annealed_sample(scores, count, image_size, annealed, generator, device, on_step=step)
     else:
         sampler = sampler or LangevinConfig()

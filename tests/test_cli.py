@@ -269,6 +269,7 @@ def test_a_denoiser_prior_composes_with_classifiers_and_refuses_mala(run, add_ti
     sampler = sidecar(out)["sampler"]
     assert sampler["classifier_guidance"] == 4.0 and sampler["prior"] == "position@1"
     assert sampler["classifier_boost_below"] == 0.3 and sampler["classifier_boost_max"] == 2.0
+    assert sampler["classifier_temperature"] == 2.0  # the CLI's default reading of categorical classifiers
     refused = run("compose", "color=red", "-n", "2", "-o", str(tmp_path / "g.png"), "--corrector", "mala",
                   *TINY_SAMPLING)
     assert_one_line_error(refused, "MALA corrector needs an energy", "--corrector ula")
@@ -276,8 +277,9 @@ def test_a_denoiser_prior_composes_with_classifiers_and_refuses_mala(run, add_ti
 
 
 @pytest.mark.parametrize(("option", "value", "fragment"), [("--classifier-boost-below", "0", "x>0"),
-                                                            ("--classifier-boost-max", "0.5", "x>=1")])
-def test_a_classifier_boost_it_cannot_mean_is_refused_in_one_line(run, tmp_path, option, value, fragment):
+                                                            ("--classifier-boost-max", "0.5", "x>=1"),
+                                                            ("--classifier-temperature", "0", "x>0")])
+def test_a_classifier_reading_it_cannot_mean_is_refused_in_one_line(run, tmp_path, option, value, fragment):
     result = run("compose", "color=red", "-n", "2", "-o", str(tmp_path / "g.png"), option, value)
     assert_one_line_error(result, option, fragment)
     assert not (tmp_path / "g.png").exists()

@@ -103,9 +103,10 @@ def test_concept_eval_writes_a_table_from_the_registrys_concepts(run, add_tiny, 
     add_tiny("color", "--with", "position")
     out = tmp_path / "eval"
     result = run("eval", "-n", "4", "--out-dir", str(out), "--inference", "2", "--levels", "2",
-                 "--batch-size", "2", "--device", "cpu")
+                 "--batch-size", "2", "--device", "cpu", "--classifier-temperature", "1.5")
     assert result.exit_code == 0, result.output
     payload = json.loads((out / "results.json").read_text())
+    assert payload["sampler"]["classifier_temperature"] == 1.5
     names = [p["protocol"] for p in payload["protocols"]]
     assert names == ["position", "color", "position & color", "position & !color", "!position & color",
                      "position | position"]

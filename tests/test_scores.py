@@ -320,3 +320,79 @@ def test_not_of_a_continuous_classifier_negates_its_energy(toys):
     score, _ = composed_score(node, terms, prior, classifier_guidance=2.0)(X, SIGMA)
     expected = (d(prior, 0.4) - X) / S2 + 2.0 * classifier_grad(color, prior, 0.4, 0.6)
     assert torch.allclose(score, expected, atol=1e-5)
+
+
+class ToyTempered(ToyMembership):
+    """A categorical classifier sure of name "a" (``p(b) ~ e^-8``) that takes a softmax temperature."""
+
+    tempered = True
+
+    def forward(self, x, c, sigma=None, keep=None, temperature=1.0):
+        m = x.flatten(1).mean(1)
+        logits = torch.stack([8 + m, -m], dim=1) / temperature
+        return -torch.logsumexp(torch.log_softmax(logits, dim=1) + torch.log(c), dim=1)
+
+
+def tempered_terms(toys, model):
+    prior, _, _, leaves, terms = toys
+    leaf = Leaf("shape", "a")
+    return prior, leaves, leaf, {**terms, leaf: Term(concept("shape", model, "classifier"), torch.tensor([[1.0, 0.0]]))}
+
+
+def test_a_warmer_categorical_classifier_keeps_pulling_once_it_is_sure(toys):
+    """At T = 2 the leaf is ``-w log softmax(logits / 2)[c]`` through ``D(x)``; at T = 1, sure of "a", it has
+    all but stopped pulling (``p(a) - 1 ~ e^-8``), warmer it pulls ~e^4 / 2 times harder."""
+    model = ToyTempered()
+    prior, leaves, leaf, terms = tempered_terms(toys, model)
+    node = And((leaves["pos"], leaf))
+    prior_only = (d(prior, 0.4) - X) / S2
+    pulls = {}
+    for temperature in (1.0, 2.0):
+        score, _ = composed_score(node, terms, prior, classifier_guidance=3.0,
+                                  classifier_temperature=temperature)(X, SIGMA)
+        x = X.clone().requires_grad_(True)
+        estimate = prior.model.denoise(x, torch.full((N, 1), 0.4), SIGMA, ONES)
+        energy = model(estimate, torch.tensor([[1.0, 0.0]]).expand(N, -1), temperature=temperature)
+        (grad,) = torch.autograd.grad(3.0 * energy.sum(), x)
+        assert torch.allclose(score, prior_only - grad, atol=1e-6)
+        pulls[temperature] = grad.abs().max().item()
+    assert pulls[2.0] > 10 * pulls[1.0] > 0
+
+
+def test_a_classifier_temperature_leaves_continuous_classifiers_alone(toys):
+    prior, _, _, leaves, terms = toys
+    node = And((leaves["pos"], leaves["color"]))
+    warm, _ = composed_score(node, terms, prior, classifier_guidance=2.0, classifier_temperature=2.0)(X, SIGMA)
+    plain, _ = composed_score(node, terms, prior, classifier_guidance=2.0)(X, SIGMA)
+    assert torch.equal(warm, plain)
+
+
+def test_a_classifier_that_takes_no_temperature_is_refused_only_when_one_is_asked(toys):
+    prior, leaves, leaf, terms = tempered_terms(toys, ToyMembership())
+    node = And((leaves["pos"], leaf))
+    composed_score(node, terms, prior, classifier_temperature=1.0)(X, SIGMA)
+    with pytest.raises(ConceptError, match=r"shape@1 \(toy\) cannot be read at a softmax temperature; "
+                                           r"use --classifier-temperature 1"):
+        composed_score(node, terms, prior, classifier_temperature=2.0)
+    with pytest.raises(ConceptError, match="--classifier-temperature must be positive"):
+        composed_score(node, terms, prior, classifier_temperature=0.0)
+
+
+def test_the_shipped_classifier_net_reads_its_logits_at_the_temperature():
+    from conceptlib.schema import Categorical
+    from conceptlib_nets import CLASSIFIER_CONFIG
+    from conceptlib_nets.classifier import NoisyClassifierEnergy
+
+    torch.manual_seed(0)
+    net = NoisyClassifierEnergy(Categorical(("a", "b", "c")), 8, CLASSIFIER_CONFIG).eval()
+    for layer in net.head:  # the output layer starts at zero: give the logits something to say
+        if isinstance(layer, nn.Linear):
+            nn.init.normal_(layer.weight)
+    x, sigma = torch.rand(4, 3, 8, 8), torch.full((4,), 0.05)
+    c = torch.eye(3)[[0, 1, 2, 0]]
+    with torch.no_grad():
+        plain, warm = net(x, c, sigma), net(x, c, sigma, temperature=2.0)
+        logits = -torch.stack([net(x, torch.eye(3)[[k] * 4], sigma) for k in range(3)], 1)  # log p up to a constant
+    expected = -torch.log_softmax(logits / 2, dim=1)[torch.arange(4), c.argmax(1)]
+    assert torch.allclose(warm, expected, atol=1e-5)
+    assert not torch.allclose(warm, plain)

@@ -31,12 +31,19 @@ from conceptlib_nets.unet import FiLMConv, shared_rows
 
 
 class NoisyClassifierEnergy(nn.Module):
-    """Call ``model(x, c, sigma)`` -> ``(B,)`` = ``-log p(c | x)`` at noise ``sigma``."""
+    """Call ``model(x, c, sigma)`` -> ``(B,)`` = ``-log p(c | x)`` at noise ``sigma``.
+
+    ``temperature`` (categorical conditions only; a continuous condition ignores it) softens the softmax:
+    training and inference read it at 1, the sampler may read it warmer (see :mod:`conceptlib.scores`).
+    """
 
     noise_conditioned = True
     ratio_only = True
     membership = True
     """A categorical condition may name several values: the energy is ``-log p(one of them | x)``."""
+    tempered = True
+    """A categorical classifier takes ``temperature``: ``-log softmax(logits / T)[c]`` (the sampler's
+    ``--classifier-temperature``)."""
 
     def __init__(self, schema: ConditionSchema, image_size: int, config: Mapping[str, Any]) -> None:
         super().__init__()
@@ -57,7 +64,12 @@ class NoisyClassifierEnergy(nn.Module):
                                   nn.Linear(embed, self.dim if self.categorical else 2 * self.dim))
 
     def forward(
-        self, x: torch.Tensor, c: torch.Tensor, sigma: torch.Tensor | None = None, keep: torch.Tensor | None = None
+        self,
+        x: torch.Tensor,
+        c: torch.Tensor,
+        sigma: torch.Tensor | None = None,
+        keep: torch.Tensor | None = None,
+        temperature: float = 1.0,
     ) -> torch.Tensor:
         if sigma is None:
             sigma = torch.full((x.shape[0],), 0.01, device=x.device, dtype=x.dtype)
@@ -67,7 +79,8 @@ class NoisyClassifierEnergy(nn.Module):
             h = block(h, e)
         out = self.head(torch.cat([h.amax((2, 3)), h.mean((2, 3))], dim=1))
         if self.categorical:
-            energy = _membership_energy(F.log_softmax(out, dim=1), c)
+            logits = out if temperature == 1.0 else out / temperature
+            energy = _membership_energy(F.log_softmax(logits, dim=1), c)
         else:
             mean, log_std = out.chunk(2, dim=1)
             log_std = log_std.clamp(-6, 2)
