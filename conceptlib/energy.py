@@ -73,8 +73,20 @@ class Term:
         return both[:n], both[n:]
 
 
-def compose(node: Node, terms: dict[Leaf, Term], or_temperature: float = 1.0) -> EnergyFn:
-    """The energy ``E(x) -> (B,)`` of ``node``; ``terms`` maps every leaf to its network."""
+def compose(node: Node, terms: dict[Leaf, Term], or_temperature: float = 1.0, fuse: bool = True) -> EnergyFn:
+    """The energy ``E(x) -> (B,)`` of ``node``; ``terms`` maps every leaf to its network.
+
+    With ``fuse``, when every leaf is a frozen network specialised to a condition shared by the batch, the
+    whole expression is evaluated as one function, chunk by chunk (:func:`conceptlib.batched.evaluate`): one
+    pass of the chunk threads per step instead of one per concept, each thread keeping its chunk through
+    every network. Every operation in an expression is per sample, so chunking the whole is exact (the same
+    samples bit for bit); measured 1.1-1.25x faster at batch 64 with 3-5 concepts (benchmarks/speed.py).
+    """
+    specialised = {leaf: term._specialised for leaf, term in terms.items()} if fuse and all(
+        term.fast for term in terms.values()) else {}
+    if specialised and all(part is not None for part in specialised.values()):
+        whole = _combine(node, lambda leaf, x: specialised[leaf](x), or_temperature)  # type: ignore[misc]
+        return lambda x: batched.evaluate(whole, x)
     return _combine(node, lambda leaf, x: terms[leaf](x), or_temperature)  # type: ignore[return-value]
 
 

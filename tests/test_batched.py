@@ -86,6 +86,25 @@ def test_composed_fast_energy_equals_the_plain_one(plugins, monkeypatch):
                 energy_and_gradient(compose(node, terms(False)), x))
 
 
+def test_a_frozen_expression_is_evaluated_in_one_chunked_pass_per_step(plugins, monkeypatch):
+    """Each chunk thread takes its images through every concept at once: one pass, not one per concept."""
+    monkeypatch.setattr(batched, "CPU_CHUNK", 4)
+    passes = []
+    run_parallel = batched.run_parallel
+    monkeypatch.setattr(batched, "run_parallel", lambda work, chunks, device: passes.append(len(chunks))
+                        or run_parallel(work, chunks, device))
+    concepts = {a: frozen(plugins, "small", a, seed=i) for i, a in enumerate(VALUES)}
+    node = expr.parse("(position=(0.3,0.7) | size=0.12) & color=red & 0.5*!shape=square")
+    terms = {leaf: Term(concepts[leaf.concept], concepts[leaf.concept].condition(leaf.value, torch.device("cpu")))
+             for leaf in expr.leaves(node)}
+    x = images()
+    fused = energy_and_gradient(compose(node, terms), x)
+    assert passes == [3]  # 9 images in chunks of 4, 4 and 1, every concept in the same pass
+    per_concept = energy_and_gradient(compose(node, terms, fuse=False), x)
+    assert passes == [3] + [3] * 4
+    assert_same(fused, per_concept)
+
+
 def test_fast_langevin_chain_follows_the_plain_chain(plugins):
     concepts = [frozen(plugins, "small", a, seed=i) for i, a in enumerate(("position", "color"))]
     node = expr.parse("position=(0.3,0.7) & color=red")
