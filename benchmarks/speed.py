@@ -635,8 +635,10 @@ def write_report(data: dict[str, Any], out: Path) -> None:
         "## Composed sampling (AND of k concepts, K = 40 Langevin steps): images/s and peak memory",
         "",
         f"Images/s at K = {SAMPLER.steps} from the median seconds per step over {data['sampling'][0]['timed_steps']} "
-        "timed steps per library and setting, in rounds the libraries take in turn (a step costs the same at "
-        "every step of a chain; the best round is in speed.json). conceptlib runs `compose` + `langevin` on "
+        "timed steps per library and setting, in rounds the libraries take in turn, each round one chain of "
+        f"{data['sampling'][0]['timed_steps'] // int(data['settings'].get('rounds', 6))} steps whose setup is "
+        "timed with it (a step costs the same at every step of a chain; the best round is in speed.json). "
+        "conceptlib runs `compose` + `langevin` on "
         "concepts loaded by `load_concept`; ebmkit its `SumEnergy` + `LangevinDynamics`; torchebm its "
         "`LangevinDynamics` on a `BaseModel` summing the networks. Peak memory: the process's peak resident "
         "memory above its level before the chain (VmHWM), MiB.",
@@ -716,6 +718,8 @@ def notes(data: dict[str, Any]) -> list[str]:
     low = min(min(r["speedup_vs_ebmkit"], r["speedup_vs_torchebm"]) for r in rows)
     half = [r["network"] for r in data["flops"] if r["conceptlib"]["of_peak"] >= 0.5]
     cold = data["cold_start"]
+    grad_cost = " / ".join(f"{r['vs_plain']:.2f}x" for r in data["techniques"]
+                           if r["technique"] == "parameters requiring grad")
     return [
         f"- Sampling: conceptlib is at least 1.5x ebmkit in {met['ebmkit']} of {len(rows)} settings and torchebm in "
         f"{met['torchebm']} of {len(rows)}; the lowest ratio is {low:.2f}x. The gain is the same convolutions "
@@ -725,9 +729,10 @@ def notes(data: dict[str, Any]) -> list[str]:
         "At batch 64 a chain is only two chunks, so less of that applies than at 256.",
         "- Stacked weights (one first convolution for all concepts, then grouped convolutions) and "
         "`torch.func.vmap` over stacked parameters (which lowers to the same grouped convolutions) measured "
-        "slower than separate calls here; they are not used. Parameters that do not require grad change "
-        "nothing measurable: only input gradients are asked for either way. Inference mode cannot be used: "
-        "the sampler needs the input gradient.",
+        "slower than separate calls here; they are not used. Parameters that require grad ran at "
+        f"{grad_cost} of the plain network (batch 64 / 256): only input gradients are asked for either way, "
+        "so frozen concepts never require it. Inference mode cannot be used: the sampler needs the input "
+        "gradient.",
         f"- FLOP/s: {', '.join(half) if half else 'no network'} reached 50 % of the measured peak (median). The small "
         "networks' convolutions are narrow (3 -> 32 channels at 32x32, whose input gradient has 3 output "
         "channels, then 32 -> 64 -> 64) and each is followed by a SiLU and its derivative, passes over memory "
@@ -747,11 +752,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--chain-steps", type=int, default=SAMPLER.steps, help="Steps of the same-chain check.")
-    parser.add_argument("--timed-steps", type=int, default=6, help="Langevin steps timed per library and setting.")
-    parser.add_argument("--rounds", type=int, default=6, help="Turns the libraries take over the timed steps.")
+    parser.add_argument("--timed-steps", type=int, default=24, help="Langevin steps timed per library and setting.")
+    parser.add_argument("--rounds", type=int, default=8, help="Turns the libraries take over the timed steps "
+                        "(a chain of timed-steps / rounds steps each: a library's per-chain setup is timed too).")
     parser.add_argument("--batches", type=int, nargs="+", default=[64, 256])
     parser.add_argument("--concepts", type=int, nargs="+", default=[1, 2, 3, 5])
-    parser.add_argument("--technique-steps", type=int, default=1, help="Steps per timed technique chain.")
+    parser.add_argument("--technique-steps", type=int, default=3, help="Steps per timed technique chain.")
     parser.add_argument("--train-iterations", type=int, default=3)
     parser.add_argument("--train-steps", type=int, default=20, help="Langevin steps per training iteration.")
     parser.add_argument("--noisy-levels", type=int, default=20)

@@ -220,13 +220,12 @@ def composed_score(
                     return _negate(leaf_part(leaf))
                 conditions = 1 - conditions  # the classifier of the complement, -w log p(not c | D(x))
             if _is_classifier(term.concept):
-                if classifier_temperature != 1.0 and _is_categorical(term.concept):
-                    nll = term.concept.model(estimate, conditions, classifier_sigma, temperature=classifier_temperature)
-                else:
-                    nll = term.concept.model(estimate, conditions, classifier_sigma)
+                categorical = _is_categorical(term.concept)
+                warmth = {"temperature": classifier_temperature} if categorical and classifier_temperature != 1 else {}
+                nll = term.concept.model(estimate, conditions, classifier_sigma, **warmth)
                 (grad,) = torch.autograd.grad((weight * nll).sum(), x_in, retain_graph=True)
                 # a categorical classifier's exp(-nll) is a probability; a continuous one's is a density
-                probability = torch.exp(-nll.detach()) if getattr(term.concept.model, "categorical", False) else None
+                probability = torch.exp(-nll.detach()) if categorical else None
                 return Part(weight * nll.detach(), grad, probability, weight)
             if term.concept.is_denoiser:
                 key = (term.concept.version.ref, id(term.condition))
