@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install demo test lint registry bench-speed clean
+.PHONY: install demo test lint registry bench-speed bench-samplers clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,9 @@ $(PEERS)/.installed: pyproject.toml
 
 bench-speed: $(PEERS)/.installed
 	$(PEERS)/bin/python benchmarks/speed.py
+
+bench-samplers: install
+	$(BIN)/python benchmarks/samplers.py
 
 clean:
 	rm -rf $(VENV) $(PEERS) out .pytest_cache .hypothesis
