@@ -96,8 +96,8 @@ def write_report(data: dict[str, Any], out: Path) -> None:
              "(40 levels, four ULA corrector steps of 0.3 sigma^2 per level, eta 1). Seconds are sampling and "
              "judging the protocol's samples; network evaluations are per chain.", ""]
     for title, part in (("Shipped registry (denoiser prior, classifier concepts)", "shipped"),
-                        (f"A dsm position concept (energy prior; trained in {data.get('dsm_training_seconds')} s)",
-                         "dsm")):
+                        ("A dsm position concept (energy prior; trained in "
+                         f"{float(data.get('dsm_training_seconds') or 0):.0f} s wall, as its metrics record)", "dsm")):
         lines += [f"## {title}", "", "| variant | protocol | network evaluations | metrics | seconds |",
                   "|---|---|---|---|---|"]
         lines += [f"| {r['variant']} | `{r['protocol']}` | {r['network_evaluations']} | "
