@@ -21,11 +21,9 @@ from pathlib import Path
 import torch
 
 from conceptlib.cli import option_defaults
-from conceptlib.diffusion import AnnealedConfig
 from conceptlib.evaluation import PROTOCOLS, SamplerSettings, evaluate_registry, write_report
 from conceptlib.plugins import PluginManager
 from conceptlib.registry import Registry
-from conceptlib.scores import ClassifierBoost
 
 RESULTS = Path(__file__).parent / "results"
 CONTINUAL = [("position", []), ("shape", ["position"]), ("color", ["position", "shape"])]
@@ -59,6 +57,7 @@ def main() -> None:
     parser.add_argument("--corrector", default=sampler["corrector"])
     parser.add_argument("--corrector-steps", type=int, default=sampler["corrector_steps"])
     parser.add_argument("--corrector-step", type=float, default=sampler["corrector_step"])
+    parser.add_argument("--eta", type=float, default=sampler["eta"])
     parser.add_argument("--guidance", type=float, default=sampler["guidance"])
     parser.add_argument("--classifier-guidance", type=float, default=sampler["classifier_guidance"])
     parser.add_argument("--prior-guidance", type=float, default=sampler["prior_guidance"])
@@ -77,13 +76,7 @@ def main() -> None:
         training = train(args.registry, args.iterations)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     registry = Registry.open(str(args.registry))
-    annealed = AnnealedConfig(levels=args.levels, corrector=args.corrector, corrector_steps=args.corrector_steps,
-                              corrector_step=args.corrector_step)
-    settings = SamplerSettings(annealed=annealed,
-                               guidance=args.guidance, classifier_guidance=args.classifier_guidance,
-                               prior_guidance=args.prior_guidance,
-                               classifier_boost=ClassifierBoost.from_json(vars(args)),
-                               classifier_temperature=args.classifier_temperature)
+    settings = SamplerSettings.from_options(vars(args))
     names = args.protocol or list(PROTOCOLS)
     started = time.perf_counter()
     results: list = []

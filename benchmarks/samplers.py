@@ -29,30 +29,15 @@ from typing import Any
 import torch
 
 from conceptlib.cli import option_defaults
-from conceptlib.diffusion import AnnealedConfig
 from conceptlib.evaluation import SamplerSettings, evaluate_registry
 from conceptlib.plugins import PluginManager
 from conceptlib.registry import Registry
-from conceptlib.scores import ClassifierBoost
 
 ROOT = Path(__file__).parent
 RESULTS = ROOT / "results"
 SHIPPED = ROOT.parent / "registry.db"
 SHIPPED_PROTOCOLS = ("shape", "position & shape & color")
 DSM_PROTOCOLS = ("position",)
-
-
-def defaults() -> SamplerSettings:
-    """What ``concept eval`` users get (the CLI's defaults)."""
-    options = option_defaults("eval")
-    annealed = AnnealedConfig(levels=options["levels"], corrector=options["corrector"],
-                              corrector_steps=options["corrector_steps"], corrector_step=options["corrector_step"],
-                              eta=options["eta"])
-    return SamplerSettings(annealed=annealed, guidance=options["guidance"],
-                           classifier_guidance=options["classifier_guidance"],
-                           prior_guidance=options["prior_guidance"],
-                           classifier_boost=ClassifierBoost.from_json(options),
-                           classifier_temperature=options["classifier_temperature"])
 
 
 def variant(base: SamplerSettings, **annealed: Any) -> SamplerSettings:
@@ -116,7 +101,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    base = defaults()
+    base = SamplerSettings.from_options(option_defaults("eval"))  # what `concept eval` users get
     data: dict[str, Any] = {"written": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "n": args.n, "device": str(device),
                             "threads": torch.get_num_threads(), "shipped": [], "dsm": []}
     if "shipped" in args.parts:

@@ -242,6 +242,18 @@ class SamplerSettings:
     or_temperature: float = 1.0
     batch_size: int = 64
 
+    @classmethod
+    def from_options(cls, values: Mapping[str, Any]) -> SamplerSettings:
+        """From the annealed options under the CLI's names (``option_defaults("eval")``, parsed arguments):
+        what ``concept eval`` users get, for the benchmarks that grade it."""
+        annealed = AnnealedConfig(levels=int(values["levels"]), corrector=str(values["corrector"]),
+                                  corrector_steps=int(values["corrector_steps"]),
+                                  corrector_step=float(values["corrector_step"]), eta=float(values["eta"]))
+        return cls(annealed=annealed, guidance=float(values["guidance"]),
+                   classifier_guidance=float(values["classifier_guidance"]),
+                   prior_guidance=float(values["prior_guidance"]), classifier_boost=ClassifierBoost.from_json(values),
+                   classifier_temperature=float(values["classifier_temperature"]))
+
 
 def sample_trial(
     trial: Trial,
