@@ -78,8 +78,9 @@ def write_report(data: dict[str, Any], out: Path) -> None:
     lines = ["# Samplers compared", "", f"Written by `benchmarks/samplers.py` ({data['written']}); {data['n']} samples "
              f"per protocol and variant, seed 0, judged by `concept eval`'s independent judge; device "
              f"{data['device']}, {data['threads']} threads. Each variant changes one thing from the CLI's defaults "
-             "(40 levels, four ULA corrector steps of 0.3 sigma^2 per level, eta 1). Seconds are sampling and "
-             "judging the protocol's samples; network evaluations are per chain.", ""]
+             "({levels} levels, {corrector_steps} {corrector} corrector steps of {corrector_step} sigma^2 per level, "
+             "eta {eta}). Seconds are sampling and judging the protocol's samples; network evaluations are per "
+             "chain.".format(**data["defaults"]), ""]
     for title, part in (("Shipped registry (denoiser prior, classifier concepts)", "shipped"),
                         ("A dsm position concept (energy prior; trained in "
                          f"{float(data.get('dsm_training_seconds') or 0):.0f} s wall, as its metrics record)", "dsm")):
@@ -103,7 +104,8 @@ def main() -> None:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     base = SamplerSettings.from_options(option_defaults("eval"))  # what `concept eval` users get
     data: dict[str, Any] = {"written": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "n": args.n, "device": str(device),
-                            "threads": torch.get_num_threads(), "shipped": [], "dsm": []}
+                            "threads": torch.get_num_threads(), "defaults": base.annealed.to_json(),
+                            "shipped": [], "dsm": []}
     if "shipped" in args.parts:
         data["shipped"] = grade(SHIPPED, SHIPPED_PROTOCOLS, {
             "default (ULA x4)": base,

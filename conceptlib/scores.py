@@ -100,8 +100,7 @@ def _check_tempered(terms: Mapping[Leaf, Term]) -> None:
 def _reads_complement(concept: LoadedConcept) -> bool:
     """A categorical classifier whose condition may name several values (``membership``): its NOT is the
     same network asked for every other value, ``-log p(not c | x)`` computed from the logits."""
-    model = concept.model
-    return _is_classifier(concept) and all(getattr(model, flag, False) for flag in ("categorical", "membership"))
+    return _is_categorical(concept) and bool(getattr(concept.model, "membership", False))
 
 
 @dataclass(frozen=True)
