@@ -5,7 +5,8 @@ Run ``make bench-speed``: it builds ``benchmarks/.venv-peers`` (torch 2.13.0 CPU
 on one machine and thread count:
 
 1. the same chain (same energy, start and noise) under conceptlib, ebmkit and torchebm: max abs difference;
-2. composed sampling, images/s and peak memory: 1, 2, 3, 5 concepts, K Langevin steps, batch 64 and 256;
+2. composed sampling, images/s and peak memory: 1, 2, 3, 5 concepts, K Langevin steps, batch 64 and 256,
+   each library (and conceptlib with malloc left as it is) in a process of its own;
 3. training iterations/s (contrastive divergence, batch 64) with 0, 2 and 4 frozen concepts;
 4. FLOPs of one Langevin step of each network and the FLOP/s achieved, against a measured matmul/conv peak;
 5. the techniques tried, each measured on its own;
@@ -52,6 +53,7 @@ from conceptlib.cli import option_defaults
 from conceptlib.concepts import LoadedConcept, load_concept, state_to_numpy
 from conceptlib.diffusion import AnnealedConfig, annealed_sample, energy_scores
 from conceptlib.energy import Term, compose, compose_noisy
+from conceptlib.memory import MALLOC_ENV
 from conceptlib.plugins import PluginManager
 from conceptlib.registry import NewVersion, Registry
 from conceptlib.sampling import LangevinConfig, langevin
@@ -263,6 +265,9 @@ def one_thread(run: Callable[[], Any]) -> Callable[[], Any]:
 
 # --------------------------------------------------------------------------------------------- sections
 LIBRARIES = ("conceptlib", "ebmkit", "torchebm")
+UNTUNED = "conceptlib, malloc as is"
+"""conceptlib with ``CONCEPTLIB_MALLOC=system``: what keeping freed memory for reuse is worth."""
+TIMED = (LIBRARIES[0], UNTUNED, *LIBRARIES[1:])
 SECTIONS = ("chain", "sampling", "training", "flops", "techniques", "noisy", "shipped", "cold")
 SHIPPED = ROOT.parent / "registry.db"
 SHIPPED_EXPRESSIONS = ("position=(0.3,0.7)", "position=(0.7,0.3) & color=blue",
@@ -284,36 +289,97 @@ def same_chain(concepts: Sequence[LoadedConcept], device: torch.device, n: int, 
     return result
 
 
-def sampling(concepts: Sequence[LoadedConcept], device: torch.device, batches: Sequence[int],
-             counts: Sequence[int], timed_steps: int, rounds: int, log: Callable[[str], None]) -> list[dict[str, Any]]:
-    """Images/s at K = SAMPLER.steps from the median time per step over ``rounds`` short chains per library.
+class Worker:
+    """One library's sampling chains in a process of its own, started as a user of that library starts one:
+    malloc as that library leaves it (conceptlib tunes it on first use, ``conceptlib.memory``; a peer
+    measured in the same process would inherit that), and its own peak resident memory."""
+
+    def __init__(self, library: str, device: torch.device, threads: int) -> None:
+        self.library = library
+        env = {**os.environ, **({MALLOC_ENV: "system"} if library == UNTUNED else {})}
+        self.process = subprocess.Popen(
+            [sys.executable, __file__, "--worker", library, "--device", str(device), "--threads", str(threads)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+        self.ask(op="ready")
+
+    def ask(self, **request: Any) -> dict[str, Any]:
+        assert self.process.stdin is not None and self.process.stdout is not None
+        self.process.stdin.write(json.dumps(request) + "\n")
+        self.process.stdin.flush()
+        line = self.process.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the {self.library} worker stopped (exit {self.process.wait()}); see its stderr above")
+        return json.loads(line)
+
+    def close(self) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.close()
+        self.process.wait()
+
+
+def serve(library: str, device: torch.device) -> None:
+    """The worker's side: requests as JSON lines on stdin, replies on the original stdout (prints go to stderr)."""
+    replies = os.fdopen(os.dup(sys.stdout.fileno()), "w")
+    sys.stdout = sys.stderr
+    name = "conceptlib" if library == UNTUNED else library
+    with tempfile.TemporaryDirectory() as tmp:
+        plugins = PluginManager(None)
+        registry = make_registry(Path(tmp) / "registry.db", plugins)
+        concepts = [load_concept(registry, plugins, registry.resolve(f"cd_{i}", None), device) for i in range(5)]
+        chains: dict[tuple[int, int, int], Samplers] = {}
+        for line in sys.stdin:
+            request = json.loads(line)
+            reply: dict[str, Any] = {}
+            if request["op"] != "ready":
+                batch, k, steps = request["batch"], request["k"], request["steps"]
+                if (batch, k, steps) not in chains:
+                    chains[batch, k, steps] = Samplers(concepts[:k], [v for _, v in CONCEPTS[:k]], device, steps)
+                x0 = torch.rand((batch, 3, 32, 32), generator=torch.Generator(device=device).manual_seed(3),
+                                device=device)
+                run = partial(chains[batch, k, steps].run, name, x0, seed=4)
+                if request["op"] == "peak":
+                    run()  # warm: one-time allocations (threads, kernels, constants) are not a chain's peak
+                    reply = {"bytes": peak_memory(run, device)}
+                else:
+                    reply = {"seconds": timed(run, device)}
+            replies.write(json.dumps(reply) + "\n")
+            replies.flush()
+
+
+def sampling(device: torch.device, batches: Sequence[int], counts: Sequence[int], timed_steps: int, rounds: int,
+             log: Callable[[str], None]) -> list[dict[str, Any]]:
+    """Images/s at K = SAMPLER.steps from the median time per step over ``rounds`` short chains per library,
+    each library in its own process (:class:`Worker`).
 
     Libraries take turns round by round, so a load from other processes falls on all of them alike; a
     Langevin step costs the same at every step, so K steps take K times one step.
     """
     rows = []
     per_round = max(1, timed_steps // rounds)
-    for batch in batches:
-        for k in counts:
-            values = [v for _, v in CONCEPTS[:k]]
-            samplers, warm = (Samplers(concepts[:k], values, device, n) for n in (per_round, 1))
-            x0 = torch.rand((batch, 3, 32, 32), generator=torch.Generator(device=device).manual_seed(3), device=device)
-            per_step: dict[str, list[float]] = {library: [] for library in LIBRARIES}
-            peaks = {library: peak_memory(partial(warm.run, library, x0, seed=4), device) for library in LIBRARIES}
-            for _ in range(rounds):
-                for library in LIBRARIES:
-                    per_step[library].append(timed(partial(samplers.run, library, x0, seed=4), device) / per_round)
-            row: dict[str, Any] = {"batch": batch, "concepts": k, "steps": SAMPLER.steps,
-                                   "timed_steps": per_round * rounds}
-            for library in LIBRARIES:
-                step = statistics.median(per_step[library])
-                row[library] = {"images_per_s": batch / (SAMPLER.steps * step),
-                                "best_images_per_s": batch / (SAMPLER.steps * min(per_step[library])),
-                                "seconds_per_step": step, "peak_mib": mib(peaks[library])}
-            for peer in ("ebmkit", "torchebm"):
-                row[f"speedup_vs_{peer}"] = row["conceptlib"]["images_per_s"] / row[peer]["images_per_s"]
-            log(f"sampling B={batch} k={k}: " + ", ".join(f"{lib} {row[lib]['images_per_s']:.2f}" for lib in LIBRARIES))
-            rows.append(row)
+    workers = {library: Worker(library, device, torch.get_num_threads()) for library in TIMED}
+    try:
+        for batch in batches:
+            for k in counts:
+                peaks = {lib: w.ask(op="peak", batch=batch, k=k, steps=1)["bytes"] for lib, w in workers.items()}
+                per_step: dict[str, list[float]] = {library: [] for library in TIMED}
+                for _ in range(rounds):
+                    for library, worker in workers.items():
+                        seconds = worker.ask(op="time", batch=batch, k=k, steps=per_round)["seconds"]
+                        per_step[library].append(seconds / per_round)
+                row: dict[str, Any] = {"batch": batch, "concepts": k, "steps": SAMPLER.steps,
+                                       "timed_steps": per_round * rounds}
+                for library in TIMED:
+                    step = statistics.median(per_step[library])
+                    row[library] = {"images_per_s": batch / (SAMPLER.steps * step),
+                                    "best_images_per_s": batch / (SAMPLER.steps * min(per_step[library])),
+                                    "seconds_per_step": step, "peak_mib": mib(peaks[library])}
+                for peer in ("ebmkit", "torchebm"):
+                    row[f"speedup_vs_{peer}"] = row["conceptlib"]["images_per_s"] / row[peer]["images_per_s"]
+                log(f"sampling B={batch} k={k}: " + ", ".join(f"{lib} {row[lib]['images_per_s']:.2f}" for lib in TIMED))
+                rows.append(row)
+    finally:
+        for worker in workers.values():
+            worker.close()
     return rows
 
 
@@ -433,11 +499,15 @@ def techniques(concepts: Sequence[LoadedConcept], device: torch.device, batches:
     for chunk in (16, 32, 64):
         variants[f"+ chunks of {chunk} in parallel, one per thread, whole expression per chunk"] = partial(
             lambda c: _patched(fast(), CPU_CHUNK=c), chunk)
+    # the last two techniques are off in every row above them
+    variants[HAND_WRITTEN] = fast
+    variants[ONE_THREAD_UPDATE] = fast
     variants["conceptlib, 1 thread"] = fast
     for batch in batches:
         x0 = torch.rand((batch, 3, 32, 32), generator=torch.Generator(device=device).manual_seed(7), device=device)
         config = LangevinConfig(steps=steps, step_size=SAMPLER.step_size, noise=SAMPLER.noise)
-        runs = {name: partial(_chain, build(), x0, config, device) for name, build in variants.items()}
+        runs = {name: partial(_chain, build(), x0, config, device, hand_written=name in LATEST,
+                              one_thread_update=name in LATEST[1:]) for name, build in variants.items()}
         runs["conceptlib, 1 thread"] = one_thread(runs["conceptlib, 1 thread"])
         times = interleaved(runs, rounds, device)
         reference = times["plain network (what the peers run)"]["median_s"]
@@ -445,13 +515,30 @@ def techniques(concepts: Sequence[LoadedConcept], device: torch.device, batches:
             images = batch / (t["median_s"] * SAMPLER.steps / steps)
             rows.append({"technique": name, "batch": batch, "images_per_s": images,
                          "vs_plain": reference / t["median_s"], "peak_mib": t["peak_mib"]})
+            if name in PREVIOUS:
+                rows[-1]["vs_previous"] = times[PREVIOUS[name]]["median_s"] / t["median_s"]
             log(f"technique B={batch} {name}: {images:.2f} img/s ({reference / t['median_s']:.2f}x)")
     return rows
 
 
+HAND_WRITTEN = "+ hand-written input gradient (chunks of 32, whole expression)"
+ONE_THREAD_UPDATE = "+ chain update on one thread between evaluations (conceptlib)"
+LATEST = (HAND_WRITTEN, ONE_THREAD_UPDATE, "conceptlib, 1 thread")
+PREVIOUS = {HAND_WRITTEN: "+ chunks of 32 in parallel, one per thread, whole expression per chunk",
+            ONE_THREAD_UPDATE: HAND_WRITTEN}
+
+
 def _chain(energy: Callable[[torch.Tensor], torch.Tensor], x0: torch.Tensor, config: LangevinConfig,
-           device: torch.device) -> torch.Tensor:
-    return langevin(energy, x0, config, torch.Generator(device=device).manual_seed(8))
+           device: torch.device, hand_written: bool, one_thread_update: bool) -> torch.Tensor:
+    """One chain with the specialised small nets' hand-written gradient and the one-thread update on or off."""
+    from conceptlib_nets.small import SharedConditionEnergy
+
+    SharedConditionEnergy.hand_written_gradient = hand_written
+    batched.UPDATE_ON_ONE_THREAD = one_thread_update
+    try:
+        return langevin(energy, x0, config, torch.Generator(device=device).manual_seed(8))
+    finally:
+        SharedConditionEnergy.hand_written_gradient = batched.UPDATE_ON_ONE_THREAD = True
 
 
 def _patched(energy: Callable[[torch.Tensor], torch.Tensor], **settings: Any) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -640,14 +727,18 @@ def write_report(data: dict[str, Any], out: Path) -> None:
         "timed with it (a step costs the same at every step of a chain; the best round is in speed.json). "
         "conceptlib runs `compose` + `langevin` on "
         "concepts loaded by `load_concept`; ebmkit its `SumEnergy` + `LangevinDynamics`; torchebm its "
-        "`LangevinDynamics` on a `BaseModel` summing the networks. Peak memory: the process's peak resident "
-        "memory above its level before the chain (VmHWM), MiB.",
+        "`LangevinDynamics` on a `BaseModel` summing the networks. Each library runs in a process of its own, "
+        "as its users run it: conceptlib keeps freed memory for reuse (`conceptlib/memory.py`, process-wide), "
+        f"which a peer sharing its process would inherit; '{UNTUNED}' is conceptlib with "
+        f"`{MALLOC_ENV}=system`, what that is worth. Peak memory: the process's peak resident memory above its "
+        "level before the chain (VmHWM), MiB, of a chain run once before (one-time allocations left out).",
         "",
-        "| batch | k | conceptlib | ebmkit | torchebm | vs ebmkit | vs torchebm | peak MiB (cl / ebmkit / torchebm) |",
-        "|---|---|---|---|---|---|---|---|",
+        f"| batch | k | conceptlib | {UNTUNED} | ebmkit | torchebm | vs ebmkit | vs torchebm "
+        "| peak MiB (cl / ebmkit / torchebm) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in data["sampling"]:
-        speed = " | ".join(f"{r[lib]['images_per_s']:.2f}" for lib in LIBRARIES)
+        speed = " | ".join(f"{r[lib]['images_per_s']:.2f}" if lib in r else "–" for lib in TIMED)
         memory = " / ".join(str(r[lib]["peak_mib"]) for lib in LIBRARIES)
         lines.append(f"| {r['batch']} | {r['concepts']} | {speed} | **{r['speedup_vs_ebmkit']:.2f}x** "
                      f"| **{r['speedup_vs_torchebm']:.2f}x** | {memory} |")
@@ -671,8 +762,10 @@ def write_report(data: dict[str, Any], out: Path) -> None:
               "Each row adds one technique to the row above it, except the stacked, vmap and 1-thread rows (the "
               "stacked row stacks the for_condition networks; vmap runs three color networks). Up to the "
               "'one pass per concept' row each concept is evaluated on its own, chunk by chunk; from there each "
-              "thread takes its chunk through all three (what `compose` does). Median of rounds the variants "
-              "take in turn.", "",
+              "thread takes its chunk through all three (what `compose` does); the hand-written gradient and the "
+              "one-thread update are off in every row above their own. Median of rounds the variants "
+              "take in turn, all in this process, so every row runs with freed memory kept for reuse (the "
+              "sampling table measures that one).", "",
               "| technique | batch | images/s | vs plain | peak MiB |", "|---|---|---|---|---|"]
     lines += [f"| {r['technique']} | {r['batch']} | {r['images_per_s']:.2f} | {r['vs_plain']:.2f}x | {r['peak_mib']} |"
               for r in data["techniques"]]
@@ -720,6 +813,9 @@ def notes(data: dict[str, Any]) -> list[str]:
     cold = data["cold_start"]
     grad_cost = " / ".join(f"{r['vs_plain']:.2f}x" for r in data["techniques"]
                            if r["technique"] == "parameters requiring grad")
+    kept = [r["conceptlib"]["images_per_s"] / r[UNTUNED]["images_per_s"] for r in rows if UNTUNED in r]
+    hand, update = (" / ".join(f"{r['vs_previous']:.2f}x" for r in data["techniques"] if r["technique"] == name)
+                    for name in (HAND_WRITTEN, ONE_THREAD_UPDATE))
     return [
         f"- Sampling: conceptlib is at least 1.5x ebmkit in {met['ebmkit']} of {len(rows)} settings and torchebm in "
         f"{met['torchebm']} of {len(rows)}; the lowest ratio is {low:.2f}x. The gain is the same convolutions "
@@ -727,6 +823,22 @@ def notes(data: dict[str, Any]) -> list[str]:
         "weights, and cache-sized chunks run one per thread, each thread taking its chunk through every "
         "concept of the expression in one pass per step, which also keeps peak memory flat in the batch. "
         "At batch 64 a chain is only two chunks, so less of that applies than at 256.",
+        (f"- Freed memory kept for reuse (`conceptlib/memory.py`: glibc's mmap and trim thresholds raised once, "
+         f"process-wide): {min(kept):.2f}-{max(kept):.2f}x against the same code with `{MALLOC_ENV}=system` "
+         "(the sampling table's second column). Without it a step page-faults its activations back in "
+         "(thousands of minor faults per step, the chunk threads contending for the kernel's lock while they "
+         "fault). The peers are timed in processes of their own, so they do not inherit it." if kept else
+         "- Freed memory kept for reuse: not measured in this run."),
+        f"- The specialised `small` net's input gradient is written by hand (the first layer's as one matmul "
+        f"and a `fold` onto the image's three channels, the strided layers' as transposed convolutions, where "
+        f"autograd asks oneDNN for a convolution backward at every layer): {hand or 'not measured'} against "
+        "autograd's (techniques table, batch 64 / 256, each against the row above it).",
+        f"- The chain's update between evaluations (noise, step, clamp) runs on one thread, and the chunk "
+        "threads write the gradient into place instead of a concatenation after them: no OpenMP parallel "
+        "region between two evaluations, so libgomp's worker is not left spinning (about 3 ms by default) on "
+        f"a core the next evaluation's chunk threads need: {update or 'not measured'} (batch 64 / 256) in the "
+        "techniques table, whose chains of a few steps dilute it (their first evaluation follows no update); "
+        "`benchmarks/openmp_spin.py` (`benchmarks/results/openmp_spin.md`) times it on its own.",
         "- Stacked weights (one first convolution for all concepts, then grouped convolutions) and "
         "`torch.func.vmap` over stacked parameters (which lowers to the same grouped convolutions) measured "
         "slower than separate calls here; they are not used. Parameters that require grad ran at "
@@ -738,7 +850,8 @@ def notes(data: dict[str, Any]) -> list[str]:
         "channels, then 32 -> 64 -> 64) and each is followed by a SiLU and its derivative, passes over memory "
         "that count no FLOPs; the peak is a 256-channel convolution.",
         "- Training goes through `conceptlib/training.py`, which calls the networks directly: of this work only "
-        "channels-last frozen concepts (`load_concept`) reach it.",
+        "channels-last frozen concepts (`load_concept`), freed memory kept for reuse and the one-thread chain "
+        "update reach it.",
         f"- Cold start: `concept --help` {cold['concept --help']['median_s']:.2f} s, `concept list` "
         f"{cold['concept list']['median_s']:.2f} s. torch is not imported by either; `list` reads a SQLite "
         "registry with the stdlib `sqlite3` (`conceptlib/listing.py`; `benchmarks/cold_start.py` has the detail).",
@@ -767,6 +880,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--sections", nargs="+", default=list(SECTIONS), choices=SECTIONS,
                         help="What to measure [default: all; the report is written only for all].")
     parser.add_argument("--report-only", action="store_true", help="Rewrite speed.md from speed.json.")
+    parser.add_argument("--worker", choices=TIMED, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, default=ROOT / "results")
     args = parser.parse_args(argv)
     if args.quick:
@@ -781,6 +895,9 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
+    if args.worker:
+        serve(args.worker, device)
+        return
     started = time.perf_counter()
 
     def log(message: str) -> None:
@@ -796,8 +913,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             data["same_chain"] = same_chain(concepts[:3], device, n=8, steps=args.chain_steps)
             log(f"same chain: {json.dumps(data['same_chain'])}")
         if "sampling" in wanted:
-            data["sampling"] = sampling(concepts, device, args.batches, args.concepts, args.timed_steps, args.rounds,
-                                        log)
+            data["sampling"] = sampling(device, args.batches, args.concepts, args.timed_steps, args.rounds, log)
         if "training" in wanted:
             data["training"] = training(plugins, concepts, device, [0, 2, 4], args.train_iterations,
                                         args.train_steps, log)

@@ -18,6 +18,10 @@ each choice below; benchmarks/results/speed.md has the figures). So, for frozen 
   their sum, NOT, OR and weights as one function): each thread takes its chunk through every concept,
   one parallel region per step instead of one per concept (1.1-1.25x at batch 64 with 3-5 concepts).
 
+Two more pieces live elsewhere: ``small``'s specialised network writes its input gradient by hand
+(``conceptlib_nets/small.py``), and freed memory is kept for reuse so that a step does not page-fault its
+activations back in (:mod:`conceptlib.memory`).
+
 Evaluating the concepts of an expression in one stacked call (grouped convolutions from stacked weights,
 or ``torch.func.vmap`` over stacked parameters) was measured slower than separate calls on this CPU and
 is not used.
@@ -26,14 +30,17 @@ is not used.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 import torch
 from torch import nn
 from torch.autograd.function import FunctionCtx, once_differentiable
 
+UPDATE_ON_ONE_THREAD = True
+"""See :func:`one_thread`; benchmarks/speed.py turns it off to measure it."""
 CPU_CHUNK = 32
 """Most images per chunk on the CPU: the activations of one chunk stay in cache (benchmarks/speed.py)."""
 
@@ -72,6 +79,26 @@ def run_parallel(work: Callable[[slice], T], chunks: Sequence[slice], device: to
     torch.set_num_threads(1)
     try:
         return list(_pool[1].map(work, chunks))
+    finally:
+        torch.set_num_threads(threads)
+
+
+@contextmanager
+def one_thread(device: torch.device) -> Iterator[None]:
+    """Intra-op threads set to 1 on the CPU while a sampler updates its chain between energy evaluations.
+
+    The update is a few memory-bound passes; run on OpenMP's threads, it leaves libgomp's worker spinning
+    for its next task (~3 ms by default) on a core that the chunk threads of the next evaluation need:
+    measured 3 ms of start latency and 25-30 % of a step at batch 64 (``OMP_WAIT_POLICY=PASSIVE`` gives
+    the same gain, but must be set before torch loads and changes every OpenMP region in the process).
+    """
+    threads = torch.get_num_threads()
+    if device.type != "cpu" or threads == 1 or not UPDATE_ON_ONE_THREAD:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
     finally:
         torch.set_num_threads(threads)
 
@@ -117,24 +144,27 @@ class _EnergyAndGradient(torch.autograd.Function):
     def forward(ctx: FunctionCtx, x: torch.Tensor, fn: Callable[..., torch.Tensor], chunk: int,
                 *per_sample: torch.Tensor) -> torch.Tensor:
         want_gradient = ctx.needs_input_grad[0]
+        gradient = torch.empty_like(x, memory_format=torch.contiguous_format) if want_gradient else None
 
-        def work(rows: slice) -> tuple[torch.Tensor, torch.Tensor | None]:
+        def work(rows: slice) -> torch.Tensor:
             part = x[rows].detach()
             with torch.set_grad_enabled(want_gradient):  # grad mode is per thread
                 energy = fn(part.requires_grad_(want_gradient), *(t[rows] for t in per_sample))
-                gradient = torch.autograd.grad(energy.sum(), part)[0] if want_gradient else None
-            return energy.detach(), gradient
+                if gradient is not None:  # each thread writes its rows: no concatenation on OpenMP's threads after
+                    gradient[rows] = torch.autograd.grad(energy.sum(), part)[0]
+            return energy.detach()
 
         chunks = [slice(start, start + chunk) for start in range(0, x.shape[0], chunk)]
-        results = run_parallel(work, chunks, x.device)
+        energies = run_parallel(work, chunks, x.device)
         ctx.extra = len(per_sample)  # type: ignore[attr-defined]
-        if want_gradient:
-            ctx.save_for_backward(torch.cat([gradient for _, gradient in results]))  # type: ignore[misc]
-        return torch.cat([energy for energy, _ in results])
+        if gradient is not None:
+            ctx.save_for_backward(gradient)  # type: ignore[misc]
+        return torch.cat(energies)
 
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, grad_energy: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         (gradient,) = ctx.saved_tensors
-        scale = grad_energy.view(-1, *[1] * (gradient.dim() - 1))
-        return (scale * gradient, None, None, *[None] * ctx.extra)
+        if not bool((grad_energy == 1).all()):  # a sampler's E.sum() takes the gradient as it is
+            gradient = grad_energy.view(-1, *[1] * (gradient.dim() - 1)) * gradient
+        return (gradient, None, None, *[None] * ctx.extra)

@@ -20,7 +20,9 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from conceptlib.batched import one_thread
 from conceptlib.errors import ConceptError
+from conceptlib.memory import keep_freed_memory
 
 NoisyEnergyFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 """``E(x, sigma) -> (B,)`` for images ``(B, 3, H, W)`` and noise scales ``(B,)``."""
@@ -126,6 +128,7 @@ def annealed_sample(
 ) -> torch.Tensor:
     """``n`` images following ``scores`` (see :func:`energy_scores`) by annealed Euler-ancestral steps plus
     Langevin correctors."""
+    keep_freed_memory(device)
     sigmas = config.sigmas(device)
     x = 0.5 + sigmas[0] * torch.randn((n, 3, image_size, image_size), generator=generator, device=device)
     done = 0
@@ -144,15 +147,16 @@ def annealed_sample(
                 x = _corrector_step(scores, x, level, config, generator)
                 tick()
         s, _ = scores(x, level)
-        denoised = x + sigma**2 * s
-        if i == config.levels - 1:
-            x = denoised
-        else:
-            following = sigmas[i + 1]
-            up = config.eta * (following**2 * (sigma**2 - following**2) / sigma**2).clamp_min(0).sqrt()
-            down = (following**2 - up**2).clamp_min(0).sqrt()
-            noise = torch.randn(x.shape, generator=generator, device=device)
-            x = denoised + (x - denoised) * (down / sigma) + up * noise
+        with one_thread(device):  # see batched.one_thread: the next evaluation's chunk threads get the cores
+            denoised = x + sigma**2 * s
+            if i == config.levels - 1:
+                x = denoised
+            else:
+                following = sigmas[i + 1]
+                up = config.eta * (following**2 * (sigma**2 - following**2) / sigma**2).clamp_min(0).sqrt()
+                down = (following**2 - up**2).clamp_min(0).sqrt()
+                noise = torch.randn(x.shape, generator=generator, device=device)
+                x = denoised + (x - denoised) * (down / sigma) + up * noise
         tick()
     return x.clamp(0.0, 1.0).detach()
 
@@ -163,8 +167,9 @@ def _corrector_step(
     """One Langevin step at a fixed level; MALA accepts or rejects each sample by its energy."""
     step = config.corrector_step * sigma[0] ** 2
     s, e = scores(x, sigma)
-    noise = torch.randn(x.shape, generator=generator, device=x.device)
-    proposal = x + step * s + (2 * step).sqrt() * noise
+    with one_thread(x.device):
+        noise = torch.randn(x.shape, generator=generator, device=x.device)
+        proposal = x + step * s + (2 * step).sqrt() * noise
     if config.corrector == "ula":
         return proposal.detach()
     s_new, e_new = scores(proposal, sigma)

@@ -12,7 +12,9 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from conceptlib.batched import one_thread
 from conceptlib.errors import ConceptError
+from conceptlib.memory import keep_freed_memory
 
 EnergyFn = Callable[[torch.Tensor], torch.Tensor]
 StepCallback = Callable[[int, int], None]
@@ -60,14 +62,16 @@ def langevin(
     on_step: StepCallback | None = None,
 ) -> torch.Tensor:
     """Run ``config.steps`` Langevin steps from ``x``; returns the detached final images."""
+    keep_freed_memory(x.device)
     x = x.detach()
     for step in range(config.steps):
         x.requires_grad_(True)
         (grad,) = torch.autograd.grad(energy(x).sum(), x)
         if config.grad_clip is not None:
             grad = grad.clamp(-config.grad_clip, config.grad_clip)
-        noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-        x = (x.detach() - config.step_size * grad + config.noise * noise).clamp_(0.0, 1.0)
+        with one_thread(x.device):
+            noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+            x = (x.detach() - config.step_size * grad + config.noise * noise).clamp_(0.0, 1.0)
         if on_step is not None:
             on_step(step + 1, config.steps)
     return x.detach()

@@ -38,6 +38,7 @@ from conceptlib.diffusion import NoiseConfig, denoising_loss
 from conceptlib.energy import Term
 from conceptlib.errors import TrainingError
 from conceptlib.expr import And, Leaf, Node
+from conceptlib.memory import keep_freed_memory
 from conceptlib.sampling import LangevinConfig, ReplayBuffer, langevin
 from conceptlib.scores import composed_score
 from conceptlib.sources import Dataset
@@ -145,6 +146,7 @@ def train_concept(
     trainers = {"cd": _train_cd, "dsm": _train_dsm, "classifier": _train_classifier, "denoiser": _train_denoiser}
     if config.objective not in trainers:
         raise TrainingError(f"unknown objective {config.objective!r}; use one of {', '.join(OBJECTIVES)}")
+    keep_freed_memory(device)
     return trainers[config.objective](_Run(architecture, architecture_config, dataset, attribute, frozen, config,
                                            device, on_iteration, prior, checkpoint or Checkpoint.disabled()))
 

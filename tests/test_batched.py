@@ -63,6 +63,35 @@ def test_small_net_specialised_to_a_condition_equals_its_forward(plugins, attrib
                 energy_and_gradient(lambda z: concept.model(z, c.expand(z.shape[0], -1)), x))
 
 
+@pytest.mark.parametrize("attribute", ["position", "color"])
+@pytest.mark.parametrize("size", [32, 64])
+def test_specialised_small_net_hand_written_gradient_equals_autograd_at_full_depth(plugins, attribute, size):
+    """3 and 4 blocks (two and three strided layers), per-sample weights on the energies, a bump channel or not."""
+    schema = plugins.source("scenes").attributes({})[attribute]
+    torch.manual_seed(3)
+    model = plugins.architecture("small").build(schema, size, {"channels": [8, 12, 16], "embed": 16, "bump_sigma": 0.1})
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape) * 0.2)
+    model.requires_grad_(False)
+    c = LoadedConcept(SimpleNamespace(schema=schema, concept=attribute), model).condition(  # type: ignore[arg-type]
+        VALUES[attribute], torch.device("cpu"))
+    specialised = model.for_condition(c)
+    x = torch.rand((5, 3, size, size), generator=torch.Generator().manual_seed(2))
+    weights = torch.tensor([1.0, -2.0, 0.5, 3.0, 0.0])
+
+    def weighted(fn):
+        z = x.clone().requires_grad_(True)
+        energy = fn(z)
+        return energy.detach(), torch.autograd.grad((weights * energy).sum(), z)[0]
+
+    fast = weighted(specialised)
+    assert_same(fast, weighted(lambda z: model(z, c.expand(z.shape[0], -1))))
+    assert fast[1][4].abs().max() == 0  # a zero weight scales that image's gradient to zero
+    with torch.no_grad():  # without a gradient asked for, the same energies
+        assert torch.allclose(specialised(x), fast[0], rtol=1e-5, atol=1e-6)
+
+
 def test_chunked_evaluation_equals_one_call_with_per_sample_conditions(plugins, monkeypatch):
     monkeypatch.setattr(batched, "CPU_CHUNK", 4)  # 9 images: chunks of 4, 4 and 1
     concept = frozen(plugins, "small", "color")
@@ -179,3 +208,37 @@ def test_frozen_film_blocks_fold_a_shared_embedding_into_their_convolutions(plug
     folded = energy_and_gradient(lambda z: model(z, c, sigma), x)
     model.requires_grad_(True)  # a network being trained keeps FiLM as two passes over activations
     assert_same(folded, energy_and_gradient(lambda z: model(z, c, sigma), x))
+
+
+def test_evaluated_gradient_is_scaled_per_sample_when_the_energies_are_weighted(plugins, monkeypatch):
+    monkeypatch.setattr(batched, "CPU_CHUNK", 4)
+    concept = frozen(plugins, "small", "color")
+    c = concept.condition(VALUES["color"], torch.device("cpu"))
+    specialised = concept.model.for_condition(c)
+    x, weights = images(), torch.linspace(-2, 2, 9)
+
+    def weighted(fn):
+        z = x.clone().requires_grad_(True)
+        return torch.autograd.grad((weights * fn(z)).sum(), z)[0]
+
+    assert torch.allclose(weighted(lambda z: batched.evaluate(specialised, z)),
+                          weighted(lambda z: concept.model(z, c.expand(z.shape[0], -1))), rtol=1e-4, atol=1e-5)
+
+
+def test_one_thread_runs_the_update_on_one_thread_and_restores_the_count(monkeypatch):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with batched.one_thread(torch.device("cpu")):
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 2
+        with pytest.raises(RuntimeError), batched.one_thread(torch.device("cpu")):
+            raise RuntimeError("a failed step")
+        assert torch.get_num_threads() == 2  # restored on an error too
+        with batched.one_thread(torch.device("meta")):  # not the CPU: threads are not the sampler's business
+            assert torch.get_num_threads() == 2
+        monkeypatch.setattr(batched, "UPDATE_ON_ONE_THREAD", False)
+        with batched.one_thread(torch.device("cpu")):
+            assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)

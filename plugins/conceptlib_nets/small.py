@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.autograd.function import FunctionCtx, once_differentiable
 from torch.nn import functional as F
 
 from conceptlib.schema import ConditionSchema
@@ -107,7 +108,16 @@ class SmallEnergyNet(nn.Module):
 
 
 class SharedConditionEnergy(nn.Module):
-    """A :class:`SmallEnergyNet` specialised to one condition: plain convolutions in channels-last layout."""
+    """A :class:`SmallEnergyNet` specialised to one condition: plain convolutions in channels-last layout.
+
+    Its input gradient is written out by hand (:class:`_InputGradient`) rather than left to autograd,
+    which asks oneDNN for a convolution backward pass at every layer. The first layer's gradient, onto
+    the image's three channels only (not the bump or the padding), is one matmul and a ``fold``; the
+    strided layers' are transposed convolutions; only the pre-activations are kept for it.
+    ``hand_written_gradient = False`` (on the class) leaves it to autograd, to measure the difference.
+    """
+
+    hand_written_gradient = True
 
     def __init__(self, layers: list[tuple[torch.Tensor, torch.Tensor, int]], bump: torch.Tensor | None,
                  out: torch.Tensor, out_bias: torch.Tensor) -> None:
@@ -118,11 +128,55 @@ class SharedConditionEnergy(nn.Module):
         self.register_buffer("bump", bump)
         self.register_buffer("out", out)
         self.register_buffer("out_bias", out_bias)
+        # (3 * 3 * 3, C): the first convolution's taps onto the image channels, for its gradient as matmul + fold
+        self.register_buffer("first_taps", layers[0][0][:, :3].permute(1, 2, 3, 0).reshape(27, -1).contiguous())
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _pre_activations(self, x: torch.Tensor) -> list[torch.Tensor]:
         h = F.pad(x.contiguous(memory_format=torch.channels_last), (1, 1, 1, 1), value=0.5)
         if self.bump is not None:
             h = torch.cat([h, self.bump.expand(h.shape[0], -1, -1, -1)], dim=1)
+        pre = []
         for i, (weight, bias, stride) in enumerate(zip(self.weights, self.biases, self.strides)):
-            h = F.silu(F.conv2d(h, weight, bias, stride=stride, padding=0 if i == 0 else 1))
+            pre.append(F.conv2d(h if i == 0 else F.silu(pre[-1]), weight, bias, stride=stride,
+                                padding=0 if i == 0 else 1))
+        return pre
+
+    def _energy(self, last: torch.Tensor) -> torch.Tensor:
+        h = F.silu(last)
         return h.permute(0, 2, 3, 1).reshape(h.shape[0], -1) @ self.out + self.out_bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.hand_written_gradient and torch.is_grad_enabled() and x.requires_grad:
+            return _InputGradient.apply(x, self)
+        return self._energy(self._pre_activations(x)[-1])
+
+    def input_gradient(self, pre: list[torch.Tensor], grad_energy: torch.Tensor) -> torch.Tensor:
+        """``d E / d x`` scaled per sample by ``grad_energy`` ``(B,)``, from the saved pre-activations."""
+        last = pre[-1]
+        b, c, height, width = last.shape
+        g = (grad_energy[:, None] * self.out).view(b, height, width, c).permute(0, 3, 1, 2)
+        for i in range(len(pre) - 1, 0, -1):
+            g = torch.ops.aten.silu_backward(g, pre[i])
+            stride, size = self.strides[i], pre[i - 1].shape[-1]
+            extra = size - ((pre[i].shape[-1] - 1) * stride - 2 + 3)
+            g = F.conv_transpose2d(g, self.weights[i], stride=stride, padding=1, output_padding=extra)
+        g = torch.ops.aten.silu_backward(g, pre[0])
+        b, c, height, width = g.shape
+        columns = self.first_taps @ g.permute(0, 2, 3, 1).reshape(b, height * width, c).transpose(1, 2)
+        return F.fold(columns, (height, width), 3, padding=1)
+
+
+class _InputGradient(torch.autograd.Function):
+    """The specialised network's energy with a hand-written input gradient (one derivative only)."""
+
+    @staticmethod
+    def forward(ctx: FunctionCtx, x: torch.Tensor, net: SharedConditionEnergy) -> torch.Tensor:
+        pre = net._pre_activations(x)
+        ctx.net = net  # type: ignore[attr-defined]
+        ctx.save_for_backward(*pre)
+        return net._energy(pre[-1])
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad_energy: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return ctx.net.input_gradient(list(ctx.saved_tensors), grad_energy), None
