@@ -77,9 +77,14 @@ def parse_pairs(pairs: Sequence[str], option: str) -> dict[str, Any]:
 
 
 def open_registry(ctx: click.Context, create: bool = False):
+    """The command's registry, closed when the command ends: a process that runs many commands (a test
+    runner, a notebook) would otherwise keep every command's pooled connections until garbage collection,
+    and a PostgreSQL server refuses clients past ``max_connections``."""
     from conceptlib.registry import Registry
 
-    return Registry.open(ctx.obj["registry"], create=create)
+    registry = Registry.open(ctx.obj["registry"], create=create)
+    ctx.call_on_close(registry.close)
+    return registry
 
 
 def plugin_manager(ctx: click.Context):

@@ -118,6 +118,22 @@ def test_history_alias_and_show_by_alias(run, add_tiny):
     assert_one_line_error(run("show", "shape@stable"), "no alias 'stable'")
 
 
+def test_every_command_closes_the_registry_it_opened(run, add_tiny, monkeypatch):
+    """Pooled connections go back when a command ends, not at garbage collection: a process running many
+    commands (a test runner, a notebook) on PostgreSQL hit 'too many clients' (tests/test_concurrency.py)."""
+    from conceptlib.registry import Registry
+
+    add_tiny("shape")
+    opened, closed = [], []
+    real_open, real_close = Registry.open.__func__, Registry.close
+    monkeypatch.setattr(Registry, "open", classmethod(lambda cls, *a, **k: opened.append(1) or real_open(cls, *a, **k)))
+    monkeypatch.setattr(Registry, "close", lambda self: closed.append(1) or real_close(self))
+    for args in (("show", "shape"), ("history", "shape"), ("alias", "shape", "stable", "1"),
+                 ("rollback", "shape", "--to", "1"), ("show", "nothing")):
+        run(*args)
+        assert len(opened) == len(closed) > 0, args  # also when the command fails
+
+
 def test_rollback_to_a_version_and_undo(run, add_tiny):
     add_tiny("size")
     add_tiny("size", "--seed", "2")
