@@ -89,8 +89,9 @@ def one_thread(device: torch.device) -> Iterator[None]:
 
     The update is a few memory-bound passes; run on OpenMP's threads, it leaves libgomp's worker spinning
     for its next task (~3 ms by default) on a core that the chunk threads of the next evaluation need:
-    measured 3 ms of start latency and 25-30 % of a step at batch 64 (``OMP_WAIT_POLICY=PASSIVE`` gives
-    the same gain, but must be set before torch loads and changes every OpenMP region in the process).
+    measured ~3 ms of start latency (0.2-0.35 ms without) and 1.06-1.29x images/s, most at batch 64
+    (benchmarks/openmp_spin.py). ``OMP_WAIT_POLICY=PASSIVE`` gives the same, but must be set before torch
+    loads and changes every OpenMP region in the process.
     """
     threads = torch.get_num_threads()
     if device.type != "cpu" or threads == 1 or not UPDATE_ON_ONE_THREAD:

@@ -4,11 +4,12 @@ PyTorch's CPU tensors come from ``malloc``. glibc serves blocks above its mmap t
 first, adapting upward as blocks are freed) with fresh ``mmap`` calls and hands freed heap tops back
 to the system, so every step of a sampling chain, which frees and reallocates the same few MiB of
 activations, touches fresh zeroed pages: measured ~2,000-6,000 minor page faults per step for one
-small concept at batch 64 on this project's 2-core CPU, ~10% of the step, and the chunk threads
-contend for the kernel's page-table lock while they fault. Raising the mmap threshold to glibc's
-maximum and the trim threshold well above a chain's working set makes a step reuse the memory the
-previous step freed (~30 faults per step). The cost: the process keeps up to ``TRIM_THRESHOLD`` of freed
-memory instead of returning it to the system until it exits.
+small concept at batch 64 on this project's 2-core CPU, with the chunk threads contending for the
+kernel's page-table lock while they fault. Raising the mmap threshold to glibc's maximum and the trim
+threshold well above a chain's working set makes a step reuse the memory the previous step freed (~30
+faults per step): composed sampling 1.07-1.31x faster (benchmarks/results/speed.md). The cost: the
+process keeps up to ``TRIM_THRESHOLD`` of freed memory instead of returning it to the system until it
+exits.
 
 Process-wide, applied once, on Linux with glibc only; ``CONCEPTLIB_MALLOC=system`` leaves malloc alone.
 """
