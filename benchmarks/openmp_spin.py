@@ -27,10 +27,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from speed import CONCEPTS, SAMPLER, make_registry  # this script's own folder is first on sys.path
+from speed import CONCEPTS, SAMPLER, cd_concepts  # this script's own folder is first on sys.path
 
 from conceptlib import batched, expr
-from conceptlib.concepts import load_concept
 from conceptlib.energy import Term, compose
 from conceptlib.plugins import PluginManager
 from conceptlib.sampling import LangevinConfig, langevin
@@ -85,8 +84,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     }
     plugins = PluginManager(None)
     with tempfile.TemporaryDirectory() as tmp:
-        registry = make_registry(Path(tmp) / "registry.db", plugins)
-        concepts = [load_concept(registry, plugins, registry.resolve(f"cd_{i}", None), device) for i in range(5)]
+        _, concepts = cd_concepts(Path(tmp) / "registry.db", plugins, device)
         for batch in args.batches:
             for k in args.concepts:
                 node = expr.parse(" & ".join(f"{c.version.concept}={v}" for c, (_, v) in zip(concepts, CONCEPTS[:k])))

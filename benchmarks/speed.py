@@ -112,6 +112,13 @@ def make_registry(path: Path, plugins: PluginManager, image_size: int = 32) -> R
     return registry
 
 
+def cd_concepts(path: Path, plugins: PluginManager,
+                device: torch.device) -> tuple[Registry, list[LoadedConcept]]:
+    """The benchmark's registry at ``path`` and its five cd concepts, loaded as ``concept compose`` loads them."""
+    registry = make_registry(path, plugins)
+    return registry, [load_concept(registry, plugins, registry.resolve(f"cd_{i}", None), device) for i in range(5)]
+
+
 def plain_copy(concept: LoadedConcept) -> nn.Module:
     """The network as its architecture builds it (contiguous layout), same weights: what a peer is handed.
 
@@ -324,8 +331,7 @@ def serve(library: str, device: torch.device) -> None:
     name = "conceptlib" if library == UNTUNED else library
     with tempfile.TemporaryDirectory() as tmp:
         plugins = PluginManager(None)
-        registry = make_registry(Path(tmp) / "registry.db", plugins)
-        concepts = [load_concept(registry, plugins, registry.resolve(f"cd_{i}", None), device) for i in range(5)]
+        _, concepts = cd_concepts(Path(tmp) / "registry.db", plugins, device)
         chains: dict[tuple[int, int, int], Samplers] = {}
         for line in sys.stdin:
             request = json.loads(line)
@@ -907,8 +913,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     plugins = PluginManager(None)
     wanted = set(args.sections)
     with tempfile.TemporaryDirectory() as tmp:
-        registry = make_registry(Path(tmp) / "registry.db", plugins)
-        concepts = [load_concept(registry, plugins, registry.resolve(f"cd_{i}", None), device) for i in range(5)]
+        registry, concepts = cd_concepts(Path(tmp) / "registry.db", plugins, device)
         if "chain" in wanted:
             data["same_chain"] = same_chain(concepts[:3], device, n=8, steps=args.chain_steps)
             log(f"same chain: {json.dumps(data['same_chain'])}")

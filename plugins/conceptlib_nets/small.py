@@ -158,7 +158,7 @@ class SharedConditionEnergy(nn.Module):
         for i in range(len(pre) - 1, 0, -1):
             g = torch.ops.aten.silu_backward(g, pre[i])
             stride, size = self.strides[i], pre[i - 1].shape[-1]
-            extra = size - ((pre[i].shape[-1] - 1) * stride - 2 + 3)
+            extra = size - ((pre[i].shape[-1] - 1) * stride - 2 + 3)  # 3x3, padding 1: restores the input size
             g = F.conv_transpose2d(g, self.weights[i], stride=stride, padding=1, output_padding=extra)
         g = torch.ops.aten.silu_backward(g, pre[0])
         b, c, height, width = g.shape
