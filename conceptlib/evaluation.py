@@ -29,6 +29,7 @@ from conceptlib.inference import InferenceConfig, infer_each
 from conceptlib.jobs import prior_concept
 from conceptlib.plugins import PluginManager
 from conceptlib.registry import Registry
+from conceptlib.residual import Chain, load_chain
 from conceptlib.sampling import LangevinConfig, initial_images, langevin
 from conceptlib.scores import NO_BOOST, ClassifierBoost, composed_score, draw_branches
 from conceptlib.training import images_to_tensor
@@ -263,8 +264,11 @@ def sample_trial(
     generator: torch.Generator,
     device: torch.device,
     on_batch: Callable[[int], None] | None = None,
+    chain: Chain | None = None,
 ) -> np.ndarray:
-    """Images ``(n, H, W, 3)`` uint8, sample ``i`` drawn from the expression with its own conditions."""
+    """Images ``(n, H, W, 3)`` uint8, sample ``i`` drawn from the expression with its own conditions.
+
+    ``chain``: the residual concepts' chain, when the expression holds any (see :func:`load_chain`)."""
     n = len(next(iter(trial.conditions.values())))
     image_size = int(next(iter(concepts.values())).version.hyperparameters["image_size"])
     batches = []
@@ -280,7 +284,7 @@ def sample_trial(
             scores = composed_score(trial.node, terms, prior, settings.guidance, settings.classifier_guidance,
                                     settings.or_temperature, drawn, settings.annealed.corrector, branches,
                                     settings.prior_guidance, settings.classifier_boost,
-                                    settings.classifier_temperature)
+                                    settings.classifier_temperature, chain)
             x = annealed_sample(scores, count, image_size, settings.annealed, generator, device)
         else:
             plain = compose(trial.node, terms, settings.or_temperature)
@@ -312,13 +316,15 @@ def run_protocols(
         if len(noisy) > 1:
             raise ConceptError(f"protocol {name!r} mixes objectives; use concepts trained with one objective")
         prior = prior_concept(registry, plugins, list(concepts.values()), device) if noisy.pop() else None
+        chain = load_chain(registry, plugins, list(concepts.values()), device)
         params = concepts[protocol.concepts[0]].version.source_params
         rng = np.random.default_rng(seed)
         trial = protocol.make(rng, n, params)
         generator = torch.Generator(device=device).manual_seed(seed)
         started = time.perf_counter()
         images = sample_trial(trial, concepts, prior, settings, generator, device,
-                              on_batch=(lambda done, name=name: on_progress(name, done, n)) if on_progress else None)
+                              on_batch=(lambda done, name=name: on_progress(name, done, n)) if on_progress else None,
+                              chain=chain)
         seconds = time.perf_counter() - started
         predicted = judge.predict(images)
         metrics = protocol.score(predicted, trial.targets)

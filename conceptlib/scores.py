@@ -35,6 +35,8 @@ from conceptlib.energy import Term, compose_noisy
 from conceptlib.errors import ConceptError
 from conceptlib.expr import And, Leaf, Node, Not, Or, Weighted
 from conceptlib.expr import leaves as expression_leaves
+from conceptlib.registry import VersionRef
+from conceptlib.residual import Chain, build_chain, is_residual
 
 CLASSIFIER_SIGMA = 0.005
 """The noise level a classifier is asked at when it reads a denoised estimate: the sampler's lowest
@@ -128,6 +130,7 @@ def composed_score(
     prior_guidance: float = 1.0,
     classifier_boost: ClassifierBoost = NO_BOOST,
     classifier_temperature: float = 1.0,
+    chain: Chain | None = None,
 ) -> ScoreFn:
     """The score of ``node`` with ``prior`` counted once, whatever kinds of concept the leaves are.
 
@@ -170,10 +173,14 @@ def composed_score(
             f"the MALA corrector needs an energy, and {prior.version.ref} (objective denoiser) gives a score only; "
             "use --corrector ula"
         )
-    anchor = _prior_leaf_condition(node, terms, prior)
+    anchors = _anchor_conditions(node, terms)
+    anchor = anchors.get(prior.version.ref)
     if any(terms[leaf].concept.version.ref == prior.version.ref for leaf in expression_leaves(node)):
         prior_guidance = guidance  # a drawn condition only beside a NOT of the prior's concept: balance it
     reads_estimate = any(_is_classifier(t.concept) for t in terms.values())
+    if chain is None and any(is_residual(t.concept.version) for t in terms.values()):
+        chain = build_chain(list({c.version.ref: c for c in [prior, *(t.concept for t in terms.values())]}.values()))
+    residuals = chain.residuals if chain is not None else ()
 
     def score(x: torch.Tensor, sigma: torch.Tensor) -> tuple[torch.Tensor, None]:
         n = x.shape[0]
@@ -181,6 +188,9 @@ def composed_score(
         ones, zeros = torch.ones(n, device=x.device), torch.zeros(n, device=x.device)
         nulls: dict[object, torch.Tensor] = {}
         estimates: dict[tuple[object, int], torch.Tensor] = {}
+
+        corrections: dict[tuple[str, int], torch.Tensor] = {}
+        contexts: dict[str, torch.Tensor] = {}
 
         def null_of(concept: LoadedConcept) -> torch.Tensor:
             ref = concept.version.ref
@@ -190,24 +200,48 @@ def composed_score(
                         x, torch.zeros(n, concept.version.schema.dim, device=x.device), sigma, zeros)
             return nulls[ref]
 
+        def correction_of(concept: LoadedConcept, condition: torch.Tensor | None) -> torch.Tensor:
+            """A residual's correction at ``condition`` (None: null), read against the chain's context."""
+            name = concept.version.concept
+            key = (name, id(condition))
+            if key not in corrections:
+                c = (condition.expand(n, -1) if condition is not None
+                     else torch.zeros(n, concept.version.schema.dim, device=x.device))
+                with torch.no_grad():
+                    corrections[key] = concept.model.denoise(x, c, sigma, ones if condition is not None else zeros,
+                                                             contexts[name])
+            return corrections[key]
+
         # the prior's estimate a classifier reads: at the drawn condition, the expression's, or null
         x_in = x.detach().requires_grad_(reads_estimate)
         reading = prior_condition if prior_condition is not None else anchor
         with torch.set_grad_enabled(reads_estimate):
-            if reading is None:
-                estimate = prior.model.denoise(
-                    x_in, torch.zeros(n, prior.version.schema.dim, device=x.device), sigma, zeros)
-                nulls[prior.version.ref] = estimate.detach()
+            if chain is not None:
+                read = _chain_reading(chain, anchors, reading, n, x.device)
+                estimated = chain.estimate(x_in, sigma, read)
+                root_estimate, estimate = estimated.root, estimated.total
+                contexts = {name: context.detach() for name, context in estimated.contexts.items()}
+                for member in chain.residuals:
+                    name = member.version.concept
+                    corrections[(name, id(anchors.get(member.version.ref)))] = estimated.corrections[name].detach()
             else:
-                estimate = prior.model.denoise(x_in, reading.expand(n, -1), sigma, ones)
-                estimates[(prior.version.ref, id(reading))] = estimate.detach()
+                root_estimate = estimate = prior.model.denoise(
+                    x_in, reading.expand(n, -1) if reading is not None else
+                    torch.zeros(n, prior.version.schema.dim, device=x.device), sigma, ones if reading is not None
+                    else zeros)
+            if reading is None:
+                nulls[prior.version.ref] = root_estimate.detach()
+            else:
+                estimates[(prior.version.ref, id(reading))] = root_estimate.detach()
         if prior_condition is None:
             base = null_of(prior)
         elif prior_guidance == 1.0:  # the implicit leaf samples p(x | c'): the prior itself, counted once
-            base = estimate.detach()
+            base = root_estimate.detach()
         else:
             null = null_of(prior)
-            base = null + prior_guidance * (estimate.detach() - null)
+            base = null + prior_guidance * (root_estimate.detach() - null)
+        for member in residuals:  # every residual of the chain at null; its leaves add w (R(c) - R(null))
+            base = base + correction_of(member, None)
         classifier_sigma = torch.full((n,), CLASSIFIER_SIGMA, device=x.device)
         weight = classifier_guidance * classifier_boost.factor(sigma)
 
@@ -226,6 +260,12 @@ def composed_score(
                 # a categorical classifier's exp(-nll) is a probability; a continuous one's is a density
                 probability = torch.exp(-nll.detach()) if categorical else None
                 return Part(weight * nll.detach(), grad, probability, weight)
+            if is_residual(term.concept.version):
+                context = contexts[term.concept.version.concept]
+                conditioned = context + correction_of(term.concept, term.condition)
+                null = context + correction_of(term.concept, None)
+                energy = ((x - conditioned).pow(2) - (x - null).pow(2)).flatten(1).sum(1) / (2 * sigma**2)
+                return Part(guidance * energy, -guidance * (conditioned - null) / s2)
             if term.concept.is_denoiser:
                 key = (term.concept.version.ref, id(term.condition))
                 if key not in estimates:
@@ -281,12 +321,26 @@ def _reweigh_classifiers(node: Node, terms: dict[Leaf, Term], factor: float) -> 
     raise TypeError(f"not an expression node: {node!r}")
 
 
-def _prior_leaf_condition(node: Node, terms: dict[Leaf, Term], prior: LoadedConcept) -> torch.Tensor | None:
-    """The condition a classifier's denoised estimate is taken at: the prior concept's, when the expression
-    names it in exactly one leaf of a plain AND; otherwise the null estimate is read."""
+def _anchor_conditions(node: Node, terms: dict[Leaf, Term]) -> dict[VersionRef, torch.Tensor]:
+    """The conditions the estimate is read at: each concept's that the expression names in exactly one leaf of
+    a plain AND (or as the whole expression); a concept named otherwise is read at null."""
     leaves = [node] if isinstance(node, Leaf) else list(node.terms) if isinstance(node, And) else []
-    mine = [leaf for leaf in leaves if isinstance(leaf, Leaf) and terms[leaf].concept.version.ref == prior.version.ref]
-    return terms[mine[0]].condition if len(mine) == 1 else None
+    named: dict[VersionRef, list[torch.Tensor]] = {}
+    for leaf in leaves:
+        if isinstance(leaf, Leaf):
+            named.setdefault(terms[leaf].concept.version.ref, []).append(terms[leaf].condition)
+    return {ref: conditions[0] for ref, conditions in named.items() if len(conditions) == 1}
+
+
+def _chain_reading(chain: Chain, anchors: Mapping[VersionRef, torch.Tensor], root: torch.Tensor | None, n: int,
+                   device: torch.device) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Each chain member at its anchor condition (the root at ``root``: drawn or named), else null."""
+    read = chain.null_conditions(n, device)
+    for member in chain.members:
+        condition = root if member is chain.root else anchors.get(member.version.ref)
+        if condition is not None:
+            read[member.version.concept] = (condition.expand(n, -1), torch.ones(n, device=device))
+    return read
 
 
 def _combine(node: Node, leaf_part: Callable[[Leaf, bool], Part], temperature: float) -> Part:
