@@ -157,6 +157,8 @@ def grade(registry: Registry, plugins: PluginManager, protocol: Protocol, stage:
     predicted = judge.predict(images)
     metrics = SCORE(predicted, asked.targets)
     metrics["looks_real"] = float(np.mean(judge.realism(images)))
+    for check in ("knn", "high_frequency"):  # which of the two realism checks the failures fail
+        metrics[f"looks_real_{check}"] = float(np.mean(judge.realism(images, check)))
     save_grid(images[:64], grids / f"{label}.png", columns=8)
     return {"metrics": metrics, "n": n, "sampling_seconds": round(seconds, 1),
             "versions": {name: str(c.version.ref) for name, c in concepts.items()},

@@ -85,6 +85,56 @@ class Chain:
         return ChainEstimate(total, base, corrections, contexts)
 
 
+class ChainReader:
+    """The chain's estimate at one ``(x, sigma)`` under several assignments of conditions.
+
+    Composition asks the chain with one concept's condition named or left null at a time; a member's output
+    depends only on its own condition and its lineage's, so members whose conditions all agree are computed
+    once. An assignment maps each member's concept name to a condition ``(1 or B, dim)`` or None (null);
+    conditions are compared by identity.
+    """
+
+    def __init__(self, chain: Chain, x: torch.Tensor, sigma: torch.Tensor, differentiable: bool = False) -> None:
+        self.chain, self.x, self.sigma = chain, x, sigma
+        self.differentiable = differentiable
+        """Keep the graph (inference refines a condition by its gradient); sampling needs none."""
+        self._outputs: dict[tuple[object, ...], torch.Tensor] = {}
+        self.evaluations = 0
+
+    def total(self, assignment: Mapping[str, torch.Tensor | None]) -> torch.Tensor:
+        """``root + sum of corrections`` with every member at its assigned condition."""
+        root = self.chain.root.version.concept
+        total = self._output(self.chain.root, assignment, self.x)
+        base = total
+        corrections: dict[str, torch.Tensor] = {}
+        for member in self.chain.residuals:
+            context = base
+            for ref in member.version.lineage:
+                if ref.concept != root:
+                    context = context + corrections[ref.concept]
+            corrections[member.version.concept] = self._output(member, assignment, context)
+            total = total + corrections[member.version.concept]
+        return total
+
+    def _output(self, member: LoadedConcept, assignment: Mapping[str, torch.Tensor | None],
+                context: torch.Tensor) -> torch.Tensor:
+        names = [*(ref.concept for ref in member.version.lineage), member.version.concept]
+        key = (member.version.concept, *(id(assignment.get(name)) for name in names))
+        if key not in self._outputs:
+            n = self.x.shape[0]
+            condition = assignment.get(member.version.concept)
+            if condition is None:
+                c = torch.zeros(n, member.version.schema.dim, device=self.x.device)
+                keep = torch.zeros(n, device=self.x.device)
+            else:
+                c, keep = condition.expand(n, -1), torch.ones(n, device=self.x.device)
+            extra = () if member is self.chain.root else (context,)
+            with torch.set_grad_enabled(self.differentiable and torch.is_grad_enabled()):
+                self._outputs[key] = member.model.denoise(self.x, c, self.sigma, keep, *extra)
+            self.evaluations += 1
+        return self._outputs[key]
+
+
 @dataclass(frozen=True)
 class ChainEstimate:
     total: torch.Tensor

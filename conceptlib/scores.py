@@ -36,7 +36,7 @@ from conceptlib.errors import ConceptError
 from conceptlib.expr import And, Leaf, Node, Not, Or, Weighted
 from conceptlib.expr import leaves as expression_leaves
 from conceptlib.registry import VersionRef
-from conceptlib.residual import Chain, build_chain, is_residual
+from conceptlib.residual import Chain, ChainReader, build_chain, is_residual
 
 CLASSIFIER_SIGMA = 0.005
 """The noise level a classifier is asked at when it reads a denoised estimate: the sampler's lowest
@@ -159,9 +159,19 @@ def composed_score(
     (``benchmarks/quality.py``, 500 samples, boosted guidance 3): T = 2 took shape alone 0.932 -> 0.952 and
     ``position & shape & color`` all three right 0.852 -> 0.902; T = 3 gained nothing over T = 1 (150
     samples). Continuous classifiers ignore it.
+
+    ``chain``: for an expression of residual concepts, the chain they stack on (see :func:`chain_score`; built
+    from the expression's concepts when not given).
     """
     if not classifier_temperature > 0:
         raise ConceptError(f"--classifier-temperature must be positive; got {classifier_temperature}")
+    if chain is None and any(is_residual(t.concept.version) for t in terms.values()):
+        chain = build_chain(list({c.version.ref: c for c in [prior, *(t.concept for t in terms.values())]}.values()))
+    if chain is not None:
+        if corrector == "mala":
+            raise ConceptError("the MALA corrector needs an energy, and residual concepts give a score only; "
+                               "use --corrector ula")
+        return chain_score(node, terms, chain, guidance, or_temperature, prior_condition, branches, prior_guidance)
     if not prior.is_denoiser:
         if classifier_guidance != guidance:
             node = _reweigh_classifiers(node, terms, classifier_guidance / guidance)
@@ -173,14 +183,10 @@ def composed_score(
             f"the MALA corrector needs an energy, and {prior.version.ref} (objective denoiser) gives a score only; "
             "use --corrector ula"
         )
-    anchors = _anchor_conditions(node, terms)
-    anchor = anchors.get(prior.version.ref)
+    anchor = _prior_leaf_condition(node, terms, prior)
     if any(terms[leaf].concept.version.ref == prior.version.ref for leaf in expression_leaves(node)):
         prior_guidance = guidance  # a drawn condition only beside a NOT of the prior's concept: balance it
     reads_estimate = any(_is_classifier(t.concept) for t in terms.values())
-    if chain is None and any(is_residual(t.concept.version) for t in terms.values()):
-        chain = build_chain(list({c.version.ref: c for c in [prior, *(t.concept for t in terms.values())]}.values()))
-    residuals = chain.residuals if chain is not None else ()
 
     def score(x: torch.Tensor, sigma: torch.Tensor) -> tuple[torch.Tensor, None]:
         n = x.shape[0]
@@ -188,9 +194,6 @@ def composed_score(
         ones, zeros = torch.ones(n, device=x.device), torch.zeros(n, device=x.device)
         nulls: dict[object, torch.Tensor] = {}
         estimates: dict[tuple[object, int], torch.Tensor] = {}
-
-        corrections: dict[tuple[str, int], torch.Tensor] = {}
-        contexts: dict[str, torch.Tensor] = {}
 
         def null_of(concept: LoadedConcept) -> torch.Tensor:
             ref = concept.version.ref
@@ -200,48 +203,24 @@ def composed_score(
                         x, torch.zeros(n, concept.version.schema.dim, device=x.device), sigma, zeros)
             return nulls[ref]
 
-        def correction_of(concept: LoadedConcept, condition: torch.Tensor | None) -> torch.Tensor:
-            """A residual's correction at ``condition`` (None: null), read against the chain's context."""
-            name = concept.version.concept
-            key = (name, id(condition))
-            if key not in corrections:
-                c = (condition.expand(n, -1) if condition is not None
-                     else torch.zeros(n, concept.version.schema.dim, device=x.device))
-                with torch.no_grad():
-                    corrections[key] = concept.model.denoise(x, c, sigma, ones if condition is not None else zeros,
-                                                             contexts[name])
-            return corrections[key]
-
         # the prior's estimate a classifier reads: at the drawn condition, the expression's, or null
         x_in = x.detach().requires_grad_(reads_estimate)
         reading = prior_condition if prior_condition is not None else anchor
         with torch.set_grad_enabled(reads_estimate):
-            if chain is not None:
-                read = _chain_reading(chain, anchors, reading, n, x.device)
-                estimated = chain.estimate(x_in, sigma, read)
-                root_estimate, estimate = estimated.root, estimated.total
-                contexts = {name: context.detach() for name, context in estimated.contexts.items()}
-                for member in chain.residuals:
-                    name = member.version.concept
-                    corrections[(name, id(anchors.get(member.version.ref)))] = estimated.corrections[name].detach()
-            else:
-                root_estimate = estimate = prior.model.denoise(
-                    x_in, reading.expand(n, -1) if reading is not None else
-                    torch.zeros(n, prior.version.schema.dim, device=x.device), sigma, ones if reading is not None
-                    else zeros)
             if reading is None:
-                nulls[prior.version.ref] = root_estimate.detach()
+                estimate = prior.model.denoise(
+                    x_in, torch.zeros(n, prior.version.schema.dim, device=x.device), sigma, zeros)
+                nulls[prior.version.ref] = estimate.detach()
             else:
-                estimates[(prior.version.ref, id(reading))] = root_estimate.detach()
+                estimate = prior.model.denoise(x_in, reading.expand(n, -1), sigma, ones)
+                estimates[(prior.version.ref, id(reading))] = estimate.detach()
         if prior_condition is None:
             base = null_of(prior)
         elif prior_guidance == 1.0:  # the implicit leaf samples p(x | c'): the prior itself, counted once
-            base = root_estimate.detach()
+            base = estimate.detach()
         else:
             null = null_of(prior)
-            base = null + prior_guidance * (root_estimate.detach() - null)
-        for member in residuals:  # every residual of the chain at null; its leaves add w (R(c) - R(null))
-            base = base + correction_of(member, None)
+            base = null + prior_guidance * (estimate.detach() - null)
         classifier_sigma = torch.full((n,), CLASSIFIER_SIGMA, device=x.device)
         weight = classifier_guidance * classifier_boost.factor(sigma)
 
@@ -260,12 +239,6 @@ def composed_score(
                 # a categorical classifier's exp(-nll) is a probability; a continuous one's is a density
                 probability = torch.exp(-nll.detach()) if categorical else None
                 return Part(weight * nll.detach(), grad, probability, weight)
-            if is_residual(term.concept.version):
-                context = contexts[term.concept.version.concept]
-                conditioned = context + correction_of(term.concept, term.condition)
-                null = context + correction_of(term.concept, None)
-                energy = ((x - conditioned).pow(2) - (x - null).pow(2)).flatten(1).sum(1) / (2 * sigma**2)
-                return Part(guidance * energy, -guidance * (conditioned - null) / s2)
             if term.concept.is_denoiser:
                 key = (term.concept.version.ref, id(term.condition))
                 if key not in estimates:
@@ -286,6 +259,83 @@ def composed_score(
             return (base - x) / s2 - grads[branches, torch.arange(n, device=x.device)], None
         combined = _combine(node, leaf_part, or_temperature)
         return (base - x) / s2 - combined.grad, None
+
+    return score
+
+
+def chain_score(
+    node: Node,
+    terms: Mapping[Leaf, Term],
+    chain: Chain,
+    guidance: float = 1.0,
+    or_temperature: float = 1.0,
+    prior_condition: torch.Tensor | None = None,
+    branches: torch.Tensor | None = None,
+    prior_guidance: float = 1.0,
+) -> ScoreFn:
+    """The score of an expression over one chain of residual concepts, every factor read through the whole chain.
+
+    Each stage of a chain was trained on its own data with the earlier stages inside its loss, so only the
+    estimate at the chain's end knows the full data: the frozen root alone, asked what naming a position
+    changes, answers for the only data it saw (magenta squares), and guidance on that difference painted
+    every object magenta. So every leaf is the difference it makes to the chain's estimate ``T``: with ``A``
+    the conditions the expression names once in a plain AND (the root at its drawn condition when the
+    expression does not name it), a leaf of ``A`` contributes ``T(A) - T(A without it)``, any other leaf
+    (under NOT, in an OR, named twice) ``T(A with it) - T(A)``. AND sums them, NOT negates, weights and
+    ``guidance`` scale, OR mixes by ``softmax(-E / T)`` of their denoising energies (or follows ``branches``,
+    see :func:`draw_branches`), on top of the base ``T(A)`` less the leaves of ``A``: a plain AND at guidance
+    1 is exactly ``T(A)``, the chain's own conditional estimate, and guidance ``w`` adds ``w - 1`` times each
+    leaf's difference given the others. ``prior_guidance`` guides the drawn root condition the same way.
+    """
+    members = {m.version.ref for m in chain.members}
+    for term in terms.values():
+        if term.concept.version.ref not in members:
+            raise ConceptError(f"{term.concept.version.ref} is not in the chain of residual concepts this expression "
+                               f"composes ({', '.join(str(r) for r in members)}); compose residual concepts only "
+                               "with the concepts they were trained with")
+    anchors = _anchor_conditions(node, terms)
+    root = chain.root.version.concept
+    assignment: dict[str, torch.Tensor | None] = {m.version.concept: anchors.get(m.version.ref) for m in chain.members}
+    drawn = prior_condition is not None and assignment[root] is None
+    if drawn:
+        assignment[root] = prior_condition
+    anchored = [leaf for leaf in expression_leaves(node)
+                if anchors.get(terms[leaf].concept.version.ref) is terms[leaf].condition]
+    plain = isinstance(node, Leaf) or (isinstance(node, And) and all(isinstance(t, Leaf) for t in node.terms))
+    exact = plain and guidance == 1.0 and (not drawn or prior_guidance == 1.0) and len(anchored) == len(
+        expression_leaves(node))
+
+    def score(x: torch.Tensor, sigma: torch.Tensor) -> tuple[torch.Tensor, None]:
+        reader = ChainReader(chain, x, sigma)
+        s2 = sigma[:, None, None, None] ** 2
+        joint = reader.total(assignment)
+        if exact:  # a plain AND at guidance 1: the chain's conditional estimate itself
+            return (joint - x) / s2, None
+
+        def difference(leaf: Leaf) -> tuple[torch.Tensor, torch.Tensor]:
+            """The chain's estimate with and without ``leaf``."""
+            name = terms[leaf].concept.version.concept
+            if leaf in anchored:
+                return joint, reader.total({**assignment, name: None})
+            return reader.total({**assignment, name: terms[leaf].condition}), joint
+
+        def leaf_part(leaf: Leaf, negated: bool = False) -> Part:
+            named, unnamed = difference(leaf)
+            energy = ((x - named).pow(2) - (x - unnamed).pow(2)).flatten(1).sum(1) / (2 * sigma**2)
+            part = Part(guidance * energy, -guidance * (named - unnamed) / s2)
+            return _negate(part) if negated else part
+
+        base = joint
+        for leaf in anchored:
+            named, unnamed = difference(leaf)
+            base = base - (named - unnamed)
+        if drawn and prior_guidance != 1.0:
+            base = base + (prior_guidance - 1.0) * (joint - reader.total({**assignment, root: None}))
+        n = x.shape[0]
+        if branches is not None and isinstance(node, Or):
+            grads = torch.stack([_combine(t, leaf_part, or_temperature).grad for t in node.terms])
+            return (base - x) / s2 - grads[branches, torch.arange(n, device=x.device)], None
+        return (base - x) / s2 - _combine(node, leaf_part, or_temperature).grad, None
 
     return score
 
@@ -321,9 +371,9 @@ def _reweigh_classifiers(node: Node, terms: dict[Leaf, Term], factor: float) -> 
     raise TypeError(f"not an expression node: {node!r}")
 
 
-def _anchor_conditions(node: Node, terms: dict[Leaf, Term]) -> dict[VersionRef, torch.Tensor]:
-    """The conditions the estimate is read at: each concept's that the expression names in exactly one leaf of
-    a plain AND (or as the whole expression); a concept named otherwise is read at null."""
+def _anchor_conditions(node: Node, terms: Mapping[Leaf, Term]) -> dict[VersionRef, torch.Tensor]:
+    """Each concept's condition where the expression names it in exactly one leaf of a plain AND (or is that
+    leaf): what a chain of residual concepts is read at."""
     leaves = [node] if isinstance(node, Leaf) else list(node.terms) if isinstance(node, And) else []
     named: dict[VersionRef, list[torch.Tensor]] = {}
     for leaf in leaves:
@@ -332,15 +382,12 @@ def _anchor_conditions(node: Node, terms: dict[Leaf, Term]) -> dict[VersionRef, 
     return {ref: conditions[0] for ref, conditions in named.items() if len(conditions) == 1}
 
 
-def _chain_reading(chain: Chain, anchors: Mapping[VersionRef, torch.Tensor], root: torch.Tensor | None, n: int,
-                   device: torch.device) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """Each chain member at its anchor condition (the root at ``root``: drawn or named), else null."""
-    read = chain.null_conditions(n, device)
-    for member in chain.members:
-        condition = root if member is chain.root else anchors.get(member.version.ref)
-        if condition is not None:
-            read[member.version.concept] = (condition.expand(n, -1), torch.ones(n, device=device))
-    return read
+def _prior_leaf_condition(node: Node, terms: dict[Leaf, Term], prior: LoadedConcept) -> torch.Tensor | None:
+    """The condition a classifier's denoised estimate is taken at: the prior concept's, when the expression
+    names it in exactly one leaf of a plain AND; otherwise the null estimate is read."""
+    leaves = [node] if isinstance(node, Leaf) else list(node.terms) if isinstance(node, And) else []
+    mine = [leaf for leaf in leaves if isinstance(leaf, Leaf) and terms[leaf].concept.version.ref == prior.version.ref]
+    return terms[mine[0]].condition if len(mine) == 1 else None
 
 
 def _combine(node: Node, leaf_part: Callable[[Leaf, bool], Part], temperature: float) -> Part:

@@ -11,10 +11,11 @@ import torch
 from conceptlib.concepts import LoadedConcept
 from conceptlib.energy import Term
 from conceptlib.errors import ConceptError, TrainingError
-from conceptlib.expr import And, Leaf
+from conceptlib.expr import And, Leaf, Not
+from conceptlib.inference import InferenceConfig, infer
 from conceptlib.plugins import PluginManager
 from conceptlib.registry import VersionInfo, VersionRef
-from conceptlib.residual import Chain, build_chain
+from conceptlib.residual import Chain, ChainReader, build_chain
 from conceptlib.scores import composed_score
 from conceptlib.training import TrainConfig, train_concept
 from tests.conftest import TINY_SAMPLING, TINY_SOURCE, assert_one_line_error
@@ -140,6 +141,73 @@ def test_a_plain_and_at_guidance_one_follows_the_chain_at_the_named_conditions(p
     assert torch.allclose(got, expected, rtol=1e-4, atol=1e-3)
 
 
+def test_guidance_adds_each_leafs_difference_to_the_chain_given_the_others(plugins, dataset):
+    """w (T(A) - T(A without i)) per leaf on top of T(A) less them: T(A) + (w - 1) sum_i (T(A) - T(A \\ i))."""
+    position = concept(plugins, dataset, "position", "denoiser")
+    shape = concept(plugins, dataset, "shape", "residual", lineage=(VersionRef("position", 1),))
+    chain = build_chain([position, shape])
+    leaves = (Leaf("position", 0.0), Leaf("shape", 0.0))
+    p, s = torch.tensor([[0.3, 0.6]]), torch.tensor([[0.0, 1.0, 0.0]])
+    terms = {leaves[0]: Term(position, p), leaves[1]: Term(shape, s)}
+    x, sigma = torch.rand(2, 3, 16, 16), torch.full((2,), 0.3)
+    got, _ = composed_score(And(leaves), terms, position, guidance=2.0, chain=chain)(x, sigma)
+    reader = ChainReader(chain, x, sigma)
+    joint = reader.total({"position": p, "shape": s})
+    without = [reader.total({"position": None, "shape": s}), reader.total({"position": p, "shape": None})]
+    expected = joint + sum(joint - other for other in without)
+    assert torch.allclose(got, (expected - x) / sigma[:, None, None, None] ** 2, rtol=1e-4, atol=1e-3)
+
+
+def test_a_negated_residual_leaf_pushes_away_from_what_naming_it_adds(plugins, dataset):
+    position = concept(plugins, dataset, "position", "denoiser")
+    shape = concept(plugins, dataset, "shape", "residual", lineage=(VersionRef("position", 1),))
+    chain = build_chain([position, shape])
+    pos, shp = Leaf("position", 0.0), Leaf("shape", 0.0)
+    p, s = torch.tensor([[0.3, 0.6]]), torch.tensor([[1.0, 0.0, 0.0]])
+    terms = {pos: Term(position, p), shp: Term(shape, s)}
+    x, sigma = torch.rand(2, 3, 16, 16), torch.full((2,), 0.3)
+    got, _ = composed_score(And((pos, Not(shp))), terms, position, chain=chain)(x, sigma)
+    reader = ChainReader(chain, x, sigma)
+    unnamed = reader.total({"position": p, "shape": None})
+    expected = unnamed - (reader.total({"position": p, "shape": s}) - unnamed)
+    assert torch.allclose(got, (expected - x) / sigma[:, None, None, None] ** 2, rtol=1e-4, atol=1e-3)
+
+
+def test_an_expression_without_the_root_reads_the_chain_at_the_drawn_root_condition(plugins, dataset):
+    position = concept(plugins, dataset, "position", "denoiser")
+    shape = concept(plugins, dataset, "shape", "residual", lineage=(VersionRef("position", 1),))
+    chain = build_chain([position, shape])
+    leaf = Leaf("shape", 0.0)
+    s, drawn = torch.tensor([[0.0, 0.0, 1.0]]), torch.tensor([[0.7, 0.2], [0.4, 0.4]])
+    x, sigma = torch.rand(2, 3, 16, 16), torch.full((2,), 0.3)
+    got, _ = composed_score(leaf, {leaf: Term(shape, s)}, position, prior_condition=drawn, chain=chain)(x, sigma)
+    expected = ChainReader(chain, x, sigma).total({"position": drawn, "shape": s})
+    assert torch.allclose(got, (expected - x) / sigma[:, None, None, None] ** 2, rtol=1e-4, atol=1e-3)
+
+
+def test_a_residual_composes_only_with_its_chain_and_never_with_mala(plugins, dataset):
+    position = concept(plugins, dataset, "position", "denoiser")
+    shape = concept(plugins, dataset, "shape", "residual", lineage=(VersionRef("position", 1),))
+    leaf = Leaf("shape", 0.0)
+    with pytest.raises(ConceptError, match="MALA"):
+        composed_score(leaf, {leaf: Term(shape, torch.eye(3)[:1])}, position, corrector="mala")
+    orphan = replace(shape, version=replace(shape.version, lineage=(VersionRef("position", 2),)))
+    with pytest.raises(ConceptError, match="trained with position@2 frozen"):
+        composed_score(leaf, {leaf: Term(orphan, torch.eye(3)[:1])}, position)
+
+
+def test_a_continuous_residual_is_inferred_through_its_chain_and_refined_by_gradient(plugins, dataset):
+    position = concept(plugins, dataset, "position", "denoiser")
+    size = concept(plugins, dataset, "size", "residual", lineage=(VersionRef("position", 1),))
+    chain = build_chain([position, size])
+    images = torch.rand(2, 3, 16, 16)
+    config = InferenceConfig(grid=3, refine_steps=2, sigmas=(0.1,), draws=1)
+    found = infer(size, images, config, chain=chain)
+    low, high = size.trained_range()
+    assert isinstance(found.value, tuple) and low[0] <= found.value[0] <= high[0]
+    assert found.energy <= found.candidates[0][1]
+
+
 # ------------------------------------------------------------------ CLI
 TINY = ["--arch-config", "channels=[8,8,8]", "--arch-config", "embed=16", "--arch-config", "refine=4",
         "--iterations", "3", "--batch-size", "8", "--device", "cpu"]
@@ -154,9 +222,12 @@ def test_add_with_frozen_trains_a_residual_and_records_the_whole_lineage(run, tm
     assert shown["hyperparameters"]["objective"] == "residual" and shown["architecture"] == "residual"
     assert shown["lineage"] == ["position@1", "shape@1"]  # shape's own frozen concept came along
     composed = run("compose", "position=(0.4,0.6) & shape=circle & color=green", "-n", "2", *TINY_SAMPLING,
-                   "-o", str(tmp_path / "grid.png"))
+                   "-o", str(tmp_path / "grid.png"), "--out-dir", str(tmp_path / "samples"))
     assert composed.exit_code == 0, composed.output
     assert (tmp_path / "grid.png").stat().st_size > 0
+    inferred = run("infer", "shape", str(tmp_path / "samples" / "sample_00000.png"), "--json", "--device", "cpu")
+    assert inferred.exit_code == 0, inferred.output
+    assert json.loads(inferred.output)[0]["value"] in ("circle", "square", "triangle")
 
 
 @pytest.mark.parametrize(("extra", "fragments"), [

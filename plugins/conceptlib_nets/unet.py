@@ -80,13 +80,20 @@ class DenoisingEnergyNet(nn.Module):
         self.image_size = image_size
         self.sigma_data = float(config["sigma_data"])
         self.bump_sigma = float(config["bump_sigma"])
-        self.spatial = schema.kind == "continuous" and getattr(schema, "spatial", False) and schema.dim == 2
+        # a spatial condition's first two axes are a point on the image plane, drawn as a bump map
+        self.spatial = schema.kind == "continuous" and getattr(schema, "spatial", False) and schema.dim >= 2
         self.context = int(config.get("context", 0))
         """Channels of a context image read beside ``x``: a residual concept reads the frozen composition's
         denoised estimate, so it sees where and what the frozen concepts draw even at high noise."""
         self.residual = bool(config.get("residual", False))
-        """Output only ``c_out * F`` (no skip term), starting at zero: the correction a residual concept adds
-        to the frozen composition's estimate (objective residual)."""
+        """Output only a correction ``c * F`` (no skip term), starting at zero: what a residual concept adds to
+        the frozen composition's estimate (objective residual)."""
+        self.residual_skip = bool(config.get("residual_skip", False))
+        self.residual_blend = bool(config.get("residual_blend", False))
+        self.residual_floor = float(config.get("residual_floor", 0.0))
+        """The least output scale of a residual: ``c = sqrt(c_out^2 + floor^2)``. Frozen concepts asked about
+        data they never saw err by ~0.03 RMS even at the lowest noise (a magenta-only prior on a green circle),
+        where ``c_out`` is 0.005: without a floor the correction would need outputs of 40."""
         self.register_buffer("frequencies", torch.randn(embed // 2, generator=torch.Generator().manual_seed(0)) * 4)
         self.noise_embed = nn.Sequential(nn.Linear(embed, embed), nn.SiLU(), nn.Linear(embed, embed))
         self.condition_embed = nn.Sequential(nn.Linear(schema.dim, embed), nn.SiLU(), nn.Linear(embed, embed))
@@ -98,7 +105,7 @@ class DenoisingEnergyNet(nn.Module):
         self.up1 = FiLMConv(c2 + c1, c1, embed)
         self.up0 = FiLMConv(c1 + c0, c0, embed)
         self.head = nn.Conv2d(c0, 3 * self.patch**2, 3, padding=1)
-        if self.residual:  # a new residual leaves the frozen composition as it is
+        if self.residual and not self.residual_skip:  # a new residual starts from the frozen composition
             nn.init.zeros_(self.head.weight)
             nn.init.zeros_(self.head.bias)
         refine = int(config.get("refine", 0))
@@ -154,8 +161,12 @@ class DenoisingEnergyNet(nn.Module):
         out = F.pixel_shuffle(self.head(h), self.patch)
         if self.refine is not None:
             out = out + self.refine[1](self.refine[0](torch.cat([out, pixels], dim=1), e))
+        if self.residual and self.residual_blend:  # EDM's skip, toward x from the frozen estimate instead of 0.5
+            return c_skip * (x - context) + c_out * out
+        if self.residual and self.residual_skip:
+            return 0.5 + c_skip * (x - 0.5) + c_out * out - context
         if self.residual:
-            return c_out * out
+            return (c_out**2 + self.residual_floor**2).sqrt() * out
         return 0.5 + c_skip * (x - 0.5) + c_out * out
 
     def forward(
