@@ -305,8 +305,12 @@ def chain_score(
     exact = plain and guidance == 1.0 and (not drawn or prior_guidance == 1.0) and len(anchored) == len(
         expression_leaves(node))
 
+    templates: list[ChainReader] = []  # what the chain draws from nothing: the same at every step
+
     def score(x: torch.Tensor, sigma: torch.Tensor) -> tuple[torch.Tensor, None]:
-        reader = ChainReader(chain, x, sigma)
+        if not templates or templates[0].x.shape != x.shape:
+            templates[:] = [ChainReader.template_reader(chain, x)]
+        reader = ChainReader.at(chain, x, sigma, templates=templates[0])
         s2 = sigma[:, None, None, None] ** 2
         joint = reader.total(assignment)
         if exact:  # a plain AND at guidance 1: the chain's conditional estimate itself
