@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from conceptlib.architectures import Architecture
 from conceptlib.hookspecs import hookimpl
 from conceptlib.schema import ConditionSchema
-from conceptlib_nets.configs import check_classifier, check_paper, check_small, check_unet
+from conceptlib_nets.configs import check_classifier, check_paper, check_residual, check_small, check_unet
 
 if TYPE_CHECKING:
     from conceptlib_nets.paper import PaperEnergyNet
@@ -41,6 +41,16 @@ def build_unet(schema: ConditionSchema, image_size: int, config: Mapping[str, An
 
     # A stored config without "refine" predates it: those weights have no refinement layers.
     return DenoisingEnergyNet(schema, image_size, {**UNET_CONFIG, "refine": 0, **config})
+
+
+RESIDUAL_CONFIG: dict[str, Any] = {**UNET_CONFIG, "context": 6, "residual": True}
+"""The U-Net as a residual concept: it reads the frozen concepts' estimate and template beside the image."""
+
+
+def build_residual(schema: ConditionSchema, image_size: int, config: Mapping[str, Any]):
+    from conceptlib_nets.unet import DenoisingEnergyNet
+
+    return DenoisingEnergyNet(schema, image_size, {**RESIDUAL_CONFIG, **config})
 
 
 PAPER64_CONFIG: dict[str, Any] = {
@@ -78,6 +88,13 @@ def conceptlib_architectures() -> list[Architecture]:
             default_config=UNET_CONFIG,
             check_config=check_unet,
             description="noise-conditioned U-Net denoiser as an energy, null condition (objectives denoiser, dsm)",
+        ),
+        Architecture(
+            name="residual",
+            build=build_residual,
+            default_config=RESIDUAL_CONFIG,
+            check_config=check_residual,
+            description="U-Net correction to frozen denoisers, reading their estimate (objective residual)",
         ),
         Architecture(
             name="classifier",

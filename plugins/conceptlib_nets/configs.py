@@ -55,6 +55,13 @@ def check_unet(config: Mapping[str, Any]) -> None:
     _number(config, "sigma_data", 1e-6, 100.0)
 
 
+def check_residual(config: Mapping[str, Any]) -> None:
+    check_unet(config)
+    _integer({"context": 0, **config}, "context", 0, 64)
+    if not isinstance(config.get("residual", False), bool):
+        raise ValueError(f"residual must be true or false; got {str(config.get('residual'))[:40]}")
+
+
 def check_classifier(config: Mapping[str, Any]) -> None:
     _channels(config, range(1, MAX_STAGES + 1))
     _integer(config, "embed", 2, MAX_WIDTH)
