@@ -59,6 +59,6 @@ class Architecture:
                 raise untrusted.Malformed(f"{size} bytes of JSON, more than {MAX_CONFIG_BYTES}")
             if self.check_config is not None:
                 self.check_config({**self.default_config, **config})  # as build() sees it
-        except (ValueError, TypeError) as exc:
-            shown = (str(exc).splitlines() or [""])[0][:200]
+        except Exception as exc:  # a plugin's check is plugin code: whatever it raises is one line
+            shown = (str(exc).splitlines() or [""])[0][:200] or type(exc).__name__
             raise ConceptError(f"architecture {self.name!r} does not take this config: {shown}") from None
