@@ -342,6 +342,7 @@ def compose_images(
     prior_guidance: float = 1.0,
     classifier_boost: ClassifierBoost = NO_BOOST,
     classifier_temperature: float = 1.0,
+    residual_guidance: float = 1.0,
 ) -> Composition:
     """Sample ``n`` images from the composed energy of ``expression``.
 
@@ -390,6 +391,7 @@ def compose_images(
         settings = {**annealed.to_json(), "guidance": guidance, "classifier_guidance": classifier_guidance,
                     "prior_guidance": prior_guidance, **classifier_boost.to_json(),
                     "classifier_temperature": classifier_temperature,
+                    **({"residual_guidance": residual_guidance} if chain is not None else {}),
                     "prior": str(prior.version.ref),
                     "prior_condition": "drawn per sample" if latent else "from the expression or null"}
 
@@ -398,7 +400,7 @@ def compose_images(
             branches = draw_branches(node, prior, count, generator, device)
             scores = composed_score(node, terms, prior, guidance, classifier_guidance, or_temperature, drawn,
                                     annealed.corrector, branches, prior_guidance, classifier_boost,
-                                    classifier_temperature, chain)
+                                    classifier_temperature, chain, residual_guidance)
             return annealed_sample(scores, count, image_size, annealed, generator, device, on_step=step)
     else:
         sampler = sampler or LangevinConfig()

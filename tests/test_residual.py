@@ -177,7 +177,7 @@ def test_guidance_adds_each_leafs_difference_to_the_chain_given_the_others(plugi
     p, s = torch.tensor([[0.3, 0.6]]), torch.tensor([[0.0, 1.0, 0.0]])
     terms = {leaves[0]: Term(position, p), leaves[1]: Term(shape, s)}
     x, sigma = torch.rand(2, 3, 16, 16), torch.full((2,), 0.3)
-    got, _ = composed_score(And(leaves), terms, position, guidance=2.0, chain=chain)(x, sigma)
+    got, _ = composed_score(And(leaves), terms, position, chain=chain, residual_guidance=2.0)(x, sigma)
     reader = ChainReader.at(chain, x, sigma)
     joint = reader.total({"position": p, "shape": s})
     without = [reader.total({"position": None, "shape": s}), reader.total({"position": p, "shape": None})]
