@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -71,6 +72,17 @@ class ConceptGroup(click.Group):
             error_line(f"out of memory ({str(exc).splitlines()[0][:200]}); lower -n or --batch-size")
             sys.exit(2)
         sys.exit(code if isinstance(code, int) else 0)
+
+
+class FiniteRange(click.FloatRange):
+    """``click.FloatRange`` that also refuses NaN and infinities, which pass its comparisons (``nan <= 0`` is
+    false) and would reach the sampler or the optimiser as a NaN image or a diverged run."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
+        return number
 
 
 def parse_pairs(pairs: Sequence[str], option: str) -> dict[str, Any]:
@@ -151,15 +163,15 @@ DEFAULT_SCHEDULE = {"denoiser": "cosine", "residual": "cosine"}
               help="[default: 5500 denoiser, 4000 residual, 1800 dsm, 1500 classifier, 300 cd]")
 @click.option("--batch-size", type=click.IntRange(1, MAX_BATCH_SIZE),
               help="[default: 24 denoiser and residual, 48 dsm, 64 classifier, 64 cd]")
-@click.option("--lr", default=1e-3, show_default=True, type=click.FloatRange(0, min_open=True))
-@click.option("--condition-dropout", default=0.2, show_default=True, type=click.FloatRange(0, 1, max_open=True),
+@click.option("--lr", default=1e-3, show_default=True, type=FiniteRange(0, min_open=True))
+@click.option("--condition-dropout", default=0.2, show_default=True, type=FiniteRange(0, 1, max_open=True),
               help="denoiser, residual, dsm: fraction of samples trained with the null condition.")
-@click.option("--l2", default=1.0, show_default=True, type=click.FloatRange(0), help="cd: energy regulariser (eq. 2).")
+@click.option("--l2", default=1.0, show_default=True, type=FiniteRange(0), help="cd: energy regulariser (eq. 2).")
 @click.option("--steps", default=20, show_default=True, type=click.IntRange(1),
               help="cd: Langevin steps per update.")
-@click.option("--step-size", default=100.0, show_default=True, type=click.FloatRange(0, min_open=True),
+@click.option("--step-size", default=100.0, show_default=True, type=FiniteRange(0, min_open=True),
               help="cd: Langevin step size.")
-@click.option("--noise", default=0.005, show_default=True, type=click.FloatRange(0), help="cd: Langevin noise.")
+@click.option("--noise", default=0.005, show_default=True, type=FiniteRange(0), help="cd: Langevin noise.")
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(0, MAX_SEED))
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N].")
 @click.option("--description", default="", help="What this concept means (stored on first add).")
@@ -231,28 +243,28 @@ def annealed_options(command: Any) -> Any:
                      help="denoiser, dsm: Langevin corrector per level (mala: Metropolis accept; dsm only)."),
         click.option("--corrector-steps", default=4, show_default=True, type=click.IntRange(0),
                      help="denoiser, dsm: Langevin corrector steps per level."),
-        click.option("--corrector-step", default=0.3, show_default=True, type=click.FloatRange(0, min_open=True),
+        click.option("--corrector-step", default=0.3, show_default=True, type=FiniteRange(0, min_open=True),
                      help="denoiser, dsm: corrector step as a fraction of sigma^2."),
-        click.option("--eta", default=1.0, show_default=True, type=click.FloatRange(0, 1),
+        click.option("--eta", default=1.0, show_default=True, type=FiniteRange(0, 1),
                      help="denoiser, dsm: fresh noise per step down (1 Euler-ancestral, 0 deterministic)."),
-        click.option("--guidance", default=1.5, show_default=True, type=click.FloatRange(0, min_open=True),
+        click.option("--guidance", default=1.5, show_default=True, type=FiniteRange(0, min_open=True),
                      help="denoiser, dsm: scale of every concept's E(x|c) - E(x|null) (1 = plain product)."),
         click.option("--classifier-guidance", default=3.0, show_default=True,
-                     type=click.FloatRange(0, min_open=True),
+                     type=FiniteRange(0, min_open=True),
                      help="classifier concepts: scale of their -log p(c|x) (1 = plain product)."),
         click.option("--classifier-boost-below", default=0.3, show_default=True,
-                     type=click.FloatRange(0, min_open=True),
+                     type=FiniteRange(0, min_open=True),
                      help="denoiser prior: noise level below which classifier guidance grows as 1/sigma."),
-        click.option("--classifier-boost-max", default=8.0, show_default=True, type=click.FloatRange(1),
+        click.option("--classifier-boost-max", default=8.0, show_default=True, type=FiniteRange(1),
                      help="denoiser prior: the largest factor of that growth (1 = constant guidance)."),
         click.option("--classifier-temperature", default=2.0, show_default=True,
-                     type=click.FloatRange(0, min_open=True),
+                     type=FiniteRange(0, min_open=True),
                      help="denoiser prior: softmax temperature categorical classifier concepts are read at "
                           "(1 = as trained; warmer keeps pulling once they are sure)."),
-        click.option("--prior-guidance", default=1.0, show_default=True, type=click.FloatRange(0, min_open=True),
+        click.option("--prior-guidance", default=1.0, show_default=True, type=FiniteRange(0, min_open=True),
                      help="denoiser prior: guidance of its condition drawn per sample when the expression does "
                           "not name it (1 = sample p(x) exactly)."),
-        click.option("--residual-guidance", default=1.0, show_default=True, type=click.FloatRange(0, min_open=True),
+        click.option("--residual-guidance", default=1.0, show_default=True, type=FiniteRange(0, min_open=True),
                      help="residual concepts: scale of each leaf's difference to their chain's estimate (1 = the "
                           "chain's own conditional estimate)."),
     ]
@@ -285,12 +297,12 @@ def annealed_options(command: Any) -> Any:
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(0, MAX_SEED))
 @annealed_options
 @click.option("--steps", default=40, show_default=True, type=click.IntRange(1), help="cd: Langevin steps.")
-@click.option("--step-size", default=100.0, show_default=True, type=click.FloatRange(0, min_open=True),
+@click.option("--step-size", default=100.0, show_default=True, type=FiniteRange(0, min_open=True),
               help="cd: Langevin step size.")
-@click.option("--noise", default=0.005, show_default=True, type=click.FloatRange(0), help="cd: Langevin noise.")
+@click.option("--noise", default=0.005, show_default=True, type=FiniteRange(0), help="cd: Langevin noise.")
 @click.option("--init", default="noise", show_default=True, type=click.Choice(["noise", "gray"]),
               help="cd: chain start.")
-@click.option("--temperature", default=1.0, show_default=True, type=click.FloatRange(0, min_open=True),
+@click.option("--temperature", default=1.0, show_default=True, type=FiniteRange(0, min_open=True),
               help="Temperature of OR (-T logsumexp(-E/T)).")
 @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(1, MAX_BATCH_SIZE))
 @click.option("--device", default="auto", show_default=True)

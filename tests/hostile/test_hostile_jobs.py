@@ -20,7 +20,11 @@ import pytest
 import torch
 
 from conceptlib import jobs
+from conceptlib.cli import FiniteRange
+from conceptlib.errors import ConceptError
+from conceptlib.expr import Leaf
 from conceptlib.plugins import PluginManager
+from conceptlib.scores import composed_score
 from conceptlib_scenes.source import ScenesSource
 from tests.conftest import TINY_SAMPLING, assert_one_line_error
 from tests.hostile import corpus
@@ -98,6 +102,36 @@ def test_a_request_beyond_the_bounds_is_refused_before_sampling(run, trained, tm
     result = run(*COMPOSE, "--out-dir", str(tmp_path / "out"), *arguments)
     assert_one_line_error(result, fragment)
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "1e400", "0", "-1"])
+@pytest.mark.parametrize("option", ["--residual-guidance", "--guidance", "--prior-guidance"])
+def test_a_guidance_that_is_not_a_finite_positive_number_is_refused_before_sampling(run, trained, tmp_path,
+                                                                                    monkeypatch, option, value):
+    monkeypatch.setattr(jobs, "langevin", reached)
+    monkeypatch.setattr(jobs, "annealed_sample", reached)
+    result = run(*COMPOSE, "--out-dir", str(tmp_path / "out"), option, value)
+    assert_one_line_error(result, option)
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_library_refuses_a_residual_guidance_that_is_not_a_finite_positive_number():
+    for value in (float("nan"), float("inf"), 0.0, -2.0):
+        with pytest.raises(ConceptError, match="--residual-guidance must be a finite number above 0"):
+            composed_score(Leaf("color", "red"), {}, None, residual_guidance=value)  # refused before anything is read
+
+
+@pytest.mark.parametrize("value", ["nan", "inf"])
+@pytest.mark.parametrize("option", ["--lr", "--step-size", "--condition-dropout"])
+def test_a_training_number_that_is_not_finite_is_refused_before_training(run, registry_path, monkeypatch, option,
+                                                                         value):
+    monkeypatch.setattr(ScenesSource, "load", reached)
+    assert_one_line_error(run("add", "shape", *TINY_CD, option, value), option)
+    assert not registry_path.exists()
+
+
+def test_a_finite_number_in_range_still_passes():
+    assert FiniteRange(0, min_open=True).convert("1.5", None, None) == 1.5
 
 
 def test_a_seed_beyond_the_bound_is_refused_before_training(run, registry_path, monkeypatch):
