@@ -18,10 +18,18 @@ import torch
 
 from conceptlib import distributed, expr
 from conceptlib.checkpoints import Checkpoint, DeferredInterrupt, checkpoint_root
-from conceptlib.concepts import LoadedConcept, build_network, load_concept, state_to_numpy
+from conceptlib.concepts import (
+    LoadedConcept,
+    build_network,
+    check_layout,
+    expected_layout,
+    load_concept,
+    state_to_numpy,
+)
 from conceptlib.diffusion import AnnealedConfig, annealed_sample
 from conceptlib.energy import Term, compose, draw_prior_conditions, names_prior
 from conceptlib.errors import (
+    CheckpointError,
     ConceptError,
     ConditionError,
     Interrupted,
@@ -30,9 +38,12 @@ from conceptlib.errors import (
     TrainingError,
 )
 from conceptlib.imaging import to_uint8
+from conceptlib.limits import MAX_HELD_IMAGES_BYTES
+from conceptlib.names import check_name
 from conceptlib.plugins import PluginManager
 from conceptlib.registry import NewVersion, Registry, VersionInfo, VersionRef
 from conceptlib.registry.api import ImportResult
+from conceptlib.registry.blobs import Header
 from conceptlib.registry.transfer import ConceptFile, read_concept_file
 from conceptlib.residual import build_chain, lineage_closure, load_chain
 from conceptlib.sampling import LangevinConfig, initial_images, langevin
@@ -90,6 +101,7 @@ def add_concept(
     keeps a checkpoint outside the registry as it goes, so a stopped run continues with ``resume``;
     the checkpoint is removed once the version is registered.
     """
+    check_name(request.name)
     ranks = distributed.current()
     source = plugins.source(request.source)
     objective = resolve_objective(request.train.objective, bool(request.frozen))
@@ -124,7 +136,8 @@ def add_concept(
     directory = (request.checkpoint_dir or checkpoint_root(registry.url)) / run_key[:16]
     if ranks.active:  # each rank its own generators and replay buffer, so each its own checkpoint
         directory = directory / f"rank{ranks.rank}"
-    checkpoint = Checkpoint(directory, request.checkpoint_every, request.resume, request.train.iterations)
+    bound = {"key": run_key, "frozen": {str(v.ref): v.weights_sha256 for v in frozen_versions}}
+    checkpoint = Checkpoint(directory, request.checkpoint_every, request.resume, request.train.iterations, run=bound)
     resumed_from = checkpoint.saved
     frozen = [load_concept(registry, plugins, v, request.device) for v in frozen_versions]
     if objective == "residual":
@@ -233,7 +246,7 @@ def _train(source: Source, checkpoint: Checkpoint, run: Callable[[], Any]) -> An
     """
     try:
         return run()
-    except Interrupted:
+    except (Interrupted, CheckpointError):  # a checkpoint that cannot be resumed is no place to continue from
         raise
     except ConceptError as exc:
         if checkpoint.completed_iterations == 0 and checkpoint.saved is None:
@@ -261,7 +274,12 @@ def _summary(exc: BaseException) -> str:
 def import_concept(registry: Registry, plugins: PluginManager, path: Path) -> tuple[ConceptFile, list[ImportResult]]:
     """Import a ``.cpt`` file: every sha256 and header verified, every version's weights fitted to its
     installed architecture, then one transaction (see :mod:`conceptlib.registry.transfer`)."""
-    concept_file = read_concept_file(path)
+    def fits(new: NewVersion, header: Header, what: str) -> None:
+        expected = expected_layout(plugins, new.architecture, new.schema, new.hyperparameters,
+                                   new.architecture_config, what)
+        check_layout(expected, header.layout, new.architecture, what)
+
+    concept_file = read_concept_file(path, fits)
     for item in concept_file.versions:
         build_network(plugins, item.new.architecture, item.new.schema, item.new.hyperparameters,
                       item.new.architecture_config, item.tensors, f"{item.origin} in {path}")
@@ -397,6 +415,13 @@ def compose_images(
     rank, ranks = shard
     batch_count = (n + batch_size - 1) // batch_size
     mine = range(batch_count * rank // ranks, batch_count * (rank + 1) // ranks)
+    held = min(n, len(mine) * batch_size) * 3 * image_size**2
+    if held > MAX_HELD_IMAGES_BYTES:
+        raise ConceptError(
+            f"-n {n} would hold {held / 2**30:.1f} GiB of {image_size}px images before writing them (at most "
+            f"{MAX_HELD_IMAGES_BYTES / 2**30:.0f} GiB per process); draw fewer per run, or share them out "
+            "across ranks with torchrun"
+        )
     batches = [np.zeros((0, image_size, image_size, 3), np.uint8)]
     done_steps = 0
     total_steps = steps_per_batch * len(mine)
@@ -409,7 +434,13 @@ def compose_images(
                 on_step(offset + done, total_steps)
 
         generator = torch.Generator(device=device).manual_seed(distributed.stream_seed(seed, batch))
-        batches.append(to_uint8(draw(count, step, generator)))
+        images = draw(count, step, generator)
+        if not bool(torch.isfinite(images).all()):
+            raise ConceptError(
+                f"sampling diverged: batch {batch} came out NaN or infinite, so nothing was written; lower the "
+                "expression's weights, --guidance or --step-size"
+            )
+        batches.append(to_uint8(images))
         done_steps += steps_per_batch
     versions = {v.concept: v.number for v in loaded}
     provenance = {

@@ -23,6 +23,7 @@ refused; ULA correctors and the ancestral steps need only the score.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -168,6 +169,8 @@ def composed_score(
     """
     if not classifier_temperature > 0:
         raise ConceptError(f"--classifier-temperature must be positive; got {classifier_temperature}")
+    if not (math.isfinite(residual_guidance) and residual_guidance > 0):
+        raise ConceptError(f"--residual-guidance must be a finite number above 0; got {residual_guidance}")
     if chain is None and any(is_residual(t.concept.version) for t in terms.values()):
         chain = build_chain(list({c.version.ref: c for c in [prior, *(t.concept for t in terms.values())]}.values()))
     if chain is not None:

@@ -29,9 +29,8 @@ from torch.nn.utils.parametrizations import spectral_norm
 
 from conceptlib.errors import ConceptError
 from conceptlib.schema import ConditionSchema
+from conceptlib_nets.configs import POOLS
 from conceptlib_nets.small import bump_map
-
-POOLS = ("mean", "sum")
 
 
 class FiLMResBlock(nn.Module):
