@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from conceptlib.errors import ConceptError
 from conceptlib.schema import ConditionSchema
 
 if TYPE_CHECKING:
@@ -25,7 +26,11 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class Architecture:
-    """A named network family. ``build(schema, image_size, config)`` returns an ``nn.Module``."""
+    """A named network family. ``build(schema, image_size, config)`` returns an ``nn.Module``.
+
+    ``default_config`` names every setting the family takes: a key outside it is refused, so a typo in
+    ``--arch-config`` is not silently trained and recorded as if it meant something.
+    """
 
     name: str
     build: Callable[[ConditionSchema, int, Mapping[str, Any]], nn.Module]
@@ -34,4 +39,9 @@ class Architecture:
 
     def config(self, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """The defaults overlaid with ``overrides``: what the registry records for a version."""
+        unknown = sorted(set(overrides or {}) - set(self.default_config))
+        if unknown:
+            known = ", ".join(sorted(self.default_config)) or "none"
+            raise ConceptError(f"architecture {self.name!r} has no setting {unknown[0]!r} (its settings: {known}); "
+                               "fix the --arch-config key")
         return {**self.default_config, **(overrides or {})}

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from conceptlib.imaging import save_png
+from conceptlib.imaging import save_grid, save_png
 from conceptlib.sources import Dataset
 
 
@@ -50,14 +50,32 @@ def write_manifest(out_dir: Path, digests: np.ndarray, provenance: dict[str, Any
 def write_source_samples(
     dataset: Dataset, count: int, out_dir: Path, source: str, params: dict[str, Any]
 ) -> int:
-    """The first ``count`` images as PNGs plus ``labels.jsonl``: one JSON record of attributes per image."""
+    """The first ``count`` images as PNGs plus ``labels.jsonl`` (one JSON record of attributes per image) and
+    ``contact.png``: the first :data:`CONTACT_SHEET` images in one picture, each captioned with its labels."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    captions = []
     with (out_dir / "labels.jsonl").open("w") as labels:
         for index in range(count):
             name = f"{source}_{index:05d}.png"
             save_png(dataset.images[index], out_dir / name)
-            labels.write(json.dumps({"file": name, **dataset.label_record(index)}) + "\n")
+            record = dataset.label_record(index)
+            labels.write(json.dumps({"file": name, **record}) + "\n")
+            captions.append(" ".join(_label_text(key, value) for key, value in record.items()))
+    shown = min(count, CONTACT_SHEET)
+    save_grid(dataset.images[:shown], out_dir / "contact.png", columns=min(shown, 8), captions=captions[:shown])
     (out_dir / "source.json").write_text(
         json.dumps({"source": source, "params": params, "dataset_hash": dataset.hash}, indent=2) + "\n"
     )
     return count
+
+
+CONTACT_SHEET = 64
+"""Images on ``contact.png`` at most (8 per row): enough to see a source's variety, small enough to open."""
+
+
+def _label_text(attribute: str, value: Any) -> str:
+    """A label for a caption: a name as it is (``red``), a number as its attribute's condition, to two
+    decimals (``size=0.12``, ``position=(0.41,0.55)``), as an expression would ask for it."""
+    if isinstance(value, list):
+        return f"{attribute}=(" + ",".join(f"{v:.2f}" for v in value) + ")"
+    return f"{attribute}={value:.2f}" if isinstance(value, float) else str(value)
