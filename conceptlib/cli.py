@@ -55,27 +55,7 @@ Train, version, compose and infer energy-based concepts.
 
 
 class ConceptGroup(click.Group):
-    """Turns usage errors, ``ConceptError`` and Ctrl-C into one line and an exit code; called bare, shows
-    a short overview (its ``overview``, else its help) and exits 0 instead of a usage error."""
-
-    group_class = type  # subgroups (``concept source``) are ConceptGroups too
-
-    def __init__(self, *args: Any, overview: str | None = None, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.overview = overview
-
-    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        if not args and self.no_args_is_help and not ctx.resilient_parsing:
-            click.echo(self.overview_text(ctx) if self.overview else ctx.get_help())
-            ctx.exit(0)
-        return super().parse_args(ctx, args)
-
-    def overview_text(self, ctx: click.Context) -> str:
-        width = min(out.width, 80)
-        commands = textwrap.fill(f"Commands: {', '.join(self.list_commands(ctx))}", width, subsequent_indent="  ")
-        hint = textwrap.fill(f"'{ctx.command_path} COMMAND --help' explains a command, '{ctx.command_path} "
-                             "--help' lists every option.", width)
-        return f"{self.overview}\n{commands}\n{hint}"
+    """Turns usage errors, ``ConceptError`` and Ctrl-C into one line and an exit code."""
 
     def main(self, args: Sequence[str] | None = None, prog_name: str | None = None, **extra: Any) -> Any:
         extra.pop("standalone_mode", None)
@@ -93,6 +73,17 @@ class ConceptGroup(click.Group):
             error_line(exc.format_message())
             sys.exit(exc.exit_code)
         sys.exit(code if isinstance(code, int) else 0)
+
+
+def overview(ctx: click.Context) -> str:
+    """What bare ``concept`` prints: a few first commands and the list of all, not a usage error."""
+    width = min(out.width, 80)
+    group = ctx.command
+    assert isinstance(group, click.Group)
+    commands = textwrap.fill(f"Commands: {', '.join(group.list_commands(ctx))}", width, subsequent_indent="  ")
+    hint = textwrap.fill(f"'{ctx.command_path} COMMAND --help' explains a command, '{ctx.command_path} --help' "
+                         "lists every option.", width)
+    return f"{OVERVIEW}\n{commands}\n{hint}"
 
 
 def parse_pairs(pairs: Sequence[str], option: str) -> dict[str, Any]:
@@ -130,7 +121,7 @@ def emit_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, default=str))
 
 
-@click.group(cls=ConceptGroup, overview=OVERVIEW, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=ConceptGroup, invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--registry", envvar="CONCEPTLIB_REGISTRY", metavar="URL",
               help="Registry file or SQLAlchemy URL [default: ./registry.db; env CONCEPTLIB_REGISTRY].")
 @click.option("--plugins-dir", envvar="CONCEPTLIB_PLUGINS_DIR", metavar="DIR",
@@ -140,6 +131,8 @@ def emit_json(data: Any) -> None:
 def cli(ctx: click.Context, registry: str | None, plugins_dir: str | None) -> None:
     """Train, version, compose and infer energy-based concepts."""
     ctx.obj = {"registry": registry, "plugins_dir": plugins_dir}
+    if ctx.invoked_subcommand is None:
+        click.echo(overview(ctx))
 
 
 device_option = click.option("--device", default="auto", show_default=True,
@@ -437,7 +430,7 @@ def eval_command(ctx: click.Context, protocols: tuple[str, ...], count: int, out
         return
     print_listing(out, ("protocol", "met", "metrics"),
                   [(r.name, "yes" if r.passed else "no", ", ".join(f"{k} {v:.3f}" for k, v in r.metrics.items()))
-                   for r in run.results], wrap=("metrics",))
+                   for r in run.results], wrap={"metrics": 30})
     for label, figures in run.extra.get("position_inference", {}).items():
         out.print(f"position inference, {label}: mean abs error {figures['mae']:.4f} (n={figures['n']})")
     out.print(f"wrote {markdown} and {data}", markup=False)
@@ -693,9 +686,12 @@ def sources(ctx: click.Context, as_json: bool) -> None:
                    for kind, name, plugin, origin, description in rows], wrap={"description": 30}, heading=3)
 
 
-@cli.group()
-def source() -> None:
+@cli.group(invoke_without_command=True)
+@click.pass_context
+def source(ctx: click.Context) -> None:
     """Inspect a dataset source."""
+    if ctx.invoked_subcommand is None:
+        click.echo(ctx.get_help())
 
 
 @source.command("sample")

@@ -40,14 +40,14 @@ def loss_curve(history: Sequence[Mapping[str, float]], points: int = CURVE_POINT
 
 
 def nice_ticks(low: float, high: float, count: int = 5) -> list[float]:
-    """About ``count`` round values (steps of 1, 2 or 5 times a power of ten) covering ``[low, high]``."""
+    """At most ``count`` round values (steps of 1, 2, 2.5 or 5 times a power of ten) inside ``[low, high]``."""
     if not high > low:
         return [low]
     raw = (high - low) / max(1, count - 1)
     power = 10 ** math.floor(math.log10(raw))
-    step = next(m * power for m in (1, 2, 5, 10) if m * power >= raw)
+    step = next(m * power for m in (1, 2, 2.5, 5, 10) if m * power >= raw)
     first = math.ceil(low / step - 1e-9) * step
-    return [first + i * step for i in range(int((high - first) / step + 1e-9) + 1)]
+    return [round(first + i * step, 12) for i in range(int((high - first) / step + 1e-9) + 1)]
 
 
 class Panel:
@@ -127,7 +127,7 @@ def _histogram_panel(image: Image.Image, top: int, energies: Mapping[str, Any], 
     peak = max(max(energies[n]["counts"]) for n in names) or 1
     panel = Panel(image, 0, top, (edges[0], edges[-1]), (0.0, peak * 1.1))
     panel.frame(title, "energy", "images")
-    for name in names:
+    for name in reversed(names):  # matched drawn last, on top: it is the population that matters
         xs, ys = [edges[0]], [0.0]
         for index, count in enumerate(energies[name]["counts"]):
             xs += [edges[index], edges[index + 1]]
