@@ -478,22 +478,22 @@ def infer(ctx: click.Context, ref: str, images: tuple[Path, ...], grid: int, ref
         step = progress.phase("inferring")
         found = infer_each(concept, x, config, on_progress=step) if each else [infer_value(concept, x, config,
                                                                                            on_progress=step)]
-    names = distinct_names(images)
-    labels = names if each else [f"{len(images)} image(s) together"]
-    rows = [{"images": str(path) if each else label, "concept": str(version.ref), "value": r.value,
-             "energy": r.energy, "candidates": [{"value": v, "energy": e} for v, e in r.candidates]}
-            for path, label, r in zip(images if each else [None], labels, found)]
+    labels = [str(p) for p in images] if each else [f"{len(images)} image(s) together"]
     try:
         values = [r.value for r in found] if each else [found[0].value] * len(images)
-        warnings = typicality(registry, plugins, concept, x, values).warnings(names)
+        warnings = typicality(registry, plugins, concept, x, values).warnings(distinct_names(images))
     except ConceptError as exc:
         warnings = [f"could not compare the images with {version.ref}'s training data: {exc}"]
     if as_json:
-        emit_json(rows)
+        emit_json([{"images": label, "concept": str(version.ref), "value": r.value, "energy": r.energy,
+                    "candidates": [{"value": v, "energy": e} for v, e in r.candidates]}
+                   for label, r in zip(labels, found)])
     else:
         print_listing(out, ("images", str(version.ref), "energy", "next best"),
                       [(label, value_text(r.value, 3), f"{r.energy:.3f}",
-                        ", ".join(value_text(v, 2) for v, _ in r.candidates[1:3])) for label, r in zip(labels, found)])
+                        ", ".join(value_text(v, 2) for v, _ in r.candidates[1:3]))
+                       for label, r in zip(distinct_names(images) if each else labels, found)],
+                      wrap={"next best": 14})
     for warning in warnings:
         err.print(f"warning: {warning}", markup=False)
 

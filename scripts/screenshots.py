@@ -40,14 +40,16 @@ def monospace() -> ImageFont.FreeTypeFont:
 
 
 def terminal_png(command: str, text: str, path: Path, face: ImageFont.FreeTypeFont) -> None:
-    """``$ command`` and its output on an 80-column terminal."""
-    lines = [f"$ {command}", *text.rstrip("\n").splitlines()]
+    """``$ command`` and its output on an 80-column terminal, which wraps a longer line where it reaches the edge."""
+    lines = [chunk for line in [f"$ {command}", *text.rstrip("\n").splitlines()]
+             for chunk in ([line[i : i + WIDTH] for i in range(0, len(line), WIDTH)] or [""])]
     cell_w = face.getlength("M")
     cell_h = FONT_SIZE + 4
     image = Image.new("RGB", (int(cell_w * WIDTH) + 24, cell_h * len(lines) + 20), BACKGROUND)
     draw = ImageDraw.Draw(image)
+    prompt = len(f"$ {command}") // WIDTH + 1
     for row, line in enumerate(lines):
-        draw.text((12, 10 + row * cell_h), line, font=face, fill=PROMPT if row == 0 else FOREGROUND)
+        draw.text((12, 10 + row * cell_h), line, font=face, fill=PROMPT if row < prompt else FOREGROUND)
     image.save(path)
     print(f"wrote {path.relative_to(ROOT)} ({len(lines)} lines)")
 
@@ -81,9 +83,9 @@ def main() -> None:
         Image.new("RGB", (32, 32), (128, 128, 128)).save(work / "gray.png")
         shot("infer", "infer", "shape", "gray.png", "scenes/scenes_00000.png", "scenes/scenes_00001.png", "--each")
         shot("compose", "compose", "size=0.45 & color=red", "-n", "8", "-o", "out.png")
-        shot("error", "compose", "(position=(0.3,0.7) & color=red")
-        shot("", "add", "shape", "--source", "scenes", "--with", "position", "--iterations", "300",
-             "--checkpoint-dir", str(work / "checkpoints"))
+        shot("error", "compose", "(position=(0.3,0.7) & color=red", "-o", "out.png")
+        shot("add", "add", "shape", "--source", "scenes", "--with", "position", "--iterations", "300",
+             "--checkpoint-dir", "checkpoints")
         shot("history", "history", "shape")
         shot("", "show", "shape", "--plot", str(DOCS / "show-plot.png"), "-n", "256")
         if not args.skip_eval:
