@@ -18,7 +18,7 @@ from typing import Any, NoReturn
 import click
 from rich.console import Console
 
-from conceptlib.console import distinct_names, print_listing, records, value_text
+from conceptlib.console import distinct_names, print_listing, print_warning, records, value_text
 from conceptlib.errors import ConceptError, ExpressionError, Interrupted
 from conceptlib.expr import GRAMMAR
 
@@ -254,7 +254,7 @@ def add(ctx: click.Context, name: str, source_name: str, params: tuple[str, ...]
     out.print(f"loss curve: {figure}", markup=False)
     warning = accuracy_warning(version)
     if warning is not None:
-        err.print(f"warning: {warning}", markup=False)
+        print_warning(err, warning)
 
 
 # --------------------------------------------------------------- compose
@@ -362,7 +362,7 @@ def compose_command(ctx: click.Context, expression: str, count: int, output: Pat
                                 classifier_guidance=classifier_guidance, prior_guidance=prior_guidance,
                                 classifier_boost=classifier_boost, classifier_temperature=classifier_temperature)
     for warning in result.warnings if ranks.is_main else ():
-        err.print(f"warning: {warning}", markup=False)
+        print_warning(err, warning)
     if output is not None:
         save_grid(result.images, output)
         out.print(f"wrote {count} samples of {result.provenance['expression']} to {output}")
@@ -495,7 +495,7 @@ def infer(ctx: click.Context, ref: str, images: tuple[Path, ...], grid: int, ref
                        for label, r in zip(distinct_names(images) if each else labels, found)],
                       wrap={"next best": 14})
     for warning in warnings:
-        err.print(f"warning: {warning}", markup=False)
+        print_warning(err, warning)
 
 
 # ------------------------------------------------------- list/show/history

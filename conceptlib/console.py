@@ -99,3 +99,11 @@ def value_text(value: str | Sequence[float], digits: int) -> str:
     if isinstance(value, str):
         return value
     return "(" + ", ".join(f"{v:.{digits}f}" for v in value) + ")"
+
+
+def print_warning(console: Console, message: str) -> None:
+    """``warning: MESSAGE`` wrapped at words to the console's width (a terminal would cut words), later
+    lines indented: a warning is read, not parsed, unlike the one-line ``error:`` a script may grep."""
+    text = textwrap.fill(f"warning: {message}", console.width, subsequent_indent="  ", break_long_words=False,
+                         break_on_hyphens=False)
+    console.print(text, markup=False, highlight=False, soft_wrap=True)
