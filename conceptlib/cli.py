@@ -149,9 +149,9 @@ def batch_option(what: str) -> Any:
 
 
 # ------------------------------------------------------------------- add
-DEFAULT_ITERATIONS = {"denoiser": 5500, "dsm": 1800, "classifier": 1500, "cd": 300}
-DEFAULT_BATCH = {"denoiser": 24, "dsm": 48, "classifier": 64, "cd": 64}
-DEFAULT_SCHEDULE = {"denoiser": "cosine"}
+DEFAULT_ITERATIONS = {"denoiser": 5500, "residual": 5000, "dsm": 1800, "classifier": 1500, "cd": 300}
+DEFAULT_BATCH = {"denoiser": 24, "residual": 24, "dsm": 48, "classifier": 64, "cd": 64}
+DEFAULT_SCHEDULE = {"denoiser": "cosine", "residual": "cosine"}
 
 
 @cli.command()
@@ -162,21 +162,27 @@ DEFAULT_SCHEDULE = {"denoiser": "cosine"}
 @click.option("--with", "frozen", multiple=True, metavar="OTHER[@V]",
               help="Registered concept to freeze and compose into the sampler, repeatable.")
 @click.option("--objective", default="auto", show_default=True,
-              type=click.Choice(["auto", "denoiser", "dsm", "classifier", "cd"]),
-              help="denoiser: a denoiser of whole scenes, composed by its score (the prior); "
+              type=click.Choice(["auto", "denoiser", "residual", "dsm", "classifier", "cd"]),
+              help="denoiser: a denoiser of whole scenes, composed by its score (the first concept); "
+                   "residual: a correction to the --with concepts' composed denoiser, trained with them in its "
+                   "loss, so it learns what they do not explain on this data (also what they never drew); "
+                   "classifier: -log p(c | noisy x), guidance that steers the --with concepts but never reads "
+                   "them in training and draws nothing they cannot; "
                    "dsm: denoising score matching of a noise-conditioned energy (a whole scene model); "
-                   "classifier: -log p(c | noisy x), the factor a concept adds to frozen ones; "
-                   "cd: the paper's contrastive divergence; auto: denoiser alone, classifier with --with.")
+                   "cd: the paper's contrastive divergence, the --with concepts in its Langevin negatives; "
+                   "auto: denoiser alone, residual with --with.")
 @click.option("--arch", "architecture",
-              help="Energy-network architecture [default: unet for denoiser and dsm, classifier, small for cd].")
+              help="Energy-network architecture [default: unet for denoiser and dsm, residual, classifier, small "
+                   "for cd].")
 @click.option("--arch-config", multiple=True, metavar="KEY=VALUE", help="Architecture setting, repeatable.")
 @click.option("--iterations", type=click.IntRange(1),
-              help="[default: 5500 denoiser, 1800 dsm, 1500 classifier, 300 cd]")
-@click.option("--batch-size", type=click.IntRange(1), help="[default: 24 denoiser, 48 dsm, 64 classifier, 64 cd]")
+              help="[default: 5500 denoiser, 5000 residual, 1800 dsm, 1500 classifier, 300 cd]")
+@click.option("--batch-size", type=click.IntRange(1),
+              help="[default: 24 denoiser and residual, 48 dsm, 64 classifier, 64 cd]")
 @click.option("--lr", default=1e-3, show_default=True, type=click.FloatRange(0, min_open=True),
               help="Adam learning rate.")
 @click.option("--condition-dropout", default=0.2, show_default=True, type=click.FloatRange(0, 1, max_open=True),
-              help="denoiser, dsm: fraction of samples trained with the null condition.")
+              help="denoiser, residual, dsm: fraction of samples trained with the null condition.")
 @click.option("--l2", default=1.0, show_default=True, type=click.FloatRange(0), help="cd: energy regulariser (eq. 2).")
 @click.option("--steps", default=20, show_default=True, type=click.IntRange(1),
               help="cd: Langevin steps per update.")
@@ -205,8 +211,10 @@ def add(ctx: click.Context, name: str, source_name: str, params: tuple[str, ...]
         min_accuracy: float | None, resume: bool, checkpoint_every: int, checkpoint_dir: Path | None) -> None:
     """Train concept NAME and register it as a new version.
 
-    Every --with concept is frozen and composed with the new one (continual learning): only the new
-    network learns, so it learns what the frozen ones do not already explain. A run that stops (Ctrl-C,
+    Every --with concept is frozen (with the concepts it was trained with) and only the new network learns
+    (continual learning). By default (objective residual) the frozen concepts, each at the image's own
+    label, are composed inside the new concept's loss, so it learns exactly what they do not explain on
+    this data. See --objective for what --with does under the others. A run that stops (Ctrl-C,
     divergence, a failing source) registers nothing and leaves a checkpoint; --resume continues it.
     The loss curve is drawn to a PNG beside the checkpoints ('concept show NAME --plot' redraws it).
     """
@@ -463,6 +471,7 @@ def infer(ctx: click.Context, ref: str, images: tuple[Path, ...], grid: int, ref
     from conceptlib.inference import infer as infer_value
     from conceptlib.jobs import split_ref
     from conceptlib.progress import job_progress
+    from conceptlib.residual import load_chain
     from conceptlib.training import images_to_tensor
 
     name, version_ref = split_ref(ref)
@@ -474,10 +483,11 @@ def infer(ctx: click.Context, ref: str, images: tuple[Path, ...], grid: int, ref
     concept = load_concept(registry, plugins, version, torch_device)
     x = images_to_tensor(pixels, torch_device)
     config = InferenceConfig(grid=grid, refine_steps=refine_steps)
+    chain = load_chain(registry, plugins, [concept], torch_device)
     with job_progress(err) as progress:
         step = progress.phase("inferring")
-        found = infer_each(concept, x, config, on_progress=step) if each else [infer_value(concept, x, config,
-                                                                                           on_progress=step)]
+        found = (infer_each(concept, x, config, chain=chain, on_progress=step) if each
+                 else [infer_value(concept, x, config, chain=chain, on_progress=step)])
     labels = [str(p) for p in images] if each else [f"{len(images)} image(s) together"]
     try:
         values = [r.value for r in found] if each else [found[0].value] * len(images)

@@ -29,6 +29,7 @@ from conceptlib.inference import InferenceConfig, infer_each
 from conceptlib.jobs import prior_concept
 from conceptlib.plugins import PluginManager
 from conceptlib.registry import Registry
+from conceptlib.residual import Chain, load_chain
 from conceptlib.sampling import LangevinConfig, initial_images, langevin
 from conceptlib.schema import Categorical, ConditionSchema, Value
 from conceptlib.scores import NO_BOOST, ClassifierBoost, composed_score, draw_branches
@@ -266,8 +267,11 @@ def sample_trial(
     generator: torch.Generator,
     device: torch.device,
     on_batch: Callable[[int], None] | None = None,
+    chain: Chain | None = None,
 ) -> np.ndarray:
-    """Images ``(n, H, W, 3)`` uint8, sample ``i`` drawn from the expression with its own conditions."""
+    """Images ``(n, H, W, 3)`` uint8, sample ``i`` drawn from the expression with its own conditions.
+
+    ``chain``: the residual concepts' chain, when the expression holds any (see :func:`load_chain`)."""
     n = len(next(iter(trial.conditions.values())))
     image_size = int(next(iter(concepts.values())).version.hyperparameters["image_size"])
     batches = []
@@ -283,7 +287,7 @@ def sample_trial(
             scores = composed_score(trial.node, terms, prior, settings.guidance, settings.classifier_guidance,
                                     settings.or_temperature, drawn, settings.annealed.corrector, branches,
                                     settings.prior_guidance, settings.classifier_boost,
-                                    settings.classifier_temperature)
+                                    settings.classifier_temperature, chain)
             x = annealed_sample(scores, count, image_size, settings.annealed, generator, device)
         else:
             plain = compose(trial.node, terms, settings.or_temperature)
@@ -315,13 +319,15 @@ def run_protocols(
         if len(noisy) > 1:
             raise ConceptError(f"protocol {name!r} mixes objectives; use concepts trained with one objective")
         prior = prior_concept(registry, plugins, list(concepts.values()), device) if noisy.pop() else None
+        chain = load_chain(registry, plugins, list(concepts.values()), device)
         params = concepts[protocol.concepts[0]].version.source_params
         rng = np.random.default_rng(seed)
         trial = protocol.make(rng, n, params)
         generator = torch.Generator(device=device).manual_seed(seed)
         started = time.perf_counter()
         images = sample_trial(trial, concepts, prior, settings, generator, device,
-                              on_batch=(lambda done, name=name: on_progress(name, done, n)) if on_progress else None)
+                              on_batch=(lambda done, name=name: on_progress(name, done, n)) if on_progress else None,
+                              chain=chain)
         seconds = time.perf_counter() - started
         predicted = judge.predict(images)
         metrics = protocol.score(predicted, trial.targets)
@@ -401,6 +407,18 @@ def _confusion_markdown(protocol: str, key: str, table: Mapping[str, Any]) -> li
 
 
 # ----------------------------------------------------------- whole run
+def shared_params(versions: Sequence[Any], defaults: Mapping[str, Any]) -> dict[str, Any]:
+    """The source params every version was trained with, the source's defaults where they differ.
+
+    Why: concepts learned continually each see different data (position on magenta squares only, color on
+    everything); a judge trained on the first one's data could not read the colors the later ones draw.
+    """
+    first = versions[0].source_params
+    return {key: value if all(v.source_params.get(key) == value for v in versions) else defaults.get(key, value)
+            for key, value in first.items()}
+
+
+
 @dataclass
 class EvaluationRun:
     results: list[ProtocolResult]
@@ -428,7 +446,9 @@ def evaluate_registry(
         raise ConceptError(f"unknown protocol {unknown[0]!r}; known: {', '.join(PROTOCOLS)}")
     anchor = registry.resolve(PROTOCOLS[names[0]].concepts[0] if names else "position")
     source = plugins.source(anchor.source)
-    judge_params = {**anchor.source_params, "seed": int(anchor.source_params.get("seed", 0)) + JUDGE_SEED_OFFSET}
+    graded = [registry.resolve(c) for c in dict.fromkeys(c for name in names for c in PROTOCOLS[name].concepts)]
+    judge_params = shared_params([v for v in graded if v.source == anchor.source] or [anchor], source.default_params)
+    judge_params["seed"] = int(judge_params.get("seed", 0)) + JUDGE_SEED_OFFSET
     judge, report = load_or_train_judge(
         anchor.source, judge_params, judge_cache, device,
         progress=(lambda done, total: on_phase("training judge", done, total)) if on_phase else None,

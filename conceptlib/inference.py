@@ -22,6 +22,7 @@ import torch
 
 from conceptlib.concepts import LoadedConcept
 from conceptlib.errors import ConceptError
+from conceptlib.residual import Chain, ChainReader
 from conceptlib.schema import Categorical
 from conceptlib.sources import Progress
 
@@ -54,16 +55,18 @@ class Inferred:
 
 
 def summed_energy(
-    concept: LoadedConcept, images: torch.Tensor, conditions: torch.Tensor, config: InferenceConfig
+    concept: LoadedConcept, images: torch.Tensor, conditions: torch.Tensor, config: InferenceConfig,
+    chain: Chain | None = None,
 ) -> torch.Tensor:
     """``sum_i E(x_i | c)`` for each row ``c`` of ``conditions`` ``(K, dim)`` -> ``(K,)``, differentiable in c."""
     n, k = images.shape[0], conditions.shape[0]
-    return image_energies(concept, images, conditions.repeat_interleave(n, dim=0), config, repeats=k).view(k, n).sum(1)
+    return image_energies(concept, images, conditions.repeat_interleave(n, dim=0), config, repeats=k,
+                          chain=chain).view(k, n).sum(1)
 
 
 def image_energies(
     concept: LoadedConcept, images: torch.Tensor, conditions: torch.Tensor, config: InferenceConfig,
-    repeats: int = 1, shared_noise: bool = False, null: bool = False,
+    repeats: int = 1, shared_noise: bool = False, chain: Chain | None = None, null: bool = False,
 ) -> torch.Tensor:
     """``E(x_j | c_j)`` per row for ``x = images`` tiled ``repeats`` times and ``conditions`` ``(repeats * N, dim)``.
 
@@ -73,6 +76,9 @@ def image_energies(
     inferences computes exactly what one call per image would. ``null`` reads a noise-conditioned concept
     at its null condition (``conditions`` then only give the shape): the image's energy under the whole
     scene model, ``-log p(x)`` up to a constant, which says how much an image looks like the training data.
+
+    A residual concept (``chain``: the chain it stacks on, see :mod:`conceptlib.residual`) is scored by the
+    denoising error of the whole chain with it at ``c`` and every other member at null.
     """
     model = concept.model
     x = images.repeat(repeats, 1, 1, 1)
@@ -87,7 +93,11 @@ def image_energies(
             noise = torch.randn(shape, generator=generator, device=images.device).expand(images.shape)
             noise = noise.repeat(repeats, 1, 1, 1)
             s = torch.full((x.shape[0],), sigma, device=images.device)
-            if concept.is_denoiser:  # its denoising error: the diffusion-classifier view of -log p(x | c)
+            if chain is not None:
+                reader = ChainReader(chain, x + sigma * noise, s, differentiable=True)
+                error = x - reader.total({concept.version.concept: conditions})
+                total = total + error.pow(2).flatten(1).sum(1) / (2 * sigma**2)
+            elif concept.is_denoiser:  # its denoising error: the diffusion-classifier view of -log p(x | c)
                 error = x - model.denoise(x + sigma * noise, conditions, s, keep)
                 total = total + error.pow(2).flatten(1).sum(1) / (2 * sigma**2)
             elif null:
@@ -112,9 +122,10 @@ def _candidates(
 
 def infer(
     concept: LoadedConcept, images: torch.Tensor, config: InferenceConfig | None = None, batch: int = 256,
-    on_progress: Progress | None = None,
+    chain: Chain | None = None, on_progress: Progress | None = None,
 ) -> Inferred:
-    """The condition of ``concept`` that best explains all of ``images`` ``(N, 3, H, W)`` together.
+    """The condition of ``concept`` that best explains all of ``images`` ``(N, 3, H, W)`` together
+    (``chain``: the chain a residual concept stacks on).
 
     ``on_progress(done, total)`` counts network calls: the grid's batches, then the refinement steps.
     """
@@ -126,7 +137,7 @@ def infer(
     calls = _Calls(-(-len(candidates) // per_call) + (config.refine_steps + 1 if refines else 0), on_progress)
     with torch.no_grad():
         energies = torch.cat([
-            calls.count(summed_energy(concept, images, candidates[i : i + per_call], config))
+            calls.count(summed_energy(concept, images, candidates[i : i + per_call], config, chain))
             for i in range(0, len(candidates), per_call)
         ])
     order = torch.argsort(energies).tolist()
@@ -134,10 +145,11 @@ def infer(
     if not refines:
         return Inferred(ranked[0][0], ranked[0][1], ranked[:5])
     concept.model.requires_grad_(False)
-    best = _refine(candidates[order[0]], lambda c: calls.count(summed_energy(concept, images, c[None], config)),
-                   config, concept.trained_range())
+    best = _refine(candidates[order[0]],
+                   lambda c: calls.count(summed_energy(concept, images, c[None], config, chain)), config,
+                   concept.trained_range())
     with torch.no_grad():
-        energy = float(calls.count(summed_energy(concept, images, best[None], config))[0])
+        energy = float(calls.count(summed_energy(concept, images, best[None], config, chain))[0])
     if energy > ranked[0][1]:
         return Inferred(ranked[0][0], ranked[0][1], ranked[:5])
     return Inferred(tuple(float(v) for v in best.tolist()), energy, ranked[:5])
@@ -145,7 +157,7 @@ def infer(
 
 def infer_each(
     concept: LoadedConcept, images: torch.Tensor, config: InferenceConfig | None = None, batch: int = 256,
-    on_progress: Progress | None = None,
+    chain: Chain | None = None, on_progress: Progress | None = None,
 ) -> list[Inferred]:
     """One inference per image (each its own observation), batched across images.
 
@@ -164,7 +176,8 @@ def infer_each(
     with torch.no_grad():
         energies = torch.cat([
             calls.count(image_energies(concept, images[image_of[i : i + batch]],
-                                       candidates[candidate_of[i : i + batch]], config, shared_noise=True))
+                                       candidates[candidate_of[i : i + batch]], config, shared_noise=True,
+                                       chain=chain))
             for i in range(0, n * k, batch)
         ]).view(n, k)
     order = torch.argsort(energies, dim=1)
@@ -176,10 +189,12 @@ def infer_each(
     for start in range(0, n, batch):
         part = slice(start, min(n, start + batch))
         best = _refine(candidates[order[part, 0]],
-                       lambda c, x=images[part]: calls.count(image_energies(concept, x, c, config, shared_noise=True)),
+                       lambda c, x=images[part]: calls.count(image_energies(concept, x, c, config,
+                                                                            shared_noise=True, chain=chain)),
                        config, concept.trained_range())
         with torch.no_grad():
-            refined = calls.count(image_energies(concept, images[part], best, config, shared_noise=True))
+            refined = calls.count(image_energies(concept, images[part], best, config, shared_noise=True,
+                                                 chain=chain))
         for row, i in enumerate(range(part.start, part.stop)):
             top = ranked[i]
             if float(refined[row]) > top[0][1]:

@@ -36,7 +36,9 @@ from conceptlib.plugins import PluginManager
 from conceptlib.registry import NewVersion, Registry, VersionInfo, VersionRef
 from conceptlib.registry.api import ImportResult
 from conceptlib.registry.transfer import ConceptFile, read_concept_file
+from conceptlib.residual import build_chain, lineage_closure, load_chain
 from conceptlib.sampling import LangevinConfig, initial_images, langevin
+from conceptlib.schema import ConditionSchema
 from conceptlib.scores import NO_BOOST, ClassifierBoost, composed_score, draw_branches
 from conceptlib.sources import Progress, Source, canonical_hash
 from conceptlib.training import (
@@ -116,6 +118,9 @@ def add_concept(
         if name == request.name:
             raise ConceptError(f"--with {text}: a concept cannot be frozen into its own training")
         frozen_versions.append(registry.resolve(name, ref))
+    if objective == "residual":  # a residual reads its frozen concepts' whole composition: their lineage too
+        frozen_versions = lineage_closure(registry, frozen_versions)
+    _check_before_training(registry, request.name, attribute, schemas, params, frozen_versions, request.source)
     config = architecture.config(request.architecture_config)
     run_key = canonical_hash({
         "registry": registry.display_url, "name": request.name, "source": request.source, "params": params,
@@ -130,14 +135,10 @@ def add_concept(
     checkpoint = Checkpoint(directory, request.checkpoint_every, request.resume, request.train.iterations)
     resumed_from = checkpoint.saved
     frozen = [load_concept(registry, plugins, v, request.device) for v in frozen_versions]
+    if objective == "residual":
+        build_chain(frozen)
     dataset = _load(source, params, on_load)
-    check_frozen_attributes(dataset, frozen, request.source)
-    for concept in frozen:
-        if int(concept.version.hyperparameters["image_size"]) != dataset.image_size:
-            raise ConceptError(
-                f"frozen concept {concept.version.ref} works on {concept.version.hyperparameters['image_size']}px "
-                f"images, this dataset on {dataset.image_size}px; pass --param image_size=..."
-            )
+    _check_image_size(frozen_versions, dataset.image_size)
     prior = prior_concept(registry, plugins, frozen, request.device) if frozen else None
     with DeferredInterrupt() as interrupt:
         checkpoint.interrupt = interrupt
@@ -190,9 +191,39 @@ def add_concept(
     return version if version is not None else registry.resolve(request.name, number)
 
 
-DEFAULT_ARCHITECTURES = {"denoiser": "unet", "dsm": "unet", "classifier": "classifier", "cd": "small"}
+DEFAULT_ARCHITECTURES = {"denoiser": "unet", "residual": "residual", "dsm": "unet", "classifier": "classifier",
+                         "cd": "small"}
 RESUMABLE_CHANGES = ("iterations", "lr")
 """Settings a resumed run may change: train longer, or more gently after a divergence."""
+
+
+def _check_before_training(registry: Registry, name: str, attribute: str, schemas: Mapping[str, ConditionSchema],
+                           params: Mapping[str, Any], frozen: Sequence[VersionInfo], source: str) -> None:
+    """What would make the finished run unregistrable or meaningless, refused before any work is done."""
+    known = {c.name: c for c in registry.concepts()}
+    if name in known and known[name].schema != schemas[attribute]:
+        raise ConceptError(
+            f"concept {name!r} takes {known[name].schema.describe()}, but attribute {attribute!r} of source "
+            f"{source!r} is {schemas[attribute].describe()}; name the new concept differently"
+        )
+    for version in frozen:
+        if version.attribute == attribute:
+            raise ConceptError(
+                f"--with {version.ref}: it already models attribute {attribute!r}; a concept added --with frozen "
+                "ones must learn another attribute (train a new version of it without --with instead)"
+            )
+    check_frozen_attributes(schemas, frozen, source)
+    if "image_size" in params:
+        _check_image_size(frozen, int(params["image_size"]))
+
+
+def _check_image_size(frozen: Sequence[VersionInfo], image_size: int) -> None:
+    for version in frozen:
+        if int(version.hyperparameters["image_size"]) != image_size:
+            raise ConceptError(
+                f"frozen concept {version.ref} works on {version.hyperparameters['image_size']}px images, this "
+                f"dataset on {image_size}px; pass --param image_size={version.hyperparameters['image_size']}"
+            )
 
 
 def _load(source: Source, params: Mapping[str, Any], on_load: Progress | None) -> Any:
@@ -352,6 +383,7 @@ def compose_images(
     if noisy.pop():
         annealed = annealed or AnnealedConfig()
         prior = prior_concept(registry, plugins, list(loaded.values()), device)
+        chain = load_chain(registry, plugins, list(loaded.values()), device)
         latent = not names_prior(node, terms, prior)
         steps_per_batch = annealed.steps
         settings = {**annealed.to_json(), "guidance": guidance, "classifier_guidance": classifier_guidance,
@@ -365,7 +397,7 @@ def compose_images(
             branches = draw_branches(node, prior, count, generator, device)
             scores = composed_score(node, terms, prior, guidance, classifier_guidance, or_temperature, drawn,
                                     annealed.corrector, branches, prior_guidance, classifier_boost,
-                                    classifier_temperature)
+                                    classifier_temperature, chain)
             return annealed_sample(scores, count, image_size, annealed, generator, device, on_step=step)
     else:
         sampler = sampler or LangevinConfig()

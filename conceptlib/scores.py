@@ -35,6 +35,8 @@ from conceptlib.energy import Term, compose_noisy
 from conceptlib.errors import ConceptError
 from conceptlib.expr import And, Leaf, Node, Not, Or, Weighted
 from conceptlib.expr import leaves as expression_leaves
+from conceptlib.registry import VersionRef
+from conceptlib.residual import Chain, ChainReader, build_chain, is_residual
 
 CLASSIFIER_SIGMA = 0.005
 """The noise level a classifier is asked at when it reads a denoised estimate: the sampler's lowest
@@ -128,6 +130,7 @@ def composed_score(
     prior_guidance: float = 1.0,
     classifier_boost: ClassifierBoost = NO_BOOST,
     classifier_temperature: float = 1.0,
+    chain: Chain | None = None,
 ) -> ScoreFn:
     """The score of ``node`` with ``prior`` counted once, whatever kinds of concept the leaves are.
 
@@ -156,9 +159,19 @@ def composed_score(
     (``benchmarks/quality.py``, 500 samples, boosted guidance 3): T = 2 took shape alone 0.932 -> 0.952 and
     ``position & shape & color`` all three right 0.852 -> 0.902; T = 3 gained nothing over T = 1 (150
     samples). Continuous classifiers ignore it.
+
+    ``chain``: for an expression of residual concepts, the chain they stack on (see :func:`chain_score`; built
+    from the expression's concepts when not given).
     """
     if not classifier_temperature > 0:
         raise ConceptError(f"--classifier-temperature must be positive; got {classifier_temperature}")
+    if chain is None and any(is_residual(t.concept.version) for t in terms.values()):
+        chain = build_chain(list({c.version.ref: c for c in [prior, *(t.concept for t in terms.values())]}.values()))
+    if chain is not None:
+        if corrector == "mala":
+            raise ConceptError("the MALA corrector needs an energy, and residual concepts give a score only; "
+                               "use --corrector ula")
+        return chain_score(node, terms, chain, guidance, or_temperature, prior_condition, branches, prior_guidance)
     if not prior.is_denoiser:
         if classifier_guidance != guidance:
             node = _reweigh_classifiers(node, terms, classifier_guidance / guidance)
@@ -250,6 +263,83 @@ def composed_score(
     return score
 
 
+def chain_score(
+    node: Node,
+    terms: Mapping[Leaf, Term],
+    chain: Chain,
+    guidance: float = 1.0,
+    or_temperature: float = 1.0,
+    prior_condition: torch.Tensor | None = None,
+    branches: torch.Tensor | None = None,
+    prior_guidance: float = 1.0,
+) -> ScoreFn:
+    """The score of an expression over one chain of residual concepts, every factor read through the whole chain.
+
+    Each stage of a chain was trained on its own data with the earlier stages inside its loss, so only the
+    estimate at the chain's end knows the full data: the frozen root alone, asked what naming a position
+    changes, answers for the only data it saw (magenta squares), and guidance on that difference painted
+    every object magenta. So every leaf is the difference it makes to the chain's estimate ``T``: with ``A``
+    the conditions the expression names once in a plain AND (the root at its drawn condition when the
+    expression does not name it), a leaf of ``A`` contributes ``T(A) - T(A without it)``, any other leaf
+    (under NOT, in an OR, named twice) ``T(A with it) - T(A)``. AND sums them, NOT negates, weights and
+    ``guidance`` scale, OR mixes by ``softmax(-E / T)`` of their denoising energies (or follows ``branches``,
+    see :func:`draw_branches`), on top of the base ``T(A)`` less the leaves of ``A``: a plain AND at guidance
+    1 is exactly ``T(A)``, the chain's own conditional estimate, and guidance ``w`` adds ``w - 1`` times each
+    leaf's difference given the others. ``prior_guidance`` guides the drawn root condition the same way.
+    """
+    members = {m.version.ref for m in chain.members}
+    for term in terms.values():
+        if term.concept.version.ref not in members:
+            raise ConceptError(f"{term.concept.version.ref} is not in the chain of residual concepts this expression "
+                               f"composes ({', '.join(str(r) for r in members)}); compose residual concepts only "
+                               "with the concepts they were trained with")
+    anchors = _anchor_conditions(node, terms)
+    root = chain.root.version.concept
+    assignment: dict[str, torch.Tensor | None] = {m.version.concept: anchors.get(m.version.ref) for m in chain.members}
+    drawn = prior_condition is not None and assignment[root] is None
+    if drawn:
+        assignment[root] = prior_condition
+    anchored = [leaf for leaf in expression_leaves(node)
+                if anchors.get(terms[leaf].concept.version.ref) is terms[leaf].condition]
+    plain = isinstance(node, Leaf) or (isinstance(node, And) and all(isinstance(t, Leaf) for t in node.terms))
+    exact = plain and guidance == 1.0 and (not drawn or prior_guidance == 1.0) and len(anchored) == len(
+        expression_leaves(node))
+
+    def score(x: torch.Tensor, sigma: torch.Tensor) -> tuple[torch.Tensor, None]:
+        reader = ChainReader(chain, x, sigma)
+        s2 = sigma[:, None, None, None] ** 2
+        joint = reader.total(assignment)
+        if exact:  # a plain AND at guidance 1: the chain's conditional estimate itself
+            return (joint - x) / s2, None
+
+        def difference(leaf: Leaf) -> tuple[torch.Tensor, torch.Tensor]:
+            """The chain's estimate with and without ``leaf``."""
+            name = terms[leaf].concept.version.concept
+            if leaf in anchored:
+                return joint, reader.total({**assignment, name: None})
+            return reader.total({**assignment, name: terms[leaf].condition}), joint
+
+        def leaf_part(leaf: Leaf, negated: bool = False) -> Part:
+            named, unnamed = difference(leaf)
+            energy = ((x - named).pow(2) - (x - unnamed).pow(2)).flatten(1).sum(1) / (2 * sigma**2)
+            part = Part(guidance * energy, -guidance * (named - unnamed) / s2)
+            return _negate(part) if negated else part
+
+        base = joint
+        for leaf in anchored:
+            named, unnamed = difference(leaf)
+            base = base - (named - unnamed)
+        if drawn and prior_guidance != 1.0:
+            base = base + (prior_guidance - 1.0) * (joint - reader.total({**assignment, root: None}))
+        n = x.shape[0]
+        if branches is not None and isinstance(node, Or):
+            grads = torch.stack([_combine(t, leaf_part, or_temperature).grad for t in node.terms])
+            return (base - x) / s2 - grads[branches, torch.arange(n, device=x.device)], None
+        return (base - x) / s2 - _combine(node, leaf_part, or_temperature).grad, None
+
+    return score
+
+
 def draw_branches(node: Node, prior: LoadedConcept, n: int, generator: torch.Generator,
                   device: torch.device) -> torch.Tensor | None:
     """For an OR at the top of the expression with a denoiser prior: each sample's part, uniformly drawn.
@@ -279,6 +369,17 @@ def _reweigh_classifiers(node: Node, terms: dict[Leaf, Term], factor: float) -> 
     if isinstance(node, Weighted):
         return Weighted(node.weight, _reweigh_classifiers(node.term, terms, factor))
     raise TypeError(f"not an expression node: {node!r}")
+
+
+def _anchor_conditions(node: Node, terms: Mapping[Leaf, Term]) -> dict[VersionRef, torch.Tensor]:
+    """Each concept's condition where the expression names it in exactly one leaf of a plain AND (or is that
+    leaf): what a chain of residual concepts is read at."""
+    leaves = [node] if isinstance(node, Leaf) else list(node.terms) if isinstance(node, And) else []
+    named: dict[VersionRef, list[torch.Tensor]] = {}
+    for leaf in leaves:
+        if isinstance(leaf, Leaf):
+            named.setdefault(terms[leaf].concept.version.ref, []).append(terms[leaf].condition)
+    return {ref: conditions[0] for ref, conditions in named.items() if len(conditions) == 1}
 
 
 def _prior_leaf_condition(node: Node, terms: dict[Leaf, Term], prior: LoadedConcept) -> torch.Tensor | None:

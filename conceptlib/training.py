@@ -39,7 +39,10 @@ from conceptlib.energy import Term
 from conceptlib.errors import TrainingError
 from conceptlib.expr import And, Leaf, Node
 from conceptlib.memory import keep_freed_memory
+from conceptlib.registry import VersionInfo
+from conceptlib.residual import build_chain, check_trainable, frozen_conditions
 from conceptlib.sampling import LangevinConfig, ReplayBuffer, langevin
+from conceptlib.schema import ConditionSchema
 from conceptlib.scores import composed_score
 from conceptlib.sources import Dataset
 
@@ -47,17 +50,17 @@ IterationCallback = Callable[[int, dict[str, float]], None]
 DIVERGED_ENERGY = 1e4
 
 
-OBJECTIVES = ("denoiser", "dsm", "classifier", "cd")
+OBJECTIVES = ("denoiser", "residual", "dsm", "classifier", "cd")
 CD_ONLY = ("l2", "langevin", "buffer_size", "reinit", "real_init")
 DSM_ONLY = ("noise_scales", "condition_dropout", "ema", "grad_clip", "warmup", "schedule")
 SCHEDULES = ("constant", "cosine")
 
 
 def resolve_objective(objective: str, with_frozen: bool) -> str:
-    """``auto``: a concept alone models whole scenes (denoiser); one added to frozen ones learns its factor
-    (classifier)."""
+    """``auto``: a concept alone models whole scenes (denoiser); one added to frozen ones learns, with them
+    in its loss, the correction their composition needs on its data (residual)."""
     if objective == "auto":
-        return "classifier" if with_frozen else "denoiser"
+        return "residual" if with_frozen else "denoiser"
     return objective
 
 
@@ -92,7 +95,8 @@ class TrainConfig:
     def to_json(self) -> dict[str, Any]:
         """The settings this objective uses (the other objective's are left out)."""
         data = asdict(self)
-        unused = {"cd": DSM_ONLY, "dsm": CD_ONLY, "denoiser": CD_ONLY, "classifier": (*CD_ONLY, "condition_dropout")}
+        unused = {"cd": DSM_ONLY, "dsm": CD_ONLY, "denoiser": CD_ONLY, "residual": CD_ONLY,
+                  "classifier": (*CD_ONLY, "condition_dropout")}
         for key in unused.get(self.objective, ()):
             data.pop(key)
         return data
@@ -110,19 +114,19 @@ def images_to_tensor(images: np.ndarray, device: torch.device) -> torch.Tensor:
     return torch.from_numpy(images).to(device).permute(0, 3, 1, 2).float().div_(255.0)
 
 
-def check_frozen_attributes(dataset: Dataset, frozen: Sequence[LoadedConcept], source: str) -> None:
-    """Every frozen concept must read an attribute this dataset labels, with the same schema."""
-    for concept in frozen:
-        version = concept.version
-        if version.attribute not in dataset.schemas:
+def check_frozen_attributes(schemas: Mapping[str, ConditionSchema], frozen: Sequence[VersionInfo],
+                            source: str) -> None:
+    """Every frozen concept must read an attribute the source labels, with the same schema."""
+    for version in frozen:
+        if version.attribute not in schemas:
             raise TrainingError(
                 f"frozen concept {version.ref} reads attribute {version.attribute!r}, which source "
-                f"{source!r} does not label (it labels: {', '.join(dataset.schemas)})"
+                f"{source!r} does not label (it labels: {', '.join(schemas)})"
             )
-        if dataset.schemas[version.attribute] != version.schema:
+        if schemas[version.attribute] != version.schema:
             raise TrainingError(
                 f"frozen concept {version.ref} takes {version.schema.describe()}, but source {source!r} "
-                f"labels {version.attribute!r} as {dataset.schemas[version.attribute].describe()}"
+                f"labels {version.attribute!r} as {schemas[version.attribute].describe()}"
             )
 
 
@@ -143,7 +147,8 @@ def train_concept(
     ``prior`` is the concept whose null energy is the image prior of the frozen composition (dsm with
     frozen concepts only). ``checkpoint`` restores a stopped run before the loop and saves this one as it goes.
     """
-    trainers = {"cd": _train_cd, "dsm": _train_dsm, "classifier": _train_classifier, "denoiser": _train_denoiser}
+    trainers = {"cd": _train_cd, "dsm": _train_dsm, "classifier": _train_classifier, "denoiser": _train_denoiser,
+                "residual": _train_residual}
     if config.objective not in trainers:
         raise TrainingError(f"unknown objective {config.objective!r}; use one of {', '.join(OBJECTIVES)}")
     keep_freed_memory(device)
@@ -300,12 +305,56 @@ def _train_denoiser(run: _Run) -> TrainResult:
     started = time.perf_counter()
     for iteration in range(checkpoint.restore(state), config.iterations + 1):
         b = _noisy_batch(run, rng, generator)
-        denoised = denoise(b.x_noisy, b.c, b.sigma, b.keep)
-        weight = (b.sigma**2 + sigma_data**2) / (b.sigma * sigma_data) ** 2  # EDM: unit loss at every noise level
-        loss = (weight * (denoised - b.x0).pow(2).flatten(1).mean(1)).mean()
+        loss = _edm_loss(denoise(b.x_noisy, b.c, b.sigma, b.keep), b, sigma_data)
         _clipped_step(loss, model, ema, optimizer, config, iteration, history, on_iteration)
         checkpoint.completed(iteration, state)
     return _scene_model_result(run, ema, history, started)
+
+
+def _train_residual(run: _Run) -> TrainResult:
+    """A correction ``R`` to the frozen denoisers, trained inside their composition (see :mod:`conceptlib.residual`).
+
+    Each image's frozen composition is evaluated at its own labels, then ``D_frozen + R`` must denoise it;
+    only ``R`` learns. ``frozen_loss`` records the frozen composition's own loss on the same batches: the gap
+    is what the new concept explains.
+    """
+    architecture, config, on_iteration, checkpoint = run.architecture, run.config, run.on_iteration, run.checkpoint
+    if not run.frozen:
+        raise TrainingError(
+            "objective residual learns what frozen concepts do not explain, so it needs --with; train a first "
+            "concept with --objective denoiser"
+        )
+    chain = build_chain(run.frozen)
+    rng, generator, model, ema, optimizer = _noise_conditioned_setup(
+        run, "noise_conditioned",
+        f"architecture {architecture.name!r} is not a residual denoiser, which objective residual needs; "
+        "use --arch residual",
+    )
+    check_trainable(chain, run.attribute, model, architecture.name)
+    sigma_data = float(getattr(model, "sigma_data", 0.25))
+    history: list[dict[str, float]] = []
+    state = TrainingState({"model": model, "ema": ema}, optimizer, rng, generator, history)
+    correct = distributed.wrap(_DenoiseCall(model))
+    started = time.perf_counter()
+    for iteration in range(checkpoint.restore(state), config.iterations + 1):
+        b = _noisy_batch(run, rng, generator)
+        conditions = frozen_conditions(chain, run.dataset, b.index, config.condition_dropout, generator, run.device)
+        with torch.no_grad():
+            context = chain.estimate(b.x_noisy, b.sigma, conditions).total
+            frozen_loss = float(_edm_loss(context, b, sigma_data))
+        loss = _edm_loss(context + correct(b.x_noisy, b.c, b.sigma, b.keep, context), b, sigma_data)
+        _clipped_step(loss, model, ema, optimizer, config, iteration, history, on_iteration,
+                      {"frozen_loss": frozen_loss})
+        checkpoint.completed(iteration, state)
+    result = _scene_model_result(run, ema, history, started)
+    result.metrics["frozen_loss"] = _summary(history, ("frozen_loss",), started, config.iterations)["frozen_loss"]
+    return result
+
+
+def _edm_loss(denoised: torch.Tensor, b: _NoisyBatch, sigma_data: float) -> torch.Tensor:
+    """``||D - x0||^2`` weighted so that every noise level contributes a unit loss (EDM)."""
+    weight = (b.sigma**2 + sigma_data**2) / (b.sigma * sigma_data) ** 2
+    return (weight * (denoised - b.x0).pow(2).flatten(1).mean(1)).mean()
 
 
 @dataclass(frozen=True)
@@ -344,8 +393,9 @@ class _DenoiseCall(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, x: torch.Tensor, c: torch.Tensor, sigma: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-        return self.model.denoise(x, c, sigma, keep)
+    def forward(self, x: torch.Tensor, c: torch.Tensor, sigma: torch.Tensor, keep: torch.Tensor,
+                *context: torch.Tensor) -> torch.Tensor:
+        return self.model.denoise(x, c, sigma, keep, *context)
 
 
 def _scene_model_result(run: _Run, ema: nn.Module, history: list[dict[str, float]], started: float) -> TrainResult:
@@ -447,6 +497,7 @@ def _clipped_step(
     iteration: int,
     history: list[dict[str, float]],
     on_iteration: IterationCallback | None,
+    extra: Mapping[str, float] | None = None,
 ) -> None:
     """One update of the noise-conditioned objectives: finite check, warmed-up clipped Adam step, EMA, record."""
     value = float(loss.detach())
@@ -464,7 +515,7 @@ def _clipped_step(
     optimizer.step()
     _update_ema(ema, model, config.ema, iteration)
     distributed.trace(iteration, {"model": model, "ema": ema})
-    record = {"iteration": float(iteration), "loss": value, "grad_norm": grad_norm}
+    record = {"iteration": float(iteration), "loss": value, "grad_norm": grad_norm, **(extra or {})}
     history.append(record)
     if on_iteration is not None:
         on_iteration(iteration, record)

@@ -219,7 +219,7 @@ def test_a_condition_outside_the_trained_range_is_sampled_with_a_warning(run, ad
 
 def test_a_concept_below_the_accuracy_threshold_registers_with_a_warning(run, add_tiny):
     add_tiny("position")
-    result = add_tiny("color", "--with", "position")
+    result = add_tiny("color", "--with", "position", "--objective", "classifier")
     accuracy = json.loads(run("show", "color", "--json").output)["metrics"]["held_out_accuracy"]
     assert accuracy < ACCURACY_WARNING  # three iterations learn next to nothing
     assert f"warning: color@1 reads only {accuracy:.2f} of its held-out images right" in flat(result.output)
@@ -227,13 +227,16 @@ def test_a_concept_below_the_accuracy_threshold_registers_with_a_warning(run, ad
 
 def test_min_accuracy_refuses_to_register_and_keeps_the_checkpoint(run, add_tiny):
     add_tiny("position")
-    result = run("add", "color", *TINY_SOURCE, *TINY_TRAINING, "--with", "position", "--min-accuracy", "0.99")
+    result = run("add", "color", *TINY_SOURCE, *TINY_TRAINING, "--with", "position", "--objective", "classifier",
+                 "--min-accuracy", "0.99")
     assert_one_line_error(result, "below --min-accuracy 0.99; nothing was registered", "--resume")
     assert "color" not in {c["name"] for c in json.loads(run("list", "--json").output)}
 
 
-def test_min_accuracy_on_a_concept_without_one_is_refused_before_training(run):
-    result = run("add", "position", *TINY_SOURCE, *TINY_TRAINING, "--min-accuracy", "0.5")
+@pytest.mark.parametrize("args", [("position",), ("color", "--with", "position")])  # a denoiser, a residual
+def test_min_accuracy_on_a_concept_without_one_is_refused_before_training(run, add_tiny, args):
+    add_tiny("position")
+    result = run("add", *args, *TINY_SOURCE, *TINY_TRAINING, "--min-accuracy", "0.5")
     assert_one_line_error(result, "--min-accuracy needs a held-out accuracy")
     assert "training" not in result.output
 
