@@ -21,6 +21,7 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+from rich.table import Column
 
 
 class JobProgress:
@@ -63,19 +64,20 @@ class JobProgress:
             if not task:
                 task.append(self._add("training", iterations))
             labels = {"loss": "loss", "energy_pos": "E+", "energy_neg": "E-", "grad_norm": "|g|"}
-            stats = "  ".join(f"{label} {record[key]:+.4f}" for key, label in labels.items() if key in record)
+            stats = " ".join(f"{label}={record[key]:+.4f}" for key, label in labels.items() if key in record)
             self._update(task[0], completed=iteration, stats=stats)
 
         return update
 
 
-COLUMNS = (
-    TextColumn("{task.description:<16}"),
-    BarColumn(bar_width=None),
-    MofNCompleteColumn(),
-    TimeElapsedColumn(),
-    TimeRemainingColumn(),
-    TextColumn("{task.fields[stats]}"),
+_KEEP = {"no_wrap": True}
+COLUMNS = (  # counts and times whole; at 80 columns the bar shrinks and the metrics wrap at words, nothing is cut
+    TextColumn("{task.description:<16}", table_column=Column(**_KEEP)),
+    BarColumn(bar_width=8),
+    MofNCompleteColumn(table_column=Column(**_KEEP)),
+    TimeElapsedColumn(table_column=Column(**_KEEP)),
+    TimeRemainingColumn(table_column=Column(**_KEEP)),
+    TextColumn("{task.fields[stats]}", table_column=Column(overflow="fold")),
 )
 
 

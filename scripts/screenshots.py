@@ -3,9 +3,10 @@
 Each command runs in-process (click's CliRunner, ``COLUMNS=80``) against a copy of the shipped registry,
 so registry.db is never written; its text is drawn in a monospace font (DejaVu Sans Mono, found with
 ``fc-match``). The pictures the commands write (a contact sheet, a captioned eval grid, a loss curve with
-energy histograms) are copied beside them. A short ``concept add`` (300 iterations, about 1 min on 2 CPU
-cores) gives a version with a recorded loss curve, which the shipped ones predate; ``concept eval`` trains
-its judge once (a few minutes) unless ~/.cache/conceptlib/judges has it.
+energy histograms) are copied beside them. A short ``concept add`` (150 classifier iterations, about 1 min
+on 2 idle CPU cores) gives a version with a recorded loss curve, which the shipped ones predate, and with a
+held-out accuracy low enough to be warned about; ``concept eval`` trains its judge once (a few minutes)
+unless ~/.cache/conceptlib/judges has it.
 
 Usage: .venv/bin/python scripts/screenshots.py [--skip-eval]
 """
@@ -78,14 +79,14 @@ def main() -> None:
         shot("overview")
         shot("sources", "sources")
         shot("list", "list")
-        shot("source-sample", "source", "sample", "scenes", "-n", "24", "--out-dir", "scenes")
+        shot("", "source", "sample", "scenes", "-n", "24", "--out-dir", "scenes")
         shutil.copyfile(work / "scenes" / "contact.png", DOCS / "contact.png")
         Image.new("RGB", (32, 32), (128, 128, 128)).save(work / "gray.png")
         shot("infer", "infer", "shape", "gray.png", "scenes/scenes_00000.png", "scenes/scenes_00001.png", "--each")
         shot("compose", "compose", "size=0.45 & color=red", "-n", "8", "-o", "out.png")
         shot("error", "compose", "(position=(0.3,0.7) & color=red", "-o", "out.png")
-        shot("add", "add", "shape", "--source", "scenes", "--with", "position", "--iterations", "300",
-             "--checkpoint-dir", "checkpoints")
+        shot("add", "add", "shape", "--source", "scenes", "--with", "position", "--objective", "classifier",
+             "--iterations", "150", "--checkpoint-dir", "checkpoints")
         shot("history", "history", "shape")
         shot("", "show", "shape", "--plot", str(DOCS / "show-plot.png"), "-n", "256")
         if not args.skip_eval:

@@ -353,6 +353,20 @@ def test_inference_reports_progress_to_the_last_call(each):
     assert [d for d, _ in calls] == sorted(d for d, _ in calls)
 
 
+def test_progress_bars_fit_80_columns_with_whole_counts_and_every_metric():
+    from conceptlib.progress import job_progress
+
+    console = Console(width=WIDTH, record=True, file=open("/dev/null", "w"))  # noqa: SIM115
+    with job_progress(console) as progress:
+        progress.phase("loading dataset")(20000, 20000)
+        progress.training(4000)(4000, {"loss": 0.5812, "energy_pos": -1.25, "energy_neg": 3.5, "grad_norm": 3.07})
+    text = console.export_text()
+    assert_fits(text)
+    assert "20000/20000" in text and "4000/4000" in text
+    for stat in ("loss=+0.5812", "E+=-1.2500", "E-=+3.5000", "|g|=+3.0700"):
+        assert stat in text, text
+
+
 # ---------------------------------------------------------------- make
 @pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
 def test_make_demo_installs_no_dev_extras_and_make_test_reports_skips(tmp_path):
