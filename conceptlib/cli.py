@@ -149,7 +149,7 @@ def batch_option(what: str) -> Any:
 
 
 # ------------------------------------------------------------------- add
-DEFAULT_ITERATIONS = {"denoiser": 5500, "residual": 5000, "dsm": 1800, "classifier": 1500, "cd": 300}
+DEFAULT_ITERATIONS = {"denoiser": 5500, "residual": 4000, "dsm": 1800, "classifier": 1500, "cd": 300}
 DEFAULT_BATCH = {"denoiser": 24, "residual": 24, "dsm": 48, "classifier": 64, "cd": 64}
 DEFAULT_SCHEDULE = {"denoiser": "cosine", "residual": "cosine"}
 
@@ -176,7 +176,7 @@ DEFAULT_SCHEDULE = {"denoiser": "cosine", "residual": "cosine"}
                    "for cd].")
 @click.option("--arch-config", multiple=True, metavar="KEY=VALUE", help="Architecture setting, repeatable.")
 @click.option("--iterations", type=click.IntRange(1),
-              help="[default: 5500 denoiser, 5000 residual, 1800 dsm, 1500 classifier, 300 cd]")
+              help="[default: 5500 denoiser, 4000 residual, 1800 dsm, 1500 classifier, 300 cd]")
 @click.option("--batch-size", type=click.IntRange(1),
               help="[default: 24 denoiser and residual, 48 dsm, 64 classifier, 64 cd]")
 @click.option("--lr", default=1e-3, show_default=True, type=click.FloatRange(0, min_open=True),
@@ -297,6 +297,9 @@ def annealed_options(command: Any) -> Any:
         click.option("--prior-guidance", default=1.0, show_default=True, type=click.FloatRange(0, min_open=True),
                      help="denoiser prior: guidance of its condition drawn per sample when the expression does "
                           "not name it (1 = sample p(x) exactly)."),
+        click.option("--residual-guidance", default=1.0, show_default=True, type=click.FloatRange(0, min_open=True),
+                     help="residual concepts: scale of each leaf's difference to their chain's estimate (1 = the "
+                          "chain's own conditional estimate)."),
     ]
 
     @functools.wraps(command)  # keeps the options declared below this decorator (click's __click_params__)
@@ -339,8 +342,9 @@ def annealed_options(command: Any) -> Any:
 @click.pass_context
 def compose_command(ctx: click.Context, expression: str, count: int, output: Path | None, out_dir: Path | None,
                     seed: int, annealed: Any, guidance: float, classifier_guidance: float, prior_guidance: float,
-                    classifier_boost: Any, classifier_temperature: float, steps: int, step_size: float, noise: float,
-                    init: str, temperature: float, batch_size: int, device: str) -> None:
+                    classifier_boost: Any, classifier_temperature: float, residual_guidance: float, steps: int,
+                    step_size: float, noise: float, init: str, temperature: float, batch_size: int,
+                    device: str) -> None:
     """Sample images from a composed EXPRESSION, e.g. "position=(0.3,0.7) & color=red & !shape=square".
 
     A condition outside the range a concept was trained on is sampled but warned about.
@@ -368,7 +372,8 @@ def compose_command(ctx: click.Context, expression: str, count: int, output: Pat
                                 batch_size=batch_size, on_step=progress.phase("sampling"),
                                 annealed=annealed, guidance=guidance, shard=(ranks.rank, ranks.world_size),
                                 classifier_guidance=classifier_guidance, prior_guidance=prior_guidance,
-                                classifier_boost=classifier_boost, classifier_temperature=classifier_temperature)
+                                classifier_boost=classifier_boost, classifier_temperature=classifier_temperature,
+                                residual_guidance=residual_guidance)
     for warning in result.warnings if ranks.is_main else ():
         print_warning(err, warning)
     if output is not None:
@@ -404,8 +409,8 @@ def compose_command(ctx: click.Context, expression: str, count: int, output: Pat
 @click.pass_context
 def eval_command(ctx: click.Context, protocols: tuple[str, ...], count: int, out_dir: Path, inference_n: int,
                  judge_cache: Path | None, seed: int, annealed: Any, guidance: float, classifier_guidance: float,
-                 prior_guidance: float, classifier_boost: Any, classifier_temperature: float, batch_size: int,
-                 device: str, as_json: bool) -> None:
+                 prior_guidance: float, classifier_boost: Any, classifier_temperature: float,
+                 residual_guidance: float, batch_size: int, device: str, as_json: bool) -> None:
     """Grade the registry's concepts with an independent judge (paper Tables 1-3).
 
     Writes results.md, results.json and one grid per protocol, each tile captioned with what was asked.
@@ -422,7 +427,8 @@ def eval_command(ctx: click.Context, protocols: tuple[str, ...], count: int, out
         raise click.UsageError("no protocol can run: the registry needs position, color or shape concepts")
     settings = SamplerSettings(annealed=annealed, guidance=guidance, classifier_guidance=classifier_guidance,
                                prior_guidance=prior_guidance, classifier_boost=classifier_boost,
-                               classifier_temperature=classifier_temperature, batch_size=batch_size)
+                               classifier_temperature=classifier_temperature, residual_guidance=residual_guidance,
+                               batch_size=batch_size)
     phases: dict[str, Any] = {}
     with job_progress(err) as progress:
         def on_phase(name: str, done: int, total: int) -> None:

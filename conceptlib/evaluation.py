@@ -243,6 +243,7 @@ class SamplerSettings:
     prior_guidance: float = 1.0
     classifier_boost: ClassifierBoost = NO_BOOST
     classifier_temperature: float = 1.0
+    residual_guidance: float = 1.0
     or_temperature: float = 1.0
     batch_size: int = 64
 
@@ -256,7 +257,8 @@ class SamplerSettings:
         return cls(annealed=annealed, guidance=float(values["guidance"]),
                    classifier_guidance=float(values["classifier_guidance"]),
                    prior_guidance=float(values["prior_guidance"]), classifier_boost=ClassifierBoost.from_json(values),
-                   classifier_temperature=float(values["classifier_temperature"]))
+                   classifier_temperature=float(values["classifier_temperature"]),
+                   residual_guidance=float(values.get("residual_guidance", 1.0)))
 
 
 def sample_trial(
@@ -287,7 +289,7 @@ def sample_trial(
             scores = composed_score(trial.node, terms, prior, settings.guidance, settings.classifier_guidance,
                                     settings.or_temperature, drawn, settings.annealed.corrector, branches,
                                     settings.prior_guidance, settings.classifier_boost,
-                                    settings.classifier_temperature, chain)
+                                    settings.classifier_temperature, chain, settings.residual_guidance)
             x = annealed_sample(scores, count, image_size, settings.annealed, generator, device)
         else:
             plain = compose(trial.node, terms, settings.or_temperature)
@@ -459,7 +461,8 @@ def evaluate_registry(
         "judge_held_out": report.get("attributes", report.get("held_out_test")),
         "sampler": {**settings.annealed.to_json(), "guidance": settings.guidance,
                     "classifier_guidance": settings.classifier_guidance, "prior_guidance": settings.prior_guidance,
-                    **settings.classifier_boost.to_json(), "classifier_temperature": settings.classifier_temperature},
+                    **settings.classifier_boost.to_json(), "classifier_temperature": settings.classifier_temperature,
+                    "residual_guidance": settings.residual_guidance},
         "seed": seed,
         "device": str(device),
     }

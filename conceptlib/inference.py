@@ -87,6 +87,7 @@ def image_energies(
     generator = torch.Generator(device=images.device).manual_seed(config.seed)
     total = torch.zeros(x.shape[0], device=images.device)
     keep = torch.full((x.shape[0],), 0.0 if null else 1.0, device=images.device)
+    templates = ChainReader.template_reader(chain, x, differentiable=True) if chain is not None else None
     shape = (1, *images.shape[1:]) if shared_noise else images.shape
     for sigma in config.sigmas:
         for _ in range(config.draws):
@@ -94,7 +95,7 @@ def image_energies(
             noise = noise.repeat(repeats, 1, 1, 1)
             s = torch.full((x.shape[0],), sigma, device=images.device)
             if chain is not None:
-                reader = ChainReader(chain, x + sigma * noise, s, differentiable=True)
+                reader = ChainReader.at(chain, x + sigma * noise, s, differentiable=True, templates=templates)
                 error = x - reader.total({concept.version.concept: conditions})
                 total = total + error.pow(2).flatten(1).sum(1) / (2 * sigma**2)
             elif concept.is_denoiser:  # its denoising error: the diffusion-classifier view of -log p(x | c)

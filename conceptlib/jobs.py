@@ -94,6 +94,8 @@ def add_concept(
     keeps a checkpoint outside the registry as it goes, so a stopped run continues with ``resume``;
     the checkpoint is removed once the version is registered.
     """
+    if not expr.is_name(request.name):
+        raise ConceptError(f"concept name {request.name!r} cannot be written in an expression; use {expr.NAME_RULE}")
     ranks = distributed.current()
     source = plugins.source(request.source)
     objective = resolve_objective(request.train.objective, bool(request.frozen))
@@ -337,6 +339,7 @@ def compose_images(
     prior_guidance: float = 1.0,
     classifier_boost: ClassifierBoost = NO_BOOST,
     classifier_temperature: float = 1.0,
+    residual_guidance: float = 1.0,
 ) -> Composition:
     """Sample ``n`` images from the composed energy of ``expression``.
 
@@ -389,6 +392,7 @@ def compose_images(
         settings = {**annealed.to_json(), "guidance": guidance, "classifier_guidance": classifier_guidance,
                     "prior_guidance": prior_guidance, **classifier_boost.to_json(),
                     "classifier_temperature": classifier_temperature,
+                    **({"residual_guidance": residual_guidance} if chain is not None else {}),
                     "prior": str(prior.version.ref),
                     "prior_condition": "drawn per sample" if latent else "from the expression or null"}
 
@@ -397,7 +401,7 @@ def compose_images(
             branches = draw_branches(node, prior, count, generator, device)
             scores = composed_score(node, terms, prior, guidance, classifier_guidance, or_temperature, drawn,
                                     annealed.corrector, branches, prior_guidance, classifier_boost,
-                                    classifier_temperature, chain)
+                                    classifier_temperature, chain, residual_guidance)
             return annealed_sample(scores, count, image_size, annealed, generator, device, on_step=step)
     else:
         sampler = sampler or LangevinConfig()

@@ -200,6 +200,14 @@ def test_an_error_found_before_work_starts_shows_no_progress_bar(run):
     assert result.output.splitlines() == [line for line in result.output.splitlines() if line.startswith("error:")]
 
 
+@pytest.mark.parametrize("name", ["bad name!", "2d", "size.2"])
+def test_a_name_no_expression_can_spell_is_refused_before_training(run, name):
+    result = run("add", name, *TINY_SOURCE, "--attribute", "shape", *TINY_TRAINING)
+    assert_one_line_error(result, f"concept name {name!r} cannot be written in an expression", "starting with a letter")
+    assert "training" not in result.output
+    assert json.loads(run("list", "--json").output) == []
+
+
 def test_an_unknown_architecture_setting_is_refused_with_the_known_ones(run):
     result = run("add", "shape", *TINY_SOURCE, *TINY_TRAINING, "--arch-config", "bogus=1")
     assert_one_line_error(result, "has no setting 'bogus'", "channels, embed")
@@ -207,9 +215,10 @@ def test_an_unknown_architecture_setting_is_refused_with_the_known_ones(run):
 
 
 # ---------------------------------------------------------------- warnings
-def test_a_condition_outside_the_trained_range_is_sampled_with_a_warning(run, add_tiny, tmp_path):
+def test_a_condition_outside_the_trained_range_is_sampled_with_a_warning(run, add_tiny, tmp_path, monkeypatch):
     add_tiny("size")  # the scenes source draws sizes from 0.10 to 0.15
-    result = run("compose", "size=0.45", "-n", "1", "-o", str(tmp_path / "g.png"), *TINY_SAMPLING)
+    monkeypatch.chdir(tmp_path)  # "wrote ... to g.png": a path as long as pytest's would not fit any terminal
+    result = run("compose", "size=0.45", "-n", "1", "-o", "g.png", *TINY_SAMPLING)
     assert result.exit_code == 0, result.output
     assert_fits(result.output)
     assert "warning: size=0.45 lies outside the range size@1 was trained on (0.1 to 0.15)" in flat(result.output)

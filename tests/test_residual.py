@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 
+import numpy as np
 import pytest
 import torch
 
@@ -15,7 +16,7 @@ from conceptlib.expr import And, Leaf, Not
 from conceptlib.inference import InferenceConfig, infer
 from conceptlib.plugins import PluginManager
 from conceptlib.registry import VersionInfo, VersionRef
-from conceptlib.residual import Chain, ChainReader, build_chain
+from conceptlib.residual import TEMPLATE_SIGMA, ChainReader, TrainingTemplates, build_chain, frozen_conditions
 from conceptlib.scores import composed_score
 from conceptlib.training import TrainConfig, train_concept
 from tests.conftest import TINY_SAMPLING, TINY_SOURCE, assert_one_line_error
@@ -58,12 +59,20 @@ def tiny(iterations: int = 3, seed: int = 0) -> TrainConfig:
     return TrainConfig(objective="residual", iterations=iterations, batch_size=8, seed=seed)
 
 
-def test_a_new_residual_network_starts_as_the_frozen_composition(plugins, dataset):
+def test_a_residual_network_returns_its_estimate_less_the_frozen_one(plugins, dataset):
     arch = plugins.architecture("residual")
-    model = arch.build(dataset.schemas["shape"], 16, arch.config(TINY_NET))
-    x = torch.rand(4, 3, 16, 16)
-    correction = model.denoise(x, torch.eye(3)[[0, 1, 2, 0]], torch.full((4,), 0.3), torch.ones(4), torch.rand_like(x))
-    assert torch.equal(correction, torch.zeros_like(x))
+    model = arch.build(dataset.schemas["shape"], 16, arch.config(TINY_NET)).eval()
+    x, c, sigma, keep = torch.rand(4, 3, 16, 16), torch.eye(3)[[0, 1, 2, 0]], torch.full((4,), 0.3), torch.ones(4)
+    context = torch.rand(4, 6, 16, 16)
+    moved = context.clone()
+    moved[:, :3] += 0.25  # the same inputs but for the frozen estimate it is measured against
+    with torch.no_grad():
+        correction = model.denoise(x, c, sigma, keep, context)
+        assert not torch.equal(correction, model.denoise(x, c, sigma, keep, moved))
+        estimate = correction + context[:, :3]
+        assert estimate.abs().max() < 10  # an estimate of the image, not a difference of two
+    with pytest.raises(ValueError, match="context of 6 channels"):
+        model.denoise(x, c, sigma, keep, context[:, :3])
 
 
 def test_residual_training_reads_the_frozen_concepts(plugins, dataset):
@@ -106,20 +115,28 @@ def test_a_chain_orders_residuals_after_their_lineage_and_refuses_what_does_not_
         build_chain([position, classifier])
 
 
-def test_each_residual_reads_its_lineage_estimate(plugins, dataset):
+def test_each_residual_reads_its_lineage_estimate_and_template(plugins, dataset):
     position = concept(plugins, dataset, "position", "denoiser")
     shape = concept(plugins, dataset, "shape", "residual", lineage=(VersionRef("position", 1),))
     color = concept(plugins, dataset, "color", "residual", seed=1,
                     lineage=(VersionRef("position", 1), VersionRef("shape", 1)))
-    chain = Chain(position, (shape, color))
-    x, sigma = torch.rand(2, 3, 16, 16), torch.full((2,), 0.2)
-    read = chain.null_conditions(2, CPU)
-    read["shape"] = (torch.eye(3)[[0, 2]], torch.ones(2))
-    estimated = chain.estimate(x, sigma, read)
-    root = position.model.denoise(x, *read["position"][:1], sigma, read["position"][1])
-    assert torch.equal(estimated.contexts["shape"], root)
-    assert torch.allclose(estimated.contexts["color"], root + estimated.corrections["shape"])
-    assert torch.allclose(estimated.total, estimated.contexts["color"] + estimated.corrections["color"])
+    chain = build_chain([position, shape, color])
+    x, sigma, ones, zeros = torch.rand(2, 3, 16, 16), torch.full((2,), 0.2), torch.ones(2), torch.zeros(2)
+    p, s = torch.tensor([[0.3, 0.6]]).expand(2, -1), torch.eye(3)[[0, 2]]
+    reader = ChainReader.at(chain, x, sigma)
+    gray, template_sigma = torch.full_like(x, 0.5), torch.full((2,), TEMPLATE_SIGMA)
+
+    def shape_on(image: torch.Tensor, noise: torch.Tensor, root: torch.Tensor, root_template: torch.Tensor):
+        return shape.model.denoise(image, s, noise, ones, torch.cat([root, root_template], dim=1))
+
+    root_template = position.model.denoise(gray, p, template_sigma, ones)
+    root = position.model.denoise(x, p, sigma, ones)
+    frozen = root + shape_on(x, sigma, root, root_template)
+    frozen_template = root_template + shape_on(gray, template_sigma, root_template, root_template)
+    assigned = {"position": p, "shape": s}
+    assert torch.allclose(reader.context(color.version.lineage, assigned), frozen, atol=1e-6)
+    color_null = color.model.denoise(x, torch.zeros(2, 6), sigma, zeros, torch.cat([frozen, frozen_template], dim=1))
+    assert torch.allclose(reader.total(assigned), frozen + color_null, atol=1e-6)
 
 
 def test_a_plain_and_at_guidance_one_follows_the_chain_at_the_named_conditions(plugins, dataset):
@@ -134,11 +151,21 @@ def test_a_plain_and_at_guidance_one_follows_the_chain_at_the_named_conditions(p
     score = composed_score(And(leaves), terms, position, chain=chain)
     x, sigma = torch.rand(3, 3, 16, 16), torch.full((3,), 0.25)
     got, _ = score(x, sigma)
-    read = chain.null_conditions(3, CPU)
-    read["position"] = (p.expand(3, -1), torch.ones(3))
-    read["shape"] = (s.expand(3, -1), torch.ones(3))
-    expected = (chain.estimate(x, sigma, read).total - x) / sigma[:, None, None, None] ** 2
-    assert torch.allclose(got, expected, rtol=1e-4, atol=1e-3)
+    expected = ChainReader.at(chain, x, sigma).total({"position": p, "shape": s})
+    assert torch.allclose(got, (expected - x) / sigma[:, None, None, None] ** 2, rtol=1e-4, atol=1e-3)
+
+
+def test_precomputed_training_templates_are_the_chains_templates(plugins, dataset):
+    position = concept(plugins, dataset, "position", "denoiser")
+    shape = concept(plugins, dataset, "shape", "residual", lineage=(VersionRef("position", 1),))
+    chain = build_chain([position, shape])
+    stored = TrainingTemplates(chain, dataset, with_dropped=True, device=CPU, chunk=50)
+    index, keep = np.array([3, 70, 11]), torch.tensor([1.0, 0.0, 1.0])
+    assigned = frozen_conditions(chain, dataset, index, keep, CPU)
+    reader = ChainReader.template_reader(chain, torch.empty(3, 3, 16, 16))
+    for lineage in (shape.version.lineage, stored.everything):
+        expected = reader.context(lineage, assigned)
+        assert torch.allclose(stored.batch(index, keep).context(lineage), expected, atol=2e-3)
 
 
 def test_guidance_adds_each_leafs_difference_to_the_chain_given_the_others(plugins, dataset):
@@ -150,8 +177,8 @@ def test_guidance_adds_each_leafs_difference_to_the_chain_given_the_others(plugi
     p, s = torch.tensor([[0.3, 0.6]]), torch.tensor([[0.0, 1.0, 0.0]])
     terms = {leaves[0]: Term(position, p), leaves[1]: Term(shape, s)}
     x, sigma = torch.rand(2, 3, 16, 16), torch.full((2,), 0.3)
-    got, _ = composed_score(And(leaves), terms, position, guidance=2.0, chain=chain)(x, sigma)
-    reader = ChainReader(chain, x, sigma)
+    got, _ = composed_score(And(leaves), terms, position, chain=chain, residual_guidance=2.0)(x, sigma)
+    reader = ChainReader.at(chain, x, sigma)
     joint = reader.total({"position": p, "shape": s})
     without = [reader.total({"position": None, "shape": s}), reader.total({"position": p, "shape": None})]
     expected = joint + sum(joint - other for other in without)
@@ -167,7 +194,7 @@ def test_a_negated_residual_leaf_pushes_away_from_what_naming_it_adds(plugins, d
     terms = {pos: Term(position, p), shp: Term(shape, s)}
     x, sigma = torch.rand(2, 3, 16, 16), torch.full((2,), 0.3)
     got, _ = composed_score(And((pos, Not(shp))), terms, position, chain=chain)(x, sigma)
-    reader = ChainReader(chain, x, sigma)
+    reader = ChainReader.at(chain, x, sigma)
     unnamed = reader.total({"position": p, "shape": None})
     expected = unnamed - (reader.total({"position": p, "shape": s}) - unnamed)
     assert torch.allclose(got, (expected - x) / sigma[:, None, None, None] ** 2, rtol=1e-4, atol=1e-3)
@@ -181,7 +208,7 @@ def test_an_expression_without_the_root_reads_the_chain_at_the_drawn_root_condit
     s, drawn = torch.tensor([[0.0, 0.0, 1.0]]), torch.tensor([[0.7, 0.2], [0.4, 0.4]])
     x, sigma = torch.rand(2, 3, 16, 16), torch.full((2,), 0.3)
     got, _ = composed_score(leaf, {leaf: Term(shape, s)}, position, prior_condition=drawn, chain=chain)(x, sigma)
-    expected = ChainReader(chain, x, sigma).total({"position": drawn, "shape": s})
+    expected = ChainReader.at(chain, x, sigma).total({"position": drawn, "shape": s})
     assert torch.allclose(got, (expected - x) / sigma[:, None, None, None] ** 2, rtol=1e-4, atol=1e-3)
 
 

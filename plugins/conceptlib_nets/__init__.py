@@ -42,8 +42,8 @@ def build_unet(schema: ConditionSchema, image_size: int, config: Mapping[str, An
     return DenoisingEnergyNet(schema, image_size, {**UNET_CONFIG, "refine": 0, **config})
 
 
-RESIDUAL_CONFIG: dict[str, Any] = {**UNET_CONFIG, "context": 3, "residual": True, "residual_floor": 0.05}
-"""The U-Net as a residual: it reads the frozen composition's estimate and outputs only its correction."""
+RESIDUAL_CONFIG: dict[str, Any] = {**UNET_CONFIG, "context": 6, "residual": True}
+"""The U-Net as a residual concept: it reads the frozen concepts' estimate and template beside the image."""
 
 
 def build_residual(schema: ConditionSchema, image_size: int, config: Mapping[str, Any]):

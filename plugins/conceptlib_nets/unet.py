@@ -83,17 +83,13 @@ class DenoisingEnergyNet(nn.Module):
         # a spatial condition's first two axes are a point on the image plane, drawn as a bump map
         self.spatial = schema.kind == "continuous" and getattr(schema, "spatial", False) and schema.dim >= 2
         self.context = int(config.get("context", 0))
-        """Channels of a context image read beside ``x``: a residual concept reads the frozen composition's
-        denoised estimate, so it sees where and what the frozen concepts draw even at high noise."""
+        """Channels read beside ``x``: a residual concept reads its frozen concepts' estimate of ``x`` and their
+        template (see conceptlib.residual), so it sees what and where they draw even at high noise."""
         self.residual = bool(config.get("residual", False))
-        """Output only a correction ``c * F`` (no skip term), starting at zero: what a residual concept adds to
-        the frozen composition's estimate (objective residual)."""
-        self.residual_skip = bool(config.get("residual_skip", False))
-        self.residual_blend = bool(config.get("residual_blend", False))
-        self.residual_floor = float(config.get("residual_floor", 0.0))
-        """The least output scale of a residual: ``c = sqrt(c_out^2 + floor^2)``. Frozen concepts asked about
-        data they never saw err by ~0.03 RMS even at the lowest noise (a magenta-only prior on a green circle),
-        where ``c_out`` is 0.005: without a floor the correction would need outputs of 40."""
+        """Return the correction to the frozen estimate (the first 3 context channels) that makes this network's
+        own estimate: ``D - context``. The frozen concepts enter as inputs, not as a term of ``D``: asked about
+        data they never saw (a magenta-only prior on a green circle) they err by ~0.03 RMS even at the lowest
+        noise, which a correction added to them would have to cancel exactly (measured: stripes and speckle)."""
         self.register_buffer("frequencies", torch.randn(embed // 2, generator=torch.Generator().manual_seed(0)) * 4)
         self.noise_embed = nn.Sequential(nn.Linear(embed, embed), nn.SiLU(), nn.Linear(embed, embed))
         self.condition_embed = nn.Sequential(nn.Linear(schema.dim, embed), nn.SiLU(), nn.Linear(embed, embed))
@@ -105,9 +101,6 @@ class DenoisingEnergyNet(nn.Module):
         self.up1 = FiLMConv(c2 + c1, c1, embed)
         self.up0 = FiLMConv(c1 + c0, c0, embed)
         self.head = nn.Conv2d(c0, 3 * self.patch**2, 3, padding=1)
-        if self.residual and not self.residual_skip:  # a new residual starts from the frozen composition
-            nn.init.zeros_(self.head.weight)
-            nn.init.zeros_(self.head.bias)
         refine = int(config.get("refine", 0))
         self.refine = None
         if refine:
@@ -129,8 +122,8 @@ class DenoisingEnergyNet(nn.Module):
                 context: torch.Tensor | None = None) -> torch.Tensor:
         """``D(x, sigma, c)``: the network's estimate of the clean image (EDM preconditioning).
 
-        A residual network (config ``residual``) returns only its correction ``c_out * F`` to ``context``,
-        the frozen composition's estimate, which it also reads (config ``context`` channels).
+        A residual network (config ``residual``) reads ``context`` (the frozen concepts' estimate and template)
+        and returns the correction ``D - context[:, :3]`` its estimate makes to theirs.
         """
         s = sigma[:, None, None, None]
         total = s**2 + self.sigma_data**2
@@ -161,13 +154,8 @@ class DenoisingEnergyNet(nn.Module):
         out = F.pixel_shuffle(self.head(h), self.patch)
         if self.refine is not None:
             out = out + self.refine[1](self.refine[0](torch.cat([out, pixels], dim=1), e))
-        if self.residual and self.residual_blend:  # EDM's skip, toward x from the frozen estimate instead of 0.5
-            return c_skip * (x - context) + c_out * out
-        if self.residual and self.residual_skip:
-            return 0.5 + c_skip * (x - 0.5) + c_out * out - context
-        if self.residual:
-            return (c_out**2 + self.residual_floor**2).sqrt() * out
-        return 0.5 + c_skip * (x - 0.5) + c_out * out
+        estimate = 0.5 + c_skip * (x - 0.5) + c_out * out
+        return estimate - context[:, :3] if self.residual else estimate
 
     def forward(
         self, x: torch.Tensor, c: torch.Tensor, sigma: torch.Tensor | None = None, keep: torch.Tensor | None = None
