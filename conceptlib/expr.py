@@ -207,12 +207,6 @@ _TOKEN = re.compile(
     r"|(?P<punct>[&|!*()@=,])"
 )
 _VERSION = re.compile(rf"[0-9]+|{_NAME}")
-NAME_RULE = "letters, digits, '-' or '_', starting with a letter or '_'"
-
-
-def is_name(text: str) -> bool:
-    """Whether an expression can spell ``text`` as a concept name or alias (``NAME_RULE``)."""
-    return re.fullmatch(_NAME, text) is not None
 
 
 def _skip_space(text: str, position: int) -> int:

@@ -94,8 +94,6 @@ def add_concept(
     keeps a checkpoint outside the registry as it goes, so a stopped run continues with ``resume``;
     the checkpoint is removed once the version is registered.
     """
-    if not expr.is_name(request.name):
-        raise ConceptError(f"concept name {request.name!r} cannot be written in an expression; use {expr.NAME_RULE}")
     ranks = distributed.current()
     source = plugins.source(request.source)
     objective = resolve_objective(request.train.objective, bool(request.frozen))

@@ -200,14 +200,6 @@ def test_an_error_found_before_work_starts_shows_no_progress_bar(run):
     assert result.output.splitlines() == [line for line in result.output.splitlines() if line.startswith("error:")]
 
 
-@pytest.mark.parametrize("name", ["bad name!", "2d", "size.2"])
-def test_a_name_no_expression_can_spell_is_refused_before_training(run, name):
-    result = run("add", name, *TINY_SOURCE, "--attribute", "shape", *TINY_TRAINING)
-    assert_one_line_error(result, f"concept name {name!r} cannot be written in an expression", "starting with a letter")
-    assert "training" not in result.output
-    assert json.loads(run("list", "--json").output) == []
-
-
 def test_an_unknown_architecture_setting_is_refused_with_the_known_ones(run):
     result = run("add", "shape", *TINY_SOURCE, *TINY_TRAINING, "--arch-config", "bogus=1")
     assert_one_line_error(result, "has no setting 'bogus'", "channels, embed")

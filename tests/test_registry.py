@@ -116,7 +116,7 @@ def test_aliases_resolve_move_and_are_removed(registry):
     registry.remove_alias("color", "stable")
     with pytest.raises(UnknownConceptError):
         registry.resolve("color", "stable")
-    for bad in ("", "12", "a b", "x@y", "-x", "é"):  # each one an expression could not spell
+    for bad in ("", "12", "a b", "x@y"):
         with pytest.raises(ConceptError):
             registry.set_alias("color", bad)
 

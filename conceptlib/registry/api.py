@@ -21,7 +21,6 @@ from sqlalchemy.exc import DatabaseError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
 from conceptlib.errors import ConceptError, CorruptBlobError, RegistryError, UnknownConceptError
-from conceptlib.expr import NAME_RULE, is_name
 from conceptlib.registry import blobs
 from conceptlib.registry.engine import lock_for_write, open_engine, redact, resolve_url
 from conceptlib.registry.models import Alias, Blob, Concept, CurrentVersion, Event, Lineage, Version
@@ -315,8 +314,10 @@ class Registry:
 
     def set_alias(self, name: str, alias: str, ref: int | str | None = None) -> int:
         """Point alias ``name@alias`` at a version (default: the current one); returns its number."""
-        if not is_name(alias):
-            raise ConceptError(f"alias {alias!r} cannot be written in an expression; use {NAME_RULE}")
+        if not alias or alias.isdigit() or not alias.replace("-", "").replace("_", "").isalnum():
+            raise ConceptError(
+                f"alias {alias!r} must be a name of letters, digits, '-' or '_', not a bare number"
+            )
 
         def write(session: Session) -> int:
             concept = self._concept_row(session, name)
