@@ -23,7 +23,7 @@ from conceptlib.concepts import LoadedConcept, load_concept
 from conceptlib.diffusion import AnnealedConfig, annealed_sample
 from conceptlib.energy import Term, compose, draw_prior_conditions, names_prior
 from conceptlib.errors import ConceptError
-from conceptlib.expr import And, Leaf, Node, Not, Or
+from conceptlib.expr import And, Leaf, Node, Not, Or, replace_leaves, to_text
 from conceptlib.imaging import save_grid, to_uint8
 from conceptlib.inference import InferenceConfig, infer_each
 from conceptlib.jobs import prior_concept
@@ -31,6 +31,7 @@ from conceptlib.plugins import PluginManager
 from conceptlib.registry import Registry
 from conceptlib.residual import Chain, load_chain
 from conceptlib.sampling import LangevinConfig, initial_images, langevin
+from conceptlib.schema import Categorical, ConditionSchema, Value
 from conceptlib.scores import NO_BOOST, ClassifierBoost, composed_score, draw_branches
 from conceptlib.training import images_to_tensor
 
@@ -70,6 +71,8 @@ class ProtocolResult:
     images: np.ndarray = field(repr=False, default_factory=lambda: np.zeros((0, 1, 1, 3), np.uint8))
     confusion: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Per categorical target (``shape``, ``not_color``): ``values`` and ``matrix``, rows asked, columns judged."""
+    asked: list[str] = field(default_factory=list)
+    """Each sample's expression with its own conditions: the caption of its tile in the grid."""
 
     @property
     def passed(self) -> bool:
@@ -334,8 +337,23 @@ def run_protocols(
         values = {c: v.version.schema.values for c, v in concepts.items() if v.version.schema.kind == "categorical"}
         results.append(ProtocolResult(name, n, metrics, protocol.targets, seconds,
                                       {c: str(v.version.ref) for c, v in concepts.items()}, images,
-                                      confusion(predicted, trial.targets, values)))
+                                      confusion(predicted, trial.targets, values),
+                                      asked_expressions(trial, {c: v.version.schema for c, v in concepts.items()})))
     return results
+
+
+def asked_expressions(trial: Trial, schemas: Mapping[str, ConditionSchema]) -> list[str]:
+    """Each sample's expression with its own conditions filled in (``position=(0.31,0.62) & color=red``)."""
+    def value(leaf: Leaf, index: int) -> Value:
+        vector, schema = trial.conditions[leaf][index], schemas[leaf.concept]
+        if isinstance(schema, Categorical):
+            return schema.values[int(np.argmax(vector))]
+        numbers = tuple(round(float(v), 2) for v in vector)
+        return numbers if len(numbers) > 1 else numbers[0]
+
+    n = len(next(iter(trial.conditions.values())))
+    return [to_text(replace_leaves(trial.node, {leaf: Leaf(leaf.concept, value(leaf, i), leaf.version)
+                                                for leaf in trial.conditions})) for i in range(n)]
 
 
 # ------------------------------------------------------------- inference
@@ -366,7 +384,7 @@ def write_report(results: Sequence[ProtocolResult], extra: Mapping[str, Any], ou
         wanted = ", ".join(f"{k} {op} {v:g}" for k, (op, v) in r.targets.items())
         name = r.name.replace("|", "\\|")  # a bare | would split the Markdown cell
         rows.append(f"| `{name}` | {r.n} | {shown} | {wanted} | {'yes' if r.passed else 'no'} | {r.seconds:.0f} |")
-        save_grid(r.images[:64], out_dir / f"{grid_name(r.name)}.png", columns=8)
+        save_grid(r.images[:64], out_dir / f"{grid_name(r.name)}.png", columns=8, captions=r.asked[:64] or None)
     for r in results:
         for key, table in r.confusion.items():
             rows.extend(_confusion_markdown(r.name, key, table))
@@ -437,6 +455,7 @@ def evaluate_registry(
         anchor.source, judge_params, judge_cache, device,
         progress=(lambda done, total: on_phase("training judge", done, total)) if on_phase else None,
         plugins=plugins,
+        on_load=(lambda done, total: on_phase("judge's images", done, total)) if on_phase else None,
     )
     extra: dict[str, Any] = {
         "judge_held_out": report.get("attributes", report.get("held_out_test")),
