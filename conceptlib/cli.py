@@ -301,6 +301,9 @@ def annealed_options(command: Any) -> Any:
                      help="denoiser, dsm: Langevin corrector steps per level."),
         click.option("--corrector-step", default=0.3, show_default=True, type=FiniteRange(0, min_open=True),
                      help="denoiser, dsm: corrector step as a fraction of sigma^2."),
+        click.option("--corrector-above", type=FiniteRange(0), metavar="SIGMA",
+                     help="denoiser, dsm: corrector steps only at noise levels at or above SIGMA [default: 0.05 "
+                          "for residual concepts, else every level]."),
         click.option("--eta", default=1.0, show_default=True, type=FiniteRange(0, 1),
                      help="denoiser, dsm: fresh noise per step down (1 Euler-ancestral, 0 deterministic)."),
         click.option("--guidance", default=1.5, show_default=True, type=FiniteRange(0, min_open=True),
@@ -335,7 +338,7 @@ def annealed_options(command: Any) -> Any:
         kwargs["annealed"] = AnnealedConfig(
             levels=kwargs.pop("levels"), corrector=kwargs.pop("corrector"),
             corrector_steps=kwargs.pop("corrector_steps"), corrector_step=kwargs.pop("corrector_step"),
-            eta=kwargs.pop("eta"),
+            eta=kwargs.pop("eta"), corrector_above=kwargs.pop("corrector_above"),
         )
         return command(**kwargs)
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 
@@ -30,6 +30,11 @@ ScoreFn = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, "torch.Tens
 """``(x, sigma) -> (score, energy or None)``: what the sampler follows; a pure score field has no energy."""
 StepCallback = Callable[[int, int], None]
 CORRECTORS = ("none", "ula", "mala")
+RESIDUAL_CORRECTOR_ABOVE = 0.05
+"""Residual chains take corrector steps only at noise levels above this (``corrector_above`` left unset):
+below it the chain's score is too rough to walk on. Residual stage 3 on seed 0, 64 samples (tune split): all
+three right 0.906 and looks real 0.64 with correctors at every level; 0.938 and 0.92 above 0.05; 0.812 and
+0.92 with one corrector step per level; 0.56 and 0.92 with none."""
 
 
 @dataclass(frozen=True)
@@ -63,6 +68,9 @@ class AnnealedConfig:
     eta: float = 1.0
     """Fresh noise of each step down, as a fraction of the ancestral amount: 1 = Euler-ancestral, 0 = the
     deterministic probability-flow (DDIM) step."""
+    corrector_above: float | None = None
+    """Corrector steps only at levels whose sigma is at least this. ``None``: every level, except on a residual
+    chain (:meth:`for_composition`), where it is :data:`RESIDUAL_CORRECTOR_ABOVE`."""
 
     def __post_init__(self) -> None:
         if self.levels < 2:
@@ -75,12 +83,24 @@ class AnnealedConfig:
             raise ConceptError("corrector steps must be >= 0 and the corrector step positive")
         if not 0 <= self.eta <= 1:
             raise ConceptError(f"eta must lie in [0, 1]; got {self.eta}")
+        if self.corrector_above is not None and not (math.isfinite(self.corrector_above) and self.corrector_above >= 0):
+            raise ConceptError(f"--corrector-above must be a finite number >= 0; got {self.corrector_above}")
+
+    def for_composition(self, residual_chain: bool) -> AnnealedConfig:
+        """The settings a composition samples with: an unset ``corrector_above`` resolved for a residual chain."""
+        if self.corrector_above is None and residual_chain:
+            return replace(self, corrector_above=RESIDUAL_CORRECTOR_ABOVE)
+        return self
+
+    def corrects(self, sigma: float) -> bool:
+        """Whether the level at ``sigma`` takes corrector steps."""
+        return self.corrector != "none" and sigma >= (self.corrector_above or 0.0)
 
     @property
     def steps(self) -> int:
         """Network evaluations per chain, for progress bars."""
-        per_level = 1 + (self.corrector_steps if self.corrector != "none" else 0)
-        return self.levels * per_level
+        corrected = sum(self.corrects(float(s)) for s in self.sigmas(torch.device("cpu")))
+        return self.levels + corrected * self.corrector_steps
 
     def sigmas(self, device: torch.device) -> torch.Tensor:
         """``levels`` noise scales from sigma_max down to sigma_min, dense near the bottom (rho)."""
@@ -89,7 +109,10 @@ class AnnealedConfig:
         return ((high + ramp * (low - high)) ** self.rho).float()
 
     def to_json(self) -> dict[str, object]:
-        return {"name": "annealed", **asdict(self)}
+        fields = asdict(self)
+        if fields["corrector_above"] is None:  # every level, as before the setting existed
+            del fields["corrector_above"]
+        return {"name": "annealed", **fields}
 
 
 def score(energy: NoisyEnergyFn, x: torch.Tensor, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -142,7 +165,7 @@ def annealed_sample(
     for i in range(config.levels):
         sigma = sigmas[i]
         level = sigma.expand(n)
-        if config.corrector != "none":
+        if config.corrects(float(sigma)):
             for _ in range(config.corrector_steps):
                 x = _corrector_step(scores, x, level, config, generator)
                 tick()

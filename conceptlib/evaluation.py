@@ -253,12 +253,17 @@ class SamplerSettings:
         what ``concept eval`` users get, for the benchmarks that grade it."""
         annealed = AnnealedConfig(levels=int(values["levels"]), corrector=str(values["corrector"]),
                                   corrector_steps=int(values["corrector_steps"]),
-                                  corrector_step=float(values["corrector_step"]), eta=float(values["eta"]))
+                                  corrector_step=float(values["corrector_step"]), eta=float(values["eta"]),
+                                  corrector_above=_optional_float(values.get("corrector_above")))
         return cls(annealed=annealed, guidance=float(values["guidance"]),
                    classifier_guidance=float(values["classifier_guidance"]),
                    prior_guidance=float(values["prior_guidance"]), classifier_boost=ClassifierBoost.from_json(values),
                    classifier_temperature=float(values["classifier_temperature"]),
                    residual_guidance=float(values.get("residual_guidance", 1.0)))
+
+
+def _optional_float(value: Any) -> float | None:
+    return None if value is None else float(value)
 
 
 def sample_trial(
@@ -290,7 +295,8 @@ def sample_trial(
                                     settings.or_temperature, drawn, settings.annealed.corrector, branches,
                                     settings.prior_guidance, settings.classifier_boost,
                                     settings.classifier_temperature, chain, settings.residual_guidance)
-            x = annealed_sample(scores, count, image_size, settings.annealed, generator, device)
+            annealed = settings.annealed.for_composition(chain is not None)
+            x = annealed_sample(scores, count, image_size, annealed, generator, device)
         else:
             plain = compose(trial.node, terms, settings.or_temperature)
             start_images = initial_images(count, image_size, settings.langevin.init, generator, device)

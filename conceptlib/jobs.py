@@ -403,6 +403,7 @@ def compose_images(
         annealed = annealed or AnnealedConfig()
         prior = prior_concept(registry, plugins, list(loaded.values()), device)
         chain = load_chain(registry, plugins, list(loaded.values()), device)
+        annealed = annealed.for_composition(chain is not None)
         latent = not names_prior(node, terms, prior)
         steps_per_batch = annealed.steps
         settings = {**annealed.to_json(), "guidance": guidance, "classifier_guidance": classifier_guidance,

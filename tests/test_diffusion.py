@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conceptlib.diffusion import AnnealedConfig, NoiseConfig, annealed_sample, denoising_loss, energy_scores
+from conceptlib.diffusion import (
+    RESIDUAL_CORRECTOR_ABOVE,
+    AnnealedConfig,
+    NoiseConfig,
+    annealed_sample,
+    denoising_loss,
+    energy_scores,
+)
 from conceptlib.errors import ConceptError
 
 MEAN, STD = 0.6, 0.05
@@ -47,7 +54,35 @@ def test_a_perfect_score_has_zero_denoising_loss_and_a_wrong_one_does_not():
 
 
 @pytest.mark.parametrize("settings", [{"levels": 1}, {"corrector": "hmc"}, {"sigma_min": 2.0},
-                                      {"corrector_step": 0.0}])
+                                      {"corrector_step": 0.0}, {"corrector_above": -0.1},
+                                      {"corrector_above": float("nan")}])
 def test_bad_sampler_settings_are_refused(settings):
     with pytest.raises(ConceptError):
         AnnealedConfig(**settings)
+
+
+def test_corrector_steps_are_taken_only_at_levels_at_or_above_corrector_above():
+    config = AnnealedConfig(levels=10, sigma_min=0.01, sigma_max=1.0, corrector_steps=3, corrector_above=0.1)
+    sigmas = config.sigmas(torch.device("cpu"))
+    corrected = int((sigmas >= 0.1).sum())
+    assert 0 < corrected < 10
+    evaluations, ticks = [], []
+
+    def counting(x: torch.Tensor, sigma: torch.Tensor) -> tuple[torch.Tensor, None]:
+        evaluations.append(float(sigma[0]))
+        return -(x - MEAN) / (STD**2 + sigma[:, None, None, None] ** 2), None
+
+    annealed_sample(counting, 4, 2, config, torch.Generator().manual_seed(0), torch.device("cpu"),
+                    on_step=lambda done, total: ticks.append((done, total)))
+    below = [s for s in evaluations if s < 0.1]
+    assert len(below) == 10 - corrected  # one denoising step per level below, no corrector there
+    assert len(evaluations) == config.steps == 10 + 3 * corrected
+    assert ticks[-1] == (config.steps, config.steps)  # the progress bar ends full
+
+
+def test_residual_chains_default_to_correctors_above_a_floor_and_keep_an_explicit_choice():
+    assert AnnealedConfig().for_composition(residual_chain=False).corrector_above is None
+    assert AnnealedConfig().for_composition(residual_chain=True).corrector_above == RESIDUAL_CORRECTOR_ABOVE
+    assert AnnealedConfig(corrector_above=0.0).for_composition(residual_chain=True).corrector_above == 0.0
+    assert "corrector_above" not in AnnealedConfig().to_json()  # sidecars of other compositions unchanged
+    assert AnnealedConfig(corrector_above=0.2).to_json()["corrector_above"] == 0.2

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from conceptlib.concepts import LoadedConcept
+from conceptlib.diffusion import RESIDUAL_CORRECTOR_ABOVE
 from conceptlib.energy import Term
 from conceptlib.errors import ConceptError, TrainingError
 from conceptlib.expr import And, Leaf, Not
@@ -252,6 +253,8 @@ def test_add_with_frozen_trains_a_residual_and_records_the_whole_lineage(run, tm
                    "-o", str(tmp_path / "grid.png"), "--out-dir", str(tmp_path / "samples"))
     assert composed.exit_code == 0, composed.output
     assert (tmp_path / "grid.png").stat().st_size > 0
+    sampler = json.loads((tmp_path / "samples" / "sample_00000.json").read_text())["sampler"]
+    assert sampler["corrector_above"] == RESIDUAL_CORRECTOR_ABOVE  # a residual chain's default, recorded
     inferred = run("infer", "shape", str(tmp_path / "samples" / "sample_00000.png"), "--json", "--device", "cpu")
     assert inferred.exit_code == 0, inferred.output
     assert json.loads(inferred.stdout)[0]["value"] in ("circle", "square", "triangle")
