@@ -601,7 +601,7 @@ def show(ctx: click.Context, ref: str, as_json: bool, energies: bool, plot: Path
     curve = fields["metrics"].get("loss_curve")
     if curve:  # two hundred numbers say less than the picture: name it instead
         fields["metrics"] = {**fields["metrics"], "loss_curve": f"{len(curve['loss'])} points (--plot draws them)"}
-    shown = [v if isinstance(v, str) else json.dumps(v) for v in fields.values()]
+    shown = [printable(v if isinstance(v, str) else json.dumps(v)) for v in fields.values()]
     for line in records(list(fields), [shown], out.width):
         out.print(line, markup=False, highlight=False)
     if histograms is not None and energies:
