@@ -85,7 +85,7 @@ def build_network(
         image_size = int(hyperparameters["image_size"])
     except (KeyError, TypeError, ValueError):
         raise CorruptBlobError(f"{what} records no usable image_size among its hyperparameters") from None
-    model = plugins.architecture(architecture).build(schema, image_size, config)
+    model = plugins.architecture(architecture).build_stored(schema, image_size, config)
     expected = model.state_dict()
     if set(tensors) != set(expected) or any(
         tuple(tensors[k].shape) != tuple(expected[k].shape) or tensors[k].dtype != _numpy_dtype(expected[k])

@@ -18,7 +18,6 @@ rest of the batch.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -27,7 +26,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from conceptlib.schema import ConditionSchema
-from conceptlib_nets.unet import FiLMConv, shared_rows
+from conceptlib_nets.layers import FiLMConv, NoiseEmbedding, noise_frequencies, shared_rows
 
 
 class NoisyClassifierEnergy(nn.Module):
@@ -52,8 +51,8 @@ class NoisyClassifierEnergy(nn.Module):
         self.categorical = schema.kind == "categorical"
         self.dim = schema.dim
         self.sigma_data = float(config["sigma_data"])
-        self.register_buffer("frequencies", torch.randn(embed // 2, generator=torch.Generator().manual_seed(0)) * 4)
-        self.noise_embed = nn.Sequential(nn.Linear(embed, embed), nn.SiLU(), nn.Linear(embed, embed))
+        self.register_buffer("frequencies", noise_frequencies(embed))
+        self.noise_embed = NoiseEmbedding(embed)
         blocks, c_in = [], 3
         for i, width in enumerate(channels):
             blocks.append(FiLMConv(c_in, width, embed, stride=1 if i == 0 else 2))
@@ -93,8 +92,7 @@ class NoisyClassifierEnergy(nn.Module):
         """The noise level's embedding; computed once and broadcast when the batch shares one level."""
         if sigma.shape[0] > 1 and shared_rows(sigma):
             return self.embedding(sigma[:1]).expand(sigma.shape[0], -1)
-        angles = (torch.log(sigma) / 4)[:, None] * self.frequencies[None, :] * 2 * math.pi
-        return self.noise_embed(torch.cat([angles.cos(), angles.sin()], dim=1))
+        return self.noise_embed(sigma, self.frequencies)
 
 
 def _membership_energy(log_p: torch.Tensor, c: torch.Tensor) -> torch.Tensor:

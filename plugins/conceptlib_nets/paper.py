@@ -29,6 +29,7 @@ from torch.nn.utils.parametrizations import spectral_norm
 
 from conceptlib.errors import ConceptError
 from conceptlib.schema import ConditionSchema
+from conceptlib_nets.layers import modulate
 from conceptlib_nets.small import bump_map
 
 POOLS = ("mean", "sum")
@@ -48,9 +49,9 @@ class FiLMResBlock(nn.Module):
         self.down = down
 
     def forward(self, h: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
-        scale1, shift1, scale2, shift2 = (t[:, :, None, None] for t in self.film(e).chunk(4, dim=1))
-        out = F.silu(self.conv1(h) * (1 + scale1) + shift1)
-        out = F.silu(self.conv2(out) * (1 + scale2) + shift2 + self.skip(h))
+        scale1, shift1, scale2, shift2 = self.film(e).chunk(4, dim=1)
+        out = F.silu(modulate(self.conv1(h), scale1, shift1))
+        out = F.silu(modulate(self.conv2(out), scale2, shift2) + self.skip(h))
         return F.avg_pool2d(out, 2) if self.down else out
 
 

@@ -20,6 +20,7 @@ from torch.autograd.function import FunctionCtx, once_differentiable
 from torch.nn import functional as F
 
 from conceptlib.schema import ConditionSchema
+from conceptlib_nets.layers import FiLMConv
 
 
 def bump_map(points: torch.Tensor, size: int, sigma: float) -> torch.Tensor:
@@ -28,24 +29,6 @@ def bump_map(points: torch.Tensor, size: int, sigma: float) -> torch.Tensor:
     dx = (axis[None, None, :] - points[:, 0, None, None]) ** 2
     dy = (axis[None, :, None] - points[:, 1, None, None]) ** 2
     return torch.exp(-(dx + dy) / (2 * sigma**2)).unsqueeze(1)
-
-
-class FiLMBlock(nn.Module):
-    """conv -> FiLM(condition) -> Swish; stride 2 halves the resolution."""
-
-    def __init__(self, c_in: int, c_out: int, embed: int, stride: int) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1)
-        self.film = nn.Linear(embed, 2 * c_out)
-        nn.init.kaiming_normal_(self.conv.weight, nonlinearity="relu")
-        nn.init.zeros_(self.conv.bias)
-        nn.init.zeros_(self.film.weight)
-        nn.init.zeros_(self.film.bias)
-
-    def forward(self, h: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
-        scale, shift = self.film(e).chunk(2, dim=1)
-        h = self.conv(h) * (1 + scale[:, :, None, None]) + shift[:, :, None, None]
-        return F.silu(h)
 
 
 class SmallEnergyNet(nn.Module):
@@ -59,11 +42,11 @@ class SmallEnergyNet(nn.Module):
         self.bump_sigma = float(config["bump_sigma"])
         self.embed = nn.Sequential(nn.Linear(schema.dim, embed), nn.SiLU(), nn.Linear(embed, embed))
         downsamplings = max(1, int(math.log2(image_size // 8)))
-        blocks = [FiLMBlock(3 + int(self.spatial), channels[0], embed, stride=1)]
+        blocks = [FiLMConv(3 + int(self.spatial), channels[0], embed, stride=1, kaiming=True)]
         for i in range(downsamplings):
             c_in = channels[min(i, len(channels) - 1)]
             c_out = channels[min(i + 1, len(channels) - 1)]
-            blocks.append(FiLMBlock(c_in, c_out, embed, stride=2))
+            blocks.append(FiLMConv(c_in, c_out, embed, stride=2, kaiming=True))
         self.blocks = nn.ModuleList(blocks)
         side = image_size // 2**downsamplings
         self.out = nn.Linear(channels[-1] * side * side, 1)

@@ -12,7 +12,6 @@ composition count the prior once: ``E_prior + sum_i w_i (E_i(x | c_i) - E_i(x | 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -21,41 +20,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from conceptlib.schema import ConditionSchema
+from conceptlib_nets.layers import FiLMConv, NoiseEmbedding, edm_denoise, noise_frequencies, shared_rows
 from conceptlib_nets.small import bump_map
-
-
-class FiLMConv(nn.Module):
-    """conv -> FiLM(embedding) -> SiLU. Plain blocks: on this CPU the cost of a training step is the
-    convolutions run three times (forward, input gradient, its parameter gradient), so every layer counts."""
-
-    def __init__(self, c_in: int, c_out: int, embed: int, stride: int = 1) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1)
-        self.film = nn.Linear(embed, 2 * c_out)
-        nn.init.zeros_(self.film.weight)
-        nn.init.zeros_(self.film.bias)
-
-    def forward(self, h: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
-        if e.stride(0) == 0 and not self.conv.weight.requires_grad:  # one embedding for the batch: fold FiLM
-            scale, shift = self.film(e[:1]).chunk(2, dim=1)
-            gain = 1 + scale[0]
-            weight = (self.conv.weight * gain[:, None, None, None]).contiguous(memory_format=_layout(self.conv.weight))
-            return F.silu(F.conv2d(h, weight, self.conv.bias * gain + shift[0], self.conv.stride, self.conv.padding))
-        scale, shift = self.film(e).chunk(2, dim=1)
-        return F.silu(self.conv(h) * (1 + scale[:, :, None, None]) + shift[:, :, None, None])
-
-
-def _layout(weight: torch.Tensor) -> torch.memory_format:
-    return torch.channels_last if weight.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
-
-
-def shared_rows(*tensors: torch.Tensor) -> bool:
-    """True when every tensor has the same value in every row (sampling: one noise level, one condition).
-
-    Networks then compute their embedding once and broadcast it (stride 0), which lets frozen
-    :class:`FiLMConv` blocks fold FiLM into their convolutions instead of two passes over activations.
-    """
-    return all(t.shape[0] == 1 or torch.equal(t, t[:1].expand_as(t)) for t in tensors)
 
 
 class DenoisingEnergyNet(nn.Module):
@@ -81,8 +47,8 @@ class DenoisingEnergyNet(nn.Module):
         self.sigma_data = float(config["sigma_data"])
         self.bump_sigma = float(config["bump_sigma"])
         self.spatial = schema.kind == "continuous" and getattr(schema, "spatial", False) and schema.dim == 2
-        self.register_buffer("frequencies", torch.randn(embed // 2, generator=torch.Generator().manual_seed(0)) * 4)
-        self.noise_embed = nn.Sequential(nn.Linear(embed, embed), nn.SiLU(), nn.Linear(embed, embed))
+        self.register_buffer("frequencies", noise_frequencies(embed))
+        self.noise_embed = NoiseEmbedding(embed)
         self.condition_embed = nn.Sequential(nn.Linear(schema.dim, embed), nn.SiLU(), nn.Linear(embed, embed))
         self.null = nn.Parameter(torch.zeros(embed))
         c_in = (3 + int(self.spatial)) * self.patch**2
@@ -92,7 +58,7 @@ class DenoisingEnergyNet(nn.Module):
         self.up1 = FiLMConv(c2 + c1, c1, embed)
         self.up0 = FiLMConv(c1 + c0, c0, embed)
         self.head = nn.Conv2d(c0, 3 * self.patch**2, 3, padding=1)
-        refine = int(config.get("refine", 0))
+        refine = int(config["refine"])
         self.refine = None
         if refine:
             # zero-initialised output: a new network starts as the trunk alone
@@ -104,19 +70,16 @@ class DenoisingEnergyNet(nn.Module):
     def embedding(self, c: torch.Tensor, sigma: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
         if sigma.shape[0] > 1 and shared_rows(c, sigma, keep):
             return self.embedding(c[:1], sigma[:1], keep[:1]).expand(sigma.shape[0], -1)
-        angles = (torch.log(sigma) / 4)[:, None] * self.frequencies[None, :] * 2 * math.pi
-        noise = self.noise_embed(torch.cat([angles.cos(), angles.sin()], dim=1))
+        noise = self.noise_embed(sigma, self.frequencies)
         k = keep[:, None]
         return noise + k * self.condition_embed(c) + (1 - k) * self.null[None, :]
 
     def denoise(self, x: torch.Tensor, c: torch.Tensor, sigma: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-        """``D(x, sigma, c)``: the network's estimate of the clean image (EDM preconditioning)."""
-        s = sigma[:, None, None, None]
-        total = s**2 + self.sigma_data**2
-        c_skip = self.sigma_data**2 / total
-        c_out = s * self.sigma_data / total.sqrt()
-        c_in = 1 / total.sqrt()
-        h = (x - 0.5) * c_in
+        """``D(x, sigma, c)``: the network's estimate of the clean image."""
+        return edm_denoise(x, sigma, self.sigma_data, lambda h: self._trunk(h, c, sigma, keep))
+
+    def _trunk(self, h: torch.Tensor, c: torch.Tensor, sigma: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        """The U-Net on the preconditioned input ``h``: what :func:`edm_denoise` scales into the estimate."""
         if self.spatial:
             bumps = bump_map(c, self.image_size, self.bump_sigma) * keep[:, None, None, None]
             h = torch.cat([h, bumps * 2 - 1], dim=1)
@@ -136,7 +99,7 @@ class DenoisingEnergyNet(nn.Module):
         out = F.pixel_shuffle(self.head(h), self.patch)
         if self.refine is not None:
             out = out + self.refine[1](self.refine[0](torch.cat([out, pixels], dim=1), e))
-        return 0.5 + c_skip * (x - 0.5) + c_out * out
+        return out
 
     def forward(
         self, x: torch.Tensor, c: torch.Tensor, sigma: torch.Tensor | None = None, keep: torch.Tensor | None = None
