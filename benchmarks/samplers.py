@@ -28,10 +28,10 @@ from typing import Any
 
 import torch
 
-from conceptlib.cli import option_defaults
-from conceptlib.evaluation import SamplerSettings, evaluate_registry
+from conceptlib.evaluation import evaluate_registry
 from conceptlib.plugins import PluginManager
 from conceptlib.registry import Registry
+from conceptlib.settings import SamplerSettings
 
 ROOT = Path(__file__).parent
 RESULTS = ROOT / "results"
@@ -102,7 +102,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    base = SamplerSettings.from_options(option_defaults("eval"))  # what `concept eval` users get
+    base = SamplerSettings()  # what `concept eval` users get: its options default to these
     data: dict[str, Any] = {"written": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "n": args.n, "device": str(device),
                             "threads": torch.get_num_threads(), "defaults": base.annealed.to_json(),
                             "shipped": [], "dsm": []}

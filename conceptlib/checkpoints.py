@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from types import FrameType, TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -37,7 +37,9 @@ from conceptlib import distributed
 from conceptlib.errors import Interrupted, TrainingError
 from conceptlib.files import atomic_write
 from conceptlib.registry.engine import sqlite_path
-from conceptlib.sampling import ReplayBuffer
+
+if TYPE_CHECKING:
+    from conceptlib.training.replay import ReplayBuffer
 
 FORMAT_VERSION = 1
 STATE_FILE = "checkpoint.json"

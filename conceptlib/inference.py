@@ -73,7 +73,7 @@ def image_energies(
     """
     model = concept.model
     x = images.repeat(repeats, 1, 1, 1)
-    if not getattr(model, "noise_conditioned", False):
+    if not concept.kind.noise_conditioned:
         return model(x, conditions)
     generator = torch.Generator(device=images.device).manual_seed(config.seed)
     total = torch.zeros(x.shape[0], device=images.device)
@@ -83,7 +83,7 @@ def image_energies(
             noise = torch.randn(shape, generator=generator, device=images.device).expand(images.shape)
             noise = noise.repeat(repeats, 1, 1, 1)
             s = torch.full((x.shape[0],), sigma, device=images.device)
-            if concept.is_denoiser:  # its denoising error: the diffusion-classifier view of -log p(x | c)
+            if concept.kind.denoises:  # its denoising error: the diffusion-classifier view of -log p(x | c)
                 keep = torch.ones(x.shape[0], device=images.device)
                 error = x - model.denoise(x + sigma * noise, conditions, s, keep)
                 total = total + error.pow(2).flatten(1).sum(1) / (2 * sigma**2)

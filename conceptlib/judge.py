@@ -43,9 +43,9 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from conceptlib.files import atomic_write
+from conceptlib.imaging import images_to_tensor
 from conceptlib.schema import ConditionSchema, Continuous, schema_from_json
 from conceptlib.sources import Dataset, Progress, canonical_hash
-from conceptlib.training import images_to_tensor
 
 JUDGE_VERSION = 1
 """Bump on any change to the network, training or calibration: it enters every cache key."""
