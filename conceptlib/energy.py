@@ -79,7 +79,7 @@ def compose(node: Node, terms: dict[Leaf, Term], or_temperature: float = 1.0, fu
     whole expression is evaluated as one function, chunk by chunk (:func:`conceptlib.batched.evaluate`): one
     pass of the chunk threads per step instead of one per concept, each thread keeping its chunk through
     every network. Every operation in an expression is per sample, so chunking the whole is exact (the same
-    samples bit for bit); measured 1.1-1.25x faster at batch 64 with 3-5 concepts (benchmarks/speed.py).
+    samples bit for bit), and faster with several concepts (docs/speed.md).
     """
     specialised = {leaf: term._specialised for leaf, term in terms.items()} if fuse and all(
         term.fast for term in terms.values()) else {}

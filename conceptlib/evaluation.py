@@ -4,7 +4,7 @@ Each protocol draws random conditions per sample (a position in the source's ran
 samples every image from its own composed energy, and asks the judge (:mod:`conceptlib.judge`, trained
 on renders the concepts never saw: another seed of the same source) what it sees. Every protocol also
 reports how many samples *look real* to the judge, because a judge alone can be fooled by adversarial
-noise (LEARNING.md). Figures are on freshly generated samples, never on training images.
+noise (docs/design.md). Figures are on freshly generated samples, never on training images.
 """
 
 from __future__ import annotations

@@ -61,8 +61,8 @@ class Continuous:
     """A point in a box: ``names`` are its axes, each in ``[low, high]``.
 
     ``spatial`` marks a 2-D point on the image plane ((x, y), 0..1 left-to-right, top-to-bottom), so
-    that architectures can render it as a map instead of a bare vector (LEARNING.md: position fed as
-    a Gaussian bump map learns, fed as constant planes it does not).
+    that architectures can render it as a map instead of a bare vector (position fed as a Gaussian bump
+    map learns, fed as constant planes it does not: docs/design.md).
     """
 
     names: tuple[str, ...]

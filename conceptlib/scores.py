@@ -215,12 +215,12 @@ def _prior_leaf_condition(node: Node, terms: Mapping[Leaf, Term], prior: LoadedC
 def _negate(part: Part) -> Part:
     """NOT: ``-E`` in general; for a classifier leaf, the classifier of the complement, ``-w log(1 - p(c | x))``.
 
-    Negating ``-w log p`` pushes ``p`` toward 0 without bound: measured on ``position & !color`` the objects
-    grew and the judge's realism fell to 0.08. ``1 - p`` asks the same question and stops pushing once the
-    image no longer shows ``c``. Its gradient is the negated one scaled by ``p / (1 - p)`` (``w`` cancels).
-    That is the fallback for a categorical classifier without ``membership``: where the image shows ``c``
-    for certain, ``p`` rounds to 1, ``-log p`` to 0 and both gradients vanish, so the NOT gives up on exactly
-    the samples that break it (``Traits.complement``: the network is asked for the complement instead).
+    Negating ``-w log p`` pushes ``p`` toward 0 without bound (objects grew and stopped looking real);
+    ``1 - p`` asks the same question and stops pushing once the image no longer shows ``c``. Its gradient is
+    the negated one scaled by ``p / (1 - p)`` (``w`` cancels). This is the fallback for a categorical
+    classifier that cannot read a set of names: where the image shows ``c`` for certain, ``p`` rounds to 1
+    and both gradients vanish, so the NOT gives up on exactly the samples that break it
+    (``Traits.complement``: the network is asked for the complement instead).
     """
     if part.probability is None:
         return Part(-part.energy, -part.grad)

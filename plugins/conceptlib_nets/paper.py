@@ -10,7 +10,7 @@ residual block as a per-channel scale and shift (FiLM) from an embedding of ``c`
 
 One addition of this project: a spatial condition (a point on the image plane) is also drawn as a
 Gaussian bump map and fed as a fourth input channel, as in the ``small`` net, where position fed only
-as a vector did not learn on this project's CPU (LEARNING.md); ``bump_sigma=0`` turns it off.
+as a vector did not learn on a 2-core CPU (docs/design.md); ``bump_sigma=0`` turns it off.
 
 These are GPU-sized networks (paper64 holds 1.8 million parameters, paper128 42 million); on a CPU, ``small`` is the
 practical choice. Use them with ``--objective cd``: the energy is ``E(x | c)`` with no noise level.

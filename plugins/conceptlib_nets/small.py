@@ -1,6 +1,6 @@
 """A small, fast conditional energy network for 32x32 and 64x64 scenes.
 
-Three choices measured on this project's CPU (LEARNING.md) shape it:
+Three choices, each measured on a 2-core CPU (docs/design.md), shape it:
 - Kaiming init and a zero-initialised output layer, so the input gradient is not ~1e-4 per pixel at
   the start (PyTorch's default init shrank image differences ~800x through the layers);
 - spatial conditions (a point on the image plane) enter as a Gaussian bump map, an extra input
@@ -69,7 +69,7 @@ class SmallEnergyNet(nn.Module):
         Everything that depends only on ``c`` is done once here instead of at every Langevin step:
         FiLM's scale and shift are folded into each convolution's weights and bias, the input's
         ``2x - 1`` into the first convolution, and the bump map is rendered once. What remains per
-        step is three convolutions and three SiLUs (measured 1.2-1.7x faster than ``forward``).
+        step is three convolutions and three SiLUs (faster than ``forward``: docs/speed.md).
         """
         e = self.embed(c)
         layers = []

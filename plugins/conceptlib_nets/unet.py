@@ -28,10 +28,10 @@ class DenoisingEnergyNet(nn.Module):
     """U-Net denoiser wrapped as an energy; call ``model(x, c, sigma, keep)`` -> ``(B,)``.
 
     The U-Net works on 2x2 pixel patches (space-to-depth): a 32x32 scene is a 16x16 grid of 12 channels,
-    which cut a training step from 0.56 s to 0.31 s at batch 48 with more capacity (measured here).
-    ``refine`` channels (config; 0 = none) add one FiLM convolution at full resolution over the trunk's
-    estimate and the input: the patch trunk left noise inside objects that the sampling chain kept as
-    speckle, and ragged outlines decide shape (README, "Measured quality").
+    which nearly halved a training step with more capacity. ``refine`` channels (config; 0 = none) add one
+    FiLM convolution at full resolution over the trunk's estimate and the input: the patch trunk left noise
+    inside objects that the sampling chain kept as speckle, and ragged outlines decide shape
+    (docs/design.md has both measurements).
     """
 
     noise_conditioned = True
