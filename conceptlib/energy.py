@@ -14,7 +14,7 @@ the plain product).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -72,7 +72,7 @@ class Term:
         return both[:n], both[n:]
 
 
-def compose(node: Node, terms: dict[Leaf, Term], or_temperature: float = 1.0, fuse: bool = True) -> EnergyFn:
+def compose(node: Node, terms: Mapping[Leaf, Term], or_temperature: float = 1.0, fuse: bool = True) -> EnergyFn:
     """The energy ``E(x) -> (B,)`` of ``node``; ``terms`` maps every leaf to its network.
 
     With ``fuse``, when every leaf is a frozen network specialised to a condition shared by the batch, the
@@ -94,7 +94,7 @@ def compose(node: Node, terms: dict[Leaf, Term], or_temperature: float = 1.0, fu
 
 def compose_noisy(
     node: Node,
-    terms: dict[Leaf, Term],
+    terms: Mapping[Leaf, Term],
     prior: LoadedConcept,
     guidance: float = 1.0,
     or_temperature: float = 1.0,

@@ -50,7 +50,7 @@ def sample(
     (shared) or ``(n, dim)`` (per sample, as the evaluation protocols ask).
     """
     if prior is None:
-        energy = compose(node, dict(terms), settings.or_temperature)
+        energy = compose(node, terms, settings.or_temperature)
         x = initial_images(n, image_size, settings.langevin.init, generator, device)
         return langevin(energy, x, settings.langevin, generator, on_step=on_step)
     drawn = None if names_prior(node, terms, prior) else draw_prior_conditions(prior, n, generator, device)

@@ -102,8 +102,7 @@ def composed_score(
             factor = guidance.classifier / w
             node = map_leaves(node, lambda leaf: Weighted(factor, leaf)
                               if terms[leaf].concept.kind is ConceptKind.CLASSIFIER else leaf)
-        return energy_scores(compose_noisy(node, terms, prior, w, settings.or_temperature,  # type: ignore[arg-type]
-                                           prior_condition))
+        return energy_scores(compose_noisy(node, terms, prior, w, settings.or_temperature, prior_condition))
     temperature = guidance.classifier_temperature
     if temperature != 1.0:
         _check_tempered(terms)
