@@ -117,6 +117,11 @@ class Continuous:
 ConditionSchema = Union[Categorical, Continuous]
 
 
+def is_image_point(schema: ConditionSchema) -> bool:
+    """A 2-D point on the image plane (``spatial``): networks and the judge draw or read it as a map."""
+    return isinstance(schema, Continuous) and schema.spatial and schema.dim == 2
+
+
 def schema_from_json(data: dict[str, Any]) -> ConditionSchema:
     """Rebuild a schema stored in the registry or in a safetensors header."""
     kind = data.get("kind")

@@ -28,9 +28,8 @@ from torch.nn import functional as F
 from torch.nn.utils.parametrizations import spectral_norm
 
 from conceptlib.errors import ConceptError
-from conceptlib.schema import ConditionSchema
-from conceptlib_nets.layers import modulate
-from conceptlib_nets.small import bump_map
+from conceptlib.schema import ConditionSchema, is_image_point
+from conceptlib_nets.layers import bump_map, modulate
 
 POOLS = ("mean", "sum")
 
@@ -74,8 +73,7 @@ class PaperEnergyNet(nn.Module):
         self.pool = config["pool"]
         self.image_size = image_size
         self.bump_sigma = float(config["bump_sigma"])
-        spatial = schema.kind == "continuous" and getattr(schema, "spatial", False) and schema.dim == 2
-        self.spatial = spatial and self.bump_sigma > 0
+        self.spatial = is_image_point(schema) and self.bump_sigma > 0
         self.embed = nn.Sequential(nn.Linear(schema.dim, embed), nn.SiLU(), nn.Linear(embed, embed))
         self.stem = spectral_norm(nn.Conv2d(3 + int(self.spatial), channels[0], 3, padding=1))
         blocks = [FiLMResBlock(c_in, c_out, embed, down=True) for c_in, c_out in pairwise(channels)]

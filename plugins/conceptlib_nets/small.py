@@ -19,16 +19,8 @@ from torch import nn
 from torch.autograd.function import FunctionCtx, once_differentiable
 from torch.nn import functional as F
 
-from conceptlib.schema import ConditionSchema
-from conceptlib_nets.layers import FiLMConv
-
-
-def bump_map(points: torch.Tensor, size: int, sigma: float) -> torch.Tensor:
-    """Gaussian bumps ``(B, 1, size, size)`` centred at ``points`` ((x, y) in [0, 1])."""
-    axis = (torch.arange(size, device=points.device, dtype=points.dtype) + 0.5) / size
-    dx = (axis[None, None, :] - points[:, 0, None, None]) ** 2
-    dy = (axis[None, :, None] - points[:, 1, None, None]) ** 2
-    return torch.exp(-(dx + dy) / (2 * sigma**2)).unsqueeze(1)
+from conceptlib.schema import ConditionSchema, is_image_point
+from conceptlib_nets.layers import FiLMConv, bump_map
 
 
 class SmallEnergyNet(nn.Module):
@@ -38,7 +30,7 @@ class SmallEnergyNet(nn.Module):
         embed = int(config["embed"])
         self.image_size = image_size
         self.cond_dim = schema.dim
-        self.spatial = schema.kind == "continuous" and getattr(schema, "spatial", False) and schema.dim == 2
+        self.spatial = is_image_point(schema)
         self.bump_sigma = float(config["bump_sigma"])
         self.embed = nn.Sequential(nn.Linear(schema.dim, embed), nn.SiLU(), nn.Linear(embed, embed))
         downsamplings = max(1, int(math.log2(image_size // 8)))

@@ -19,9 +19,15 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from conceptlib.schema import ConditionSchema
-from conceptlib_nets.layers import FiLMConv, NoiseEmbedding, edm_denoise, noise_frequencies, shared_rows
-from conceptlib_nets.small import bump_map
+from conceptlib.schema import ConditionSchema, is_image_point
+from conceptlib_nets.layers import (
+    FiLMConv,
+    NoiseEmbedding,
+    bump_map,
+    edm_denoise,
+    noise_frequencies,
+    shared_rows,
+)
 
 
 class DenoisingEnergyNet(nn.Module):
@@ -46,7 +52,7 @@ class DenoisingEnergyNet(nn.Module):
         self.image_size = image_size
         self.sigma_data = float(config["sigma_data"])
         self.bump_sigma = float(config["bump_sigma"])
-        self.spatial = schema.kind == "continuous" and getattr(schema, "spatial", False) and schema.dim == 2
+        self.spatial = is_image_point(schema)
         self.register_buffer("frequencies", noise_frequencies(embed))
         self.noise_embed = NoiseEmbedding(embed)
         self.condition_embed = nn.Sequential(nn.Linear(schema.dim, embed), nn.SiLU(), nn.Linear(embed, embed))
