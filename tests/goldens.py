@@ -12,7 +12,8 @@ provenance, each version as ``show --json`` prints it, inference and evaluation 
 branch as it stood before the composition core was reorganised (issue 24, commit 06daabe), and is checked
 by ``tests/test_goldens.py``. Floating-point kernels differ between CPU instruction sets, so the file
 records the torch version and CPU capability it was made with; elsewhere the check is skipped and says
-why. Regenerate it only on purpose, from code whose outputs are known right.
+why. Regenerate it only on purpose: after a change meant to alter what users get (a new default, a fix),
+and say so in that commit.
 """
 
 from __future__ import annotations
@@ -36,13 +37,13 @@ TIMING = {"seconds", "iterations_per_second", "created_at"}
 SOURCE = ["--source", "scenes", "--param", "n=256", "--param", "image_size=16"]
 TINY = ["--arch-config", "channels=[8,8,8]", "--arch-config", "embed=16", "--iterations", "3",
         "--batch-size", "8", "--steps", "2", "--device", "cpu"]
-CONCEPTS: list[tuple[str, ...]] = [
-    ("position",),  # auto: a denoiser prior
-    ("color", "--with", "position"),  # auto: classifiers
-    ("shape", "--with", "position"),
+CONCEPTS: list[tuple[str, ...]] = [  # objectives named, so that a new default for --objective auto changes nothing
+    ("position", "--objective", "denoiser"),  # the prior
+    ("color", "--objective", "classifier", "--with", "position"),
+    ("shape", "--objective", "classifier", "--with", "position"),
     ("dpos", "--attribute", "position", "--objective", "dsm"),  # a dsm energy lineage
     ("dcol", "--attribute", "color", "--objective", "dsm", "--with", "dpos"),
-    ("dshape", "--attribute", "shape", "--with", "dpos"),
+    ("dshape", "--attribute", "shape", "--objective", "classifier", "--with", "dpos"),
     ("cpos", "--attribute", "position", "--objective", "cd"),  # contrastive divergence, small net
     ("ccol", "--attribute", "color", "--objective", "cd", "--with", "cpos"),
     ("ppos", "--attribute", "position", "--objective", "cd", "--arch", "paper64",
