@@ -127,19 +127,24 @@ def per_objective(field: str) -> str:
 @click.option("--with", "frozen", multiple=True, metavar="OTHER[@V]",
               help="Registered concept to freeze and compose into the sampler, repeatable.")
 @click.option("--objective", default="auto", show_default=True, type=click.Choice(["auto", *OBJECTIVES]),
-              help="denoiser: a denoiser of whole scenes, composed by its score (the prior); "
+              help="denoiser: a denoiser of whole scenes, composed by its score (the first concept); "
+                   "residual: a correction to the --with concepts' composed denoiser, trained with them in its "
+                   "loss, so it learns what they do not explain on this data (also what they never drew); "
+                   "classifier: -log p(c | noisy x), guidance that steers the --with concepts but never reads "
+                   "them in training and draws nothing they cannot; "
                    "dsm: denoising score matching of a noise-conditioned energy (a whole scene model); "
-                   "classifier: -log p(c | noisy x), the factor a concept adds to frozen ones; "
-                   "cd: the paper's contrastive divergence; auto: denoiser alone, classifier with --with.")
+                   "cd: the paper's contrastive divergence, the --with concepts in its Langevin negatives; "
+                   "auto: denoiser alone, residual with --with.")
 @click.option("--arch", "architecture",
-              help="Energy-network architecture [default: unet for denoiser and dsm, classifier, small for cd].")
+              help="Energy-network architecture [default: unet for denoiser and dsm, residual, classifier, small "
+                   "for cd].")
 @click.option("--arch-config", multiple=True, metavar="KEY=VALUE", help="Architecture setting, repeatable.")
 @click.option("--iterations", type=click.IntRange(1), help=per_objective("iterations"))
 @click.option("--batch-size", type=click.IntRange(1), help=per_objective("batch_size"))
 @click.option("--lr", default=TrainConfig.lr, show_default=True, type=click.FloatRange(0, min_open=True))
 @click.option("--condition-dropout", default=DSM.condition_dropout, show_default=True,
               type=click.FloatRange(0, 1, max_open=True),
-              help="denoiser, dsm: fraction of samples trained with the null condition.")
+              help="denoiser, residual, dsm: fraction of samples trained with the null condition.")
 @click.option("--l2", default=CD.l2, show_default=True, type=click.FloatRange(0),
               help="cd: energy regulariser (eq. 2).")
 @click.option("--steps", default=CD.langevin.steps, show_default=True, type=click.IntRange(1),
@@ -167,8 +172,10 @@ def add(ctx: click.Context, name: str, source_name: str, params: tuple[str, ...]
         checkpoint_every: int, checkpoint_dir: Path | None) -> None:
     """Train concept NAME and register it as a new version.
 
-    Every --with concept is frozen and composed with the new one (continual learning): only the new
-    network learns, so it learns what the frozen ones do not already explain. A run that stops (Ctrl-C,
+    Every --with concept is frozen (with the concepts it was trained with) and only the new network learns
+    (continual learning). By default (objective residual) the frozen concepts, each at the image's own
+    label, are composed inside the new concept's loss, so it learns exactly what they do not explain on
+    this data. See --objective for what --with does under the others. A run that stops (Ctrl-C,
     divergence, a failing source) registers nothing and leaves a checkpoint; --resume continues it.
     """
     from conceptlib import distributed

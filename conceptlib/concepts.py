@@ -36,6 +36,9 @@ class ConceptKind(enum.Enum):
     """``D(x, sigma | c)`` with a null condition: its score ``(D - x) / sigma^2``, composed in score space."""
     CLASSIFIER = "classifier"
     """``-log p(c | x_sigma)``: already a ratio (no null energy); steers a prior, is never one."""
+    RESIDUAL = "residual"
+    """``R(x, sigma | c, context)``: a correction to its lineage's composed estimate (objective residual),
+    composed as ``w (R(c) - R(null))`` on the chain of denoisers it was trained with (:mod:`conceptlib.residual`)."""
 
     @property
     def noise_conditioned(self) -> bool:
@@ -44,7 +47,8 @@ class ConceptKind(enum.Enum):
 
     @property
     def denoises(self) -> bool:
-        """Gives a denoised estimate ``D(x)`` and is composed by its score, without an energy."""
+        """Gives a whole denoised estimate ``D(x)`` and is composed by its score, without an energy (a residual
+        gives a correction to one)."""
         return self in DENOISING_KINDS
 
     @property
@@ -54,7 +58,7 @@ class ConceptKind(enum.Enum):
 
 
 DENOISING_KINDS = frozenset({ConceptKind.DENOISER})
-DENOISING_OBJECTIVES = {"denoiser": ConceptKind.DENOISER}
+DENOISING_OBJECTIVES = {"denoiser": ConceptKind.DENOISER, "residual": ConceptKind.RESIDUAL}
 """Objectives that train a denoiser (``denoise(x, c, sigma, keep)``) rather than an energy: a network that
 denoises but was trained as an energy (dsm) is composed as one."""
 

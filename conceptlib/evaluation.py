@@ -26,6 +26,7 @@ from conceptlib.imaging import images_to_tensor, to_uint8
 from conceptlib.inference import InferenceConfig, infer_each
 from conceptlib.plugins import PluginManager
 from conceptlib.registry import Registry
+from conceptlib.residual import Chain
 from conceptlib.sampling import sample, sampling_prior
 from conceptlib.settings import SamplerSettings
 
@@ -234,8 +235,11 @@ def sample_trial(
     generator: torch.Generator,
     device: torch.device,
     on_batch: Callable[[int], None] | None = None,
+    chain: Chain | None = None,
 ) -> np.ndarray:
-    """Images ``(n, H, W, 3)`` uint8, sample ``i`` drawn from the expression with its own conditions."""
+    """Images ``(n, H, W, 3)`` uint8, sample ``i`` drawn from the expression with its own conditions.
+
+    ``chain``: the residual concepts' chain, when the expression holds any (see :func:`sampling_prior`)."""
     n = len(next(iter(trial.conditions.values())))
     image_size = int(next(iter(concepts.values())).version.hyperparameters["image_size"])
     batches = []
@@ -243,7 +247,8 @@ def sample_trial(
         part = slice(start, min(n, start + settings.batch_size))
         terms = {leaf: Term(concepts[leaf.concept], torch.from_numpy(values[part]).to(device))
                  for leaf, values in trial.conditions.items()}
-        x = sample(trial.node, terms, prior, part.stop - part.start, image_size, settings, generator, device)
+        x = sample(trial.node, terms, prior, part.stop - part.start, image_size, settings, generator, device,
+                   chain=chain)
         batches.append(to_uint8(x))
         if on_batch is not None:
             on_batch(part.stop)
@@ -267,7 +272,7 @@ def run_protocols(
         protocol = PROTOCOLS[name]
         concepts = {c: load_concept(registry, plugins, registry.resolve(c), device) for c in protocol.concepts}
         try:
-            prior = sampling_prior(registry, plugins, list(concepts.values()), device)
+            prior, chain = sampling_prior(registry, plugins, list(concepts.values()), device)
         except ConceptError as exc:
             raise type(exc)(f"protocol {name!r}: {exc}") from None
         params = concepts[protocol.concepts[0]].version.source_params
@@ -276,7 +281,8 @@ def run_protocols(
         generator = torch.Generator(device=device).manual_seed(seed)
         started = time.perf_counter()
         images = sample_trial(trial, concepts, prior, settings, generator, device,
-                              on_batch=(lambda done, name=name: on_progress(name, done, n)) if on_progress else None)
+                              on_batch=(lambda done, name=name: on_progress(name, done, n)) if on_progress else None,
+                              chain=chain)
         seconds = time.perf_counter() - started
         predicted = judge.predict(images)
         metrics = protocol.score(predicted, trial.targets)

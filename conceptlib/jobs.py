@@ -33,7 +33,9 @@ from conceptlib.plugins import PluginManager
 from conceptlib.registry import NewVersion, Registry, VersionInfo, VersionRef, split_ref
 from conceptlib.registry.api import ImportResult
 from conceptlib.registry.transfer import ConceptFile, read_concept_file
+from conceptlib.residual import build_chain, lineage_closure
 from conceptlib.sampling import sample, sampler_record, sampling_prior, steps
+from conceptlib.schema import ConditionSchema
 from conceptlib.settings import SamplerSettings, TrainConfig, resolve_objective, train_config
 from conceptlib.sources import Progress, Source, canonical_hash
 from conceptlib.training import IterationCallback, check_frozen_attributes, train_concept
@@ -93,6 +95,9 @@ def add_concept(
         if name == request.name:
             raise ConceptError(f"--with {text}: a concept cannot be frozen into its own training")
         frozen_versions.append(registry.resolve(name, ref))
+    if train.objective == "residual":  # a residual reads its frozen concepts' whole composition: their lineage too
+        frozen_versions = lineage_closure(registry, frozen_versions)
+    _check_before_training(registry, request.name, attribute, schemas, params, frozen_versions, request.source)
     config = architecture.config(request.architecture_config)
     run_key = canonical_hash({
         "registry": registry.display_url, "name": request.name, "source": request.source, "params": params,
@@ -107,14 +112,10 @@ def add_concept(
     checkpoint = Checkpoint(directory, request.checkpoint_every, request.resume, train.iterations)
     resumed_from = checkpoint.saved
     frozen = [load_concept(registry, plugins, v, request.device) for v in frozen_versions]
+    if train.objective == "residual":
+        build_chain(frozen)
     dataset = _load(source, params, on_load)
-    check_frozen_attributes(dataset, frozen, request.source)
-    for concept in frozen:
-        if int(concept.version.hyperparameters["image_size"]) != dataset.image_size:
-            raise ConceptError(
-                f"frozen concept {concept.version.ref} works on {concept.version.hyperparameters['image_size']}px "
-                f"images, this dataset on {dataset.image_size}px; pass --param image_size=..."
-            )
+    _check_image_size(frozen_versions, dataset.image_size)
     prior = prior_concept(registry, plugins, frozen, request.device) if frozen else None
     with DeferredInterrupt() as interrupt:
         checkpoint.interrupt = interrupt
@@ -164,6 +165,35 @@ def add_concept(
 
 RESUMABLE_CHANGES = ("iterations", "lr")
 """Settings a resumed run may change: train longer, or more gently after a divergence."""
+
+
+def _check_before_training(registry: Registry, name: str, attribute: str, schemas: Mapping[str, ConditionSchema],
+                           params: Mapping[str, Any], frozen: Sequence[VersionInfo], source: str) -> None:
+    """What would make the finished run unregistrable or meaningless, refused before any work is done."""
+    known = {c.name: c for c in registry.concepts()}
+    if name in known and known[name].schema != schemas[attribute]:
+        raise ConceptError(
+            f"concept {name!r} takes {known[name].schema.describe()}, but attribute {attribute!r} of source "
+            f"{source!r} is {schemas[attribute].describe()}; name the new concept differently"
+        )
+    for version in frozen:
+        if version.attribute == attribute:
+            raise ConceptError(
+                f"--with {version.ref}: it already models attribute {attribute!r}; a concept added --with frozen "
+                "ones must learn another attribute (train a new version of it without --with instead)"
+            )
+    check_frozen_attributes(schemas, frozen, source)
+    if "image_size" in params:
+        _check_image_size(frozen, int(params["image_size"]))
+
+
+def _check_image_size(frozen: Sequence[VersionInfo], image_size: int) -> None:
+    for version in frozen:
+        if int(version.hyperparameters["image_size"]) != image_size:
+            raise ConceptError(
+                f"frozen concept {version.ref} works on {version.hyperparameters['image_size']}px images, this "
+                f"dataset on {image_size}px; pass --param image_size={version.hyperparameters['image_size']}"
+            )
 
 
 def _load(source: Source, params: Mapping[str, Any], on_load: Progress | None) -> Any:
@@ -257,7 +287,7 @@ def compose_images(
     if len(sizes) > 1:
         raise ConceptError(f"the concepts in this expression work on different image sizes: {sorted(sizes)}")
     image_size = sizes.pop()
-    prior = sampling_prior(registry, plugins, list(loaded.values()), device)
+    prior, chain = sampling_prior(registry, plugins, list(loaded.values()), device)
     rank, ranks = shard
     batch_size = settings.batch_size
     batch_count = (n + batch_size - 1) // batch_size
@@ -275,7 +305,7 @@ def compose_images(
                 on_step(offset + done, total_steps)
 
         generator = torch.Generator(device=device).manual_seed(distributed.stream_seed(seed, batch))
-        images = sample(node, terms, prior, count, image_size, settings, generator, device, on_step=step)
+        images = sample(node, terms, prior, count, image_size, settings, generator, device, on_step=step, chain=chain)
         batches.append(to_uint8(images))
         done_steps += steps_per_batch
     versions = {v.concept: v.number for v in loaded}

@@ -26,6 +26,7 @@ from conceptlib.expr import Leaf, Node, Or, positive_leaves
 from conceptlib.langevin import initial_images, langevin
 from conceptlib.plugins import PluginManager
 from conceptlib.registry import Registry
+from conceptlib.residual import Chain, load_chain
 from conceptlib.scores import composed_score
 from conceptlib.settings import SamplerSettings
 
@@ -42,12 +43,14 @@ def sample(
     generator: torch.Generator,
     device: torch.device,
     on_step: StepCallback | None = None,
+    chain: Chain | None = None,
 ) -> torch.Tensor:
     """``n`` images ``(n, 3, H, W)`` in [0, 1] of ``node``, drawn from ``generator``.
 
     With a ``prior`` (noise-conditioned concepts, see :func:`sampling_prior`) the annealed sampler follows the
-    composed score; without, Langevin dynamics the composed energy. ``terms`` conditions are ``(1, dim)``
-    (shared) or ``(n, dim)`` (per sample, as the evaluation protocols ask).
+    composed score, over the ``chain`` of residual concepts when there is one; without, Langevin dynamics the
+    composed energy. ``terms`` conditions are ``(1, dim)`` (shared) or ``(n, dim)`` (per sample, as the
+    evaluation protocols ask).
     """
     if prior is None:
         energy = compose(node, terms, settings.or_temperature)
@@ -55,7 +58,7 @@ def sample(
         return langevin(energy, x, settings.langevin, generator, on_step=on_step)
     drawn = None if names_prior(node, terms, prior) else draw_prior_conditions(prior, n, generator, device)
     branches = draw_branches(node, prior, n, generator, device)
-    scores = composed_score(node, terms, prior, settings, drawn, branches)
+    scores = composed_score(node, terms, prior, settings, drawn, branches, chain)
     return annealed_sample(scores, n, image_size, settings.annealed, generator, device, on_step=on_step)
 
 
@@ -75,16 +78,18 @@ def sampler_record(node: Node, terms: Mapping[Leaf, Term], prior: LoadedConcept 
 
 
 def sampling_prior(registry: Registry, plugins: PluginManager, concepts: Sequence[LoadedConcept],
-                   device: torch.device) -> LoadedConcept | None:
-    """The prior noise-conditioned ``concepts`` are sampled with (:func:`conceptlib.concepts.prior_concept`), or
-    ``None`` for contrastive-divergence ones; the two kinds' energies do not compose."""
+                   device: torch.device) -> tuple[LoadedConcept | None, Chain | None]:
+    """What ``concepts`` are sampled against: the prior of noise-conditioned ones
+    (:func:`conceptlib.concepts.prior_concept`; ``None`` for contrastive-divergence ones, whose energies do not
+    compose with theirs), and the chain of denoisers residual concepts correct (``None`` without residuals)."""
     noisy = {concept.kind.noise_conditioned for concept in concepts}
     if len(noisy) > 1:
         raise ConceptError(
             "this expression mixes concepts trained by denoising score matching and by contrastive "
             "divergence, whose energies do not compose; use versions trained with one objective"
         )
-    return prior_concept(registry, plugins, concepts, device) if noisy.pop() else None
+    prior = prior_concept(registry, plugins, concepts, device) if noisy.pop() else None
+    return prior, load_chain(registry, plugins, concepts, device)
 
 
 def names_prior(node: Node, terms: Mapping[Leaf, Term], prior: LoadedConcept) -> bool:

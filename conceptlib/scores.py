@@ -10,6 +10,8 @@ still applies leaf by leaf (:class:`Parts`, folded over the expression):
   ``x``, its gradient taken through ``D`` (diffusion posterior sampling, Chung et al. 2023): on a noisy ``x``
   that gradient is adversarial and paints speckle, on ``D(x)`` it moves the object;
 - an energy leaf (objective dsm) contributes its guided energy ratio and its gradient;
+- a residual leaf (objective residual) contributes ``w (R(c) - R(null))``, its correction read against the
+  estimate of the chain of denoisers it was trained with (:mod:`conceptlib.residual`);
 - AND sums, NOT negates (a categorical classifier's NOT is its complement, ``-w log p(not c | D(x))``),
   a weight scales, and OR mixes the parts' gradients by ``softmax(-E_i / T)``, so
   ``-T logsumexp(-E_i / T)`` is differentiated exactly given the parts.
@@ -32,6 +34,8 @@ from conceptlib.energy import Term, compose_noisy
 from conceptlib.errors import ConceptError
 from conceptlib.expr import Leaf, Node, Or, Weighted, conjuncts, fold, map_leaves
 from conceptlib.expr import leaves as expression_leaves
+from conceptlib.registry import VersionRef
+from conceptlib.residual import Chain, build_chain
 from conceptlib.settings import SamplerSettings
 
 CLASSIFIER_SIGMA = 0.005
@@ -80,6 +84,7 @@ def composed_score(
     settings: SamplerSettings,
     prior_condition: torch.Tensor | None = None,
     branches: torch.Tensor | None = None,
+    chain: Chain | None = None,
 ) -> ScoreFn:
     """The score of ``node`` with ``prior`` counted once, whatever kinds of concept the leaves are.
 
@@ -87,7 +92,8 @@ def composed_score(
     leaves weighted by ``guidance.classifier`` relative to the rest; a denoiser prior the score-space
     composition of this module. ``prior_condition`` ``(B, dim)`` is the prior's condition drawn per sample
     when the expression does not name the prior's concept; ``branches`` ``(B,)`` names the part of a top-level
-    OR each sample follows (both from :mod:`conceptlib.sampling`).
+    OR each sample follows (both from :mod:`conceptlib.sampling`). ``chain``: the root denoiser and the
+    residual concepts stacked on it, when any leaf is a residual (built from the leaves when not given).
 
     Over a denoiser prior: the drawn condition is followed at ``guidance.prior`` (1 samples ``p(x)``
     exactly), except beside a NOT of the prior's concept, where it follows ``guidance.scale`` so that its
@@ -111,11 +117,15 @@ def composed_score(
             f"the MALA corrector needs an energy, and {prior.version.ref} (objective denoiser) gives a score only; "
             "use --corrector ula"
         )
-    anchor = _prior_leaf_condition(node, terms, prior)
+    anchors = _anchor_conditions(node, terms)
+    anchor = anchors.get(prior.version.ref)
     prior_weight = guidance.prior
     if any(terms[leaf].concept.version.ref == prior.version.ref for leaf in expression_leaves(node)):
         prior_weight = w  # a drawn condition only beside a NOT of the prior's concept: balance it
     reads_estimate = any(t.concept.kind is ConceptKind.CLASSIFIER for t in terms.values())
+    if chain is None and any(t.concept.kind is ConceptKind.RESIDUAL for t in terms.values()):
+        chain = build_chain(list({c.version.ref: c for c in [prior, *(t.concept for t in terms.values())]}.values()))
+    residuals = chain.residuals if chain is not None else ()
     parts = Parts(settings.or_temperature)
 
     def score(x: torch.Tensor, sigma: torch.Tensor) -> tuple[torch.Tensor, None]:
@@ -124,6 +134,8 @@ def composed_score(
         ones, zeros = torch.ones(n, device=x.device), torch.zeros(n, device=x.device)
         nulls: dict[object, torch.Tensor] = {}
         estimates: dict[tuple[object, int], torch.Tensor] = {}
+        corrections: dict[tuple[str, int], torch.Tensor] = {}
+        contexts: dict[str, torch.Tensor] = {}
 
         def null_of(concept: LoadedConcept) -> torch.Tensor:
             ref = concept.version.ref
@@ -133,24 +145,47 @@ def composed_score(
                         x, torch.zeros(n, concept.version.schema.dim, device=x.device), sigma, zeros)
             return nulls[ref]
 
-        # the prior's estimate a classifier reads: at the drawn condition, the expression's, or null
+        def correction_of(concept: LoadedConcept, condition: torch.Tensor | None) -> torch.Tensor:
+            """A residual's correction at ``condition`` (None: null), read against the chain's context."""
+            name = concept.version.concept
+            key = (name, id(condition))
+            if key not in corrections:
+                c = (condition.expand(n, -1) if condition is not None
+                     else torch.zeros(n, concept.version.schema.dim, device=x.device))
+                with torch.no_grad():
+                    corrections[key] = concept.model.denoise(x, c, sigma, ones if condition is not None else zeros,
+                                                             contexts[name])
+            return corrections[key]
+
+        # the estimate a classifier reads: at the drawn condition, the expression's, or null (a chain's whole)
         x_in = x.detach().requires_grad_(reads_estimate)
         reading = prior_condition if prior_condition is not None else anchor
         with torch.set_grad_enabled(reads_estimate):
-            if reading is None:
-                estimate = prior.model.denoise(
-                    x_in, torch.zeros(n, prior.version.schema.dim, device=x.device), sigma, zeros)
-                nulls[prior.version.ref] = estimate.detach()
+            if chain is not None:
+                estimated = chain.estimate(x_in, sigma, _chain_reading(chain, anchors, reading, n, x.device))
+                root_estimate, estimate = estimated.root, estimated.total
+                contexts = {name: context.detach() for name, context in estimated.contexts.items()}
+                for member in chain.residuals:
+                    name = member.version.concept
+                    corrections[(name, id(anchors.get(member.version.ref)))] = estimated.corrections[name].detach()
             else:
-                estimate = prior.model.denoise(x_in, reading.expand(n, -1), sigma, ones)
-                estimates[(prior.version.ref, id(reading))] = estimate.detach()
+                root_estimate = estimate = prior.model.denoise(
+                    x_in, reading.expand(n, -1) if reading is not None else
+                    torch.zeros(n, prior.version.schema.dim, device=x.device), sigma, ones if reading is not None
+                    else zeros)
+            if reading is None:
+                nulls[prior.version.ref] = root_estimate.detach()
+            else:
+                estimates[(prior.version.ref, id(reading))] = root_estimate.detach()
         if prior_condition is None:
             base = null_of(prior)
         elif prior_weight == 1.0:  # the implicit leaf samples p(x | c'): the prior itself, counted once
-            base = estimate.detach()
+            base = root_estimate.detach()
         else:
             null = null_of(prior)
-            base = null + prior_weight * (estimate.detach() - null)
+            base = null + prior_weight * (root_estimate.detach() - null)
+        for member in residuals:  # every residual of the chain at null; its leaves add w (R(c) - R(null))
+            base = base + correction_of(member, None)
         classifier_sigma = torch.full((n,), CLASSIFIER_SIGMA, device=x.device)
         weight = guidance.classifier * guidance.boost.factor(sigma)
 
@@ -169,6 +204,12 @@ def composed_score(
                 # a categorical classifier's exp(-nll) is a probability; a continuous one's is a density
                 probability = torch.exp(-nll.detach()) if categorical else None
                 return Part(weight * nll.detach(), grad, probability, weight)
+            if term.concept.kind is ConceptKind.RESIDUAL:
+                context = contexts[term.concept.version.concept]
+                conditioned = context + correction_of(term.concept, term.condition)
+                null = context + correction_of(term.concept, None)
+                energy = ((x - conditioned).pow(2) - (x - null).pow(2)).flatten(1).sum(1) / (2 * sigma**2)
+                return Part(w * energy, -w * (conditioned - null) / s2)
             if term.concept.kind.denoises:
                 key = (term.concept.version.ref, id(term.condition))
                 if key not in estimates:
@@ -204,11 +245,25 @@ def _check_tempered(terms: Mapping[Leaf, Term]) -> None:
                                "a softmax temperature; use --classifier-temperature 1")
 
 
-def _prior_leaf_condition(node: Node, terms: Mapping[Leaf, Term], prior: LoadedConcept) -> torch.Tensor | None:
-    """The condition a classifier's denoised estimate is taken at: the prior concept's, when the expression
-    names it in exactly one leaf of a plain AND; otherwise the null estimate is read."""
-    mine = [t for t in conjuncts(node) if isinstance(t, Leaf) and terms[t].concept.version.ref == prior.version.ref]
-    return terms[mine[0]].condition if len(mine) == 1 else None
+def _anchor_conditions(node: Node, terms: Mapping[Leaf, Term]) -> dict[VersionRef, torch.Tensor]:
+    """The conditions the estimate is read at: each concept's that the expression names in exactly one leaf of
+    a plain AND (or as the whole expression); a concept named otherwise is read at null."""
+    named: dict[VersionRef, list[torch.Tensor]] = {}
+    for leaf in conjuncts(node):
+        if isinstance(leaf, Leaf):
+            named.setdefault(terms[leaf].concept.version.ref, []).append(terms[leaf].condition)
+    return {ref: conditions[0] for ref, conditions in named.items() if len(conditions) == 1}
+
+
+def _chain_reading(chain: Chain, anchors: Mapping[VersionRef, torch.Tensor], root: torch.Tensor | None, n: int,
+                   device: torch.device) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Each chain member at its anchor condition (the root at ``root``: drawn or named), else null."""
+    read = chain.null_conditions(n, device)
+    for member in chain.members:
+        condition = root if member is chain.root else anchors.get(member.version.ref)
+        if condition is not None:
+            read[member.version.concept] = (condition.expand(n, -1), torch.ones(n, device=device))
+    return read
 
 
 def _negate(part: Part) -> Part:

@@ -291,8 +291,17 @@ class DenoiserConfig(DsmConfig):
     schedule: str = "cosine"
 
 
+@dataclass(frozen=True)
+class ResidualConfig(DenoiserConfig):
+    """A correction to the frozen concepts' composed denoiser, trained with them in its loss."""
+
+    objective: ClassVar[str] = "residual"
+    architecture: ClassVar[str] = "residual"
+    iterations: int = 5000
+
+
 TRAIN_CONFIGS: dict[str, type[TrainConfig]] = {
-    c.objective: c for c in (DenoiserConfig, DsmConfig, ClassifierConfig, CdConfig)
+    c.objective: c for c in (DenoiserConfig, ResidualConfig, DsmConfig, ClassifierConfig, CdConfig)
 }
 OBJECTIVES = tuple(TRAIN_CONFIGS)
 RECORDED_ORDER = ("objective", "iterations", "batch_size", "lr", "seed", "l2", "langevin", "buffer_size", "reinit",
@@ -300,10 +309,10 @@ RECORDED_ORDER = ("objective", "iterations", "batch_size", "lr", "seed", "l2", "
 
 
 def resolve_objective(objective: str, with_frozen: bool) -> str:
-    """``auto``: a concept alone models whole scenes (denoiser); one added to frozen ones learns its factor
-    (classifier)."""
+    """``auto``: a concept alone models whole scenes (denoiser); one added to frozen ones learns, with them
+    in its loss, the correction their composition needs on its data (residual)."""
     if objective == "auto":
-        return "classifier" if with_frozen else "denoiser"
+        return "residual" if with_frozen else "denoiser"
     if objective not in TRAIN_CONFIGS:
         raise TrainingError(f"unknown objective {objective!r}; use one of {', '.join(OBJECTIVES)}")
     return objective

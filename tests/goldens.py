@@ -2,15 +2,17 @@
 
 The scenario drives only the ``concept`` CLI, whose options are the stable interface, so the same code
 runs before and after a change of the library inside it. It trains tiny concepts of every kind (a denoiser
-prior with classifiers, a dsm energy lineage, contrastive-divergence lineages with the ``small`` and the
-paper's nets), composes a fixed set of expressions (AND, NOT, OR, weights, a drawn prior condition,
-several samplers and guidance settings), infers, shows energies and runs two evaluation protocols. It
-records the sha256 of every PNG and of every JSON record with its timing fields removed: the sidecars'
-provenance, each version as ``show --json`` prints it, inference and evaluation results.
+prior with classifiers and with residual concepts, a dsm energy lineage, contrastive-divergence lineages
+with the ``small`` and the paper's nets), composes a fixed set of expressions (AND, NOT, OR, weights, a
+drawn prior condition, several samplers and guidance settings), infers, shows energies and runs two
+evaluation protocols. It records the sha256 of every PNG and of every JSON record with its timing fields
+removed: the sidecars' provenance, each version as ``show --json`` prints it, inference and evaluation
+results.
 
 ``tests/goldens.json`` was written by ``python -m tests.goldens`` (from the repository root) on the main
-branch as it stood before the composition core was reorganised (issue 24, commit 06daabe), and is checked
-by ``tests/test_goldens.py``. Floating-point kernels differ between CPU instruction sets, so the file
+branch as it stood before the composition core was reorganised (issue 24): the scenario without residual
+concepts on commit 06daabe, then whole on d403987 (which added them; every earlier digest came out the
+same). ``tests/test_goldens.py`` checks it. Floating-point kernels differ between CPU instruction sets, so the file
 records the torch version and CPU capability it was made with; elsewhere the check is skipped and says
 why. Regenerate it only on purpose: after a change meant to alter what users get (a new default, a fix),
 and say so in that commit.
@@ -48,6 +50,8 @@ CONCEPTS: list[tuple[str, ...]] = [  # objectives named, so that a new default f
     ("ccol", "--attribute", "color", "--objective", "cd", "--with", "cpos"),
     ("ppos", "--attribute", "position", "--objective", "cd", "--arch", "paper64",
      "--arch-config", "extra_blocks=1"),  # the paper's net
+    ("rshape", "--attribute", "shape", "--objective", "residual", "--with", "position"),  # residuals on position
+    ("rcolor", "--attribute", "color", "--objective", "residual", "--with", "rshape"),
 ]
 SAMPLING = ["-n", "3", "--seed", "3", "--levels", "4", "--device", "cpu"]
 COMPOSITIONS: list[tuple[str, ...]] = [
@@ -72,6 +76,11 @@ COMPOSITIONS: list[tuple[str, ...]] = [
     ("cpos=(0.3,0.7) & !ccol=red", "--init", "gray"),
     ("cpos=(0.2,0.2) | 2*cpos=(0.8,0.8)", "--temperature", "2"),
     ("ppos=(0.5,0.5)",),
+    ("position=(0.4,0.6) & rshape=circle & rcolor=green",),
+    ("rshape=circle",),
+    ("rcolor=red & !rshape=square",),
+    ("rshape=circle | rshape=triangle",),
+    ("2*rcolor=blue & rshape=circle & position=(0.5,0.5)", "--guidance", "1"),
 ]
 INFERENCES = ["position", "color", "dpos", "dcol", "cpos", "ccol"]
 

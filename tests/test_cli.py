@@ -46,8 +46,8 @@ def test_add_records_lineage_dataset_hash_and_hyperparameters(run, add_tiny):
     assert shown["lineage"] == ["position@1"]
     assert len(shown["dataset_hash"]) == 64
     assert shown["hyperparameters"]["iterations"] == 3
-    assert shown["hyperparameters"]["objective"] == "classifier"  # auto: a concept added to frozen ones
-    assert shown["architecture"] == "classifier"
+    assert shown["hyperparameters"]["objective"] == "residual"  # auto: a concept added to frozen ones
+    assert shown["architecture"] == "residual"
     position = json.loads(run("show", "position", "--json").output)
     assert position["hyperparameters"]["objective"] == "denoiser" and position["architecture"] == "unet"
     assert position["hyperparameters"]["schedule"] == "cosine"
@@ -281,14 +281,14 @@ def test_mixing_objectives_in_one_expression_is_a_one_line_error(run, add_tiny, 
 
 def test_a_classifier_concept_reports_its_held_out_accuracy(run, add_tiny):
     add_tiny("position")
-    add_tiny("shape", "--with", "position")
+    add_tiny("shape", "--with", "position", "--objective", "classifier")
     metrics = json.loads(run("show", "shape", "--json").output)["metrics"]
     assert 0.0 <= metrics["held_out_accuracy"] <= 1.0
 
 
 def test_a_denoiser_prior_composes_with_classifiers_and_refuses_mala(run, add_tiny, tmp_path):
     add_tiny("position")  # auto: a first concept is a denoiser
-    add_tiny("color", "--with", "position")
+    add_tiny("color", "--with", "position", "--objective", "classifier")
     out = tmp_path / "out"
     result = run("compose", "position=(0.3,0.7) & !color=red", "-n", "2", "--out-dir", str(out),
                  "--classifier-guidance", "4", "--classifier-boost-max", "2", *TINY_SAMPLING)

@@ -155,7 +155,7 @@ def test_frozen_concept_needs_an_attribute_the_source_labels(plugins, dataset):
     frozen = frozen_concept(plugins, dataset, "position")
     object.__setattr__(frozen.version, "attribute", "smiling")
     with pytest.raises(TrainingError, match="does not label"):
-        check_frozen_attributes(dataset, [frozen], "scenes")
+        check_frozen_attributes(dataset.schemas, [frozen.version], "scenes")
 
 
 def test_small_net_starts_at_zero_energy_with_a_live_input_gradient(plugins, dataset):

@@ -2,8 +2,9 @@
 
 One module per objective, each a loop to read top to bottom, its settings one class of
 :mod:`conceptlib.settings`: :mod:`~conceptlib.training.denoiser` (the default for a first concept: the prior
-later concepts are composed with), :mod:`~conceptlib.training.classifier` (the default with frozen concepts:
-the factor a concept adds), :mod:`~conceptlib.training.dsm` (a noise-conditioned energy) and
+later concepts are composed with), :mod:`~conceptlib.training.residual` (the default with frozen concepts: a
+correction to their composition, trained with them in its loss), :mod:`~conceptlib.training.classifier` (the
+factor a concept adds, as guidance), :mod:`~conceptlib.training.dsm` (a noise-conditioned energy) and
 :mod:`~conceptlib.training.cd` (the paper's contrastive divergence). What they share is in
 :mod:`~conceptlib.training.loop`.
 """
@@ -26,9 +27,11 @@ from conceptlib.training.classifier import train_classifier
 from conceptlib.training.denoiser import train_denoiser
 from conceptlib.training.dsm import train_dsm
 from conceptlib.training.loop import IterationCallback, Run, TrainResult, check_frozen_attributes
+from conceptlib.training.residual import train_residual
 
 TRAINERS: dict[str, Callable[[Run], TrainResult]] = {
-    "denoiser": train_denoiser, "dsm": train_dsm, "classifier": train_classifier, "cd": train_cd,
+    "denoiser": train_denoiser, "residual": train_residual, "dsm": train_dsm, "classifier": train_classifier,
+    "cd": train_cd,
 }
 
 __all__ = ["TRAINERS", "IterationCallback", "TrainResult", "check_frozen_attributes", "train_concept"]

@@ -9,19 +9,18 @@ from __future__ import annotations
 
 import time
 
-import torch
-from torch import nn
-
 from conceptlib import distributed
 from conceptlib.checkpoints import TrainingState
 from conceptlib.concepts import ConceptKind
 from conceptlib.errors import TrainingError
 from conceptlib.settings import DenoiserConfig
 from conceptlib.training.loop import (
+    DenoiseCall,
     Run,
     TrainResult,
     clipped_step,
     data_scale,
+    edm_loss,
     noise_conditioned_setup,
     noisy_batch,
     scene_model_result,
@@ -50,24 +49,11 @@ def train_denoiser(run: Run) -> TrainResult:
     sigma_data = data_scale(model)
     history: list[dict[str, float]] = []
     state = TrainingState({"model": model, "ema": ema}, optimizer, rng, generator, history)
-    denoise = distributed.wrap(_DenoiseCall(model))
+    denoise = distributed.wrap(DenoiseCall(model))
     started = time.perf_counter()
     for iteration in range(checkpoint.restore(state), config.iterations + 1):
         b = noisy_batch(run, config, rng, generator)
-        denoised = denoise(b.x_noisy, b.c, b.sigma, b.keep)
-        weight = (b.sigma**2 + sigma_data**2) / (b.sigma * sigma_data) ** 2  # EDM: unit loss at every noise level
-        loss = (weight * (denoised - b.x0).pow(2).flatten(1).mean(1)).mean()
+        loss = edm_loss(denoise(b.x_noisy, b.c, b.sigma, b.keep), b, sigma_data)
         clipped_step(loss, model, ema, optimizer, config, iteration, history, run.on_iteration)
         checkpoint.completed(iteration, state)
     return scene_model_result(run, ema, history, started)
-
-
-class _DenoiseCall(nn.Module):
-    """``model.denoise`` as ``forward``: DDP's gradient all-reduce hooks only run through ``__call__``."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor, c: torch.Tensor, sigma: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-        return self.model.denoise(x, c, sigma, keep)

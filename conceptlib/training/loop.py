@@ -20,6 +20,8 @@ from conceptlib.checkpoints import Checkpoint
 from conceptlib.concepts import ConceptKind, LoadedConcept, network_traits
 from conceptlib.errors import TrainingError
 from conceptlib.imaging import images_to_tensor
+from conceptlib.registry import VersionInfo
+from conceptlib.schema import ConditionSchema
 from conceptlib.settings import DsmConfig, NoiseConfig, NoisyTrainConfig, TrainConfig
 from conceptlib.sources import Dataset
 
@@ -126,6 +128,24 @@ def noise_conditioned_setup(
     return rng, generator, model, ema, optimizer
 
 
+def edm_loss(denoised: torch.Tensor, b: NoisyBatch, sigma_data: float) -> torch.Tensor:
+    """``||D - x0||^2`` weighted so that every noise level contributes a unit loss (EDM)."""
+    weight = (b.sigma**2 + sigma_data**2) / (b.sigma * sigma_data) ** 2
+    return (weight * (denoised - b.x0).pow(2).flatten(1).mean(1)).mean()
+
+
+class DenoiseCall(nn.Module):
+    """``model.denoise`` as ``forward``: DDP's gradient all-reduce hooks only run through ``__call__``."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor, sigma: torch.Tensor, keep: torch.Tensor,
+                *context: torch.Tensor) -> torch.Tensor:
+        return self.model.denoise(x, c, sigma, keep, *context)
+
+
 def data_scale(model: nn.Module) -> float:
     """The network's ``sigma_data`` (see :class:`conceptlib.architectures.NoisyEnergyNet`), for EDM weighting."""
     return float(getattr(model, "sigma_data", 0.25))
@@ -140,8 +160,10 @@ def clipped_step(
     iteration: int,
     history: list[dict[str, float]],
     on_iteration: IterationCallback | None,
+    extra: Mapping[str, float] | None = None,
 ) -> None:
-    """One update of the noise-conditioned objectives: finite check, warmed-up clipped Adam step, EMA, record."""
+    """One update of the noise-conditioned objectives: finite check, warmed-up clipped Adam step, EMA, record
+    (with ``extra`` figures of the iteration)."""
     value = float(loss.detach())
     distributed.all_or_none(f"training diverged at iteration {iteration}", _check_loss, value, iteration)
     lr = config.lr * min(1.0, iteration / max(1, config.warmup))  # linear warm-up
@@ -157,7 +179,7 @@ def clipped_step(
     optimizer.step()
     _update_ema(ema, model, config.ema, iteration)
     distributed.trace(iteration, {"model": model, "ema": ema})
-    record = {"iteration": float(iteration), "loss": value, "grad_norm": grad_norm}
+    record = {"iteration": float(iteration), "loss": value, "grad_norm": grad_norm, **(extra or {})}
     history.append(record)
     if on_iteration is not None:
         on_iteration(iteration, record)
@@ -209,17 +231,17 @@ def scene_model_result(run: Run, ema: nn.Module, history: list[dict[str, float]]
     return TrainResult(ema, metrics, history)
 
 
-def check_frozen_attributes(dataset: Dataset, frozen: Sequence[LoadedConcept], source: str) -> None:
-    """Every frozen concept must read an attribute this dataset labels, with the same schema."""
-    for concept in frozen:
-        version = concept.version
-        if version.attribute not in dataset.schemas:
+def check_frozen_attributes(schemas: Mapping[str, ConditionSchema], frozen: Sequence[VersionInfo],
+                            source: str) -> None:
+    """Every frozen concept must read an attribute the source labels, with the same schema."""
+    for version in frozen:
+        if version.attribute not in schemas:
             raise TrainingError(
                 f"frozen concept {version.ref} reads attribute {version.attribute!r}, which source "
-                f"{source!r} does not label (it labels: {', '.join(dataset.schemas)})"
+                f"{source!r} does not label (it labels: {', '.join(schemas)})"
             )
-        if dataset.schemas[version.attribute] != version.schema:
+        if schemas[version.attribute] != version.schema:
             raise TrainingError(
                 f"frozen concept {version.ref} takes {version.schema.describe()}, but source {source!r} "
-                f"labels {version.attribute!r} as {dataset.schemas[version.attribute].describe()}"
+                f"labels {version.attribute!r} as {schemas[version.attribute].describe()}"
             )

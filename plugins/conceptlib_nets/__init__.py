@@ -46,6 +46,16 @@ def migrate_unet(stored: Mapping[str, Any]) -> dict[str, Any]:
     return {"refine": 0, **stored}
 
 
+RESIDUAL_CONFIG: dict[str, Any] = {**UNET_CONFIG, "context": 3, "residual": True}
+"""The U-Net as a residual: it reads the frozen composition's estimate and outputs only its correction."""
+
+
+def build_residual(schema: ConditionSchema, image_size: int, config: Mapping[str, Any]):
+    from conceptlib_nets.unet import DenoisingEnergyNet
+
+    return DenoisingEnergyNet(schema, image_size, {**RESIDUAL_CONFIG, **config})
+
+
 PAPER64_CONFIG: dict[str, Any] = {
     "channels": [64, 64, 128, 128, 256], "extra_blocks": 0, "pool": "mean", "embed": 128, "bump_sigma": 0.08,
 }
@@ -80,6 +90,12 @@ def conceptlib_architectures() -> list[Architecture]:
             default_config=UNET_CONFIG,
             description="noise-conditioned U-Net denoiser as an energy, null condition (objectives denoiser, dsm)",
             migrate=migrate_unet,
+        ),
+        Architecture(
+            name="residual",
+            build=build_residual,
+            default_config=RESIDUAL_CONFIG,
+            description="U-Net correction to frozen denoisers, reading their estimate (objective residual)",
         ),
         Architecture(
             name="classifier",

@@ -53,22 +53,31 @@ class DenoisingEnergyNet(nn.Module):
         self.sigma_data = float(config["sigma_data"])
         self.bump_sigma = float(config["bump_sigma"])
         self.spatial = is_image_point(schema)
+        self.context = int(config.get("context", 0))
+        """Channels of a context image read beside ``x``: a residual concept reads the frozen composition's
+        denoised estimate, so it sees where and what the frozen concepts draw even at high noise."""
+        self.residual = bool(config.get("residual", False))
+        """Output only ``c_out * F`` (no skip term), starting at zero: the correction a residual concept adds
+        to the frozen composition's estimate (objective residual)."""
         self.register_buffer("frequencies", noise_frequencies(embed))
         self.noise_embed = NoiseEmbedding(embed)
         self.condition_embed = nn.Sequential(nn.Linear(schema.dim, embed), nn.SiLU(), nn.Linear(embed, embed))
         self.null = nn.Parameter(torch.zeros(embed))
-        c_in = (3 + int(self.spatial)) * self.patch**2
+        c_in = (3 + self.context + int(self.spatial)) * self.patch**2
         self.down0 = nn.ModuleList([FiLMConv(c_in, c0, embed), FiLMConv(c0, c0, embed)])
         self.down1 = nn.ModuleList([FiLMConv(c0, c1, embed, stride=2), FiLMConv(c1, c1, embed)])
         self.down2 = nn.ModuleList([FiLMConv(c1, c2, embed, stride=2), FiLMConv(c2, c2, embed)])
         self.up1 = FiLMConv(c2 + c1, c1, embed)
         self.up0 = FiLMConv(c1 + c0, c0, embed)
         self.head = nn.Conv2d(c0, 3 * self.patch**2, 3, padding=1)
+        if self.residual:  # a new residual leaves the frozen composition as it is
+            nn.init.zeros_(self.head.weight)
+            nn.init.zeros_(self.head.bias)
         refine = int(config["refine"])
         self.refine = None
         if refine:
             # zero-initialised output: a new network starts as the trunk alone
-            self.refine = nn.ModuleList([FiLMConv(3 + 3 + int(self.spatial), refine, embed),
+            self.refine = nn.ModuleList([FiLMConv(3 + 3 + self.context + int(self.spatial), refine, embed),
                                          nn.Conv2d(refine, 3, 3, padding=1)])
             nn.init.zeros_(self.refine[1].weight)
             nn.init.zeros_(self.refine[1].bias)
@@ -80,12 +89,23 @@ class DenoisingEnergyNet(nn.Module):
         k = keep[:, None]
         return noise + k * self.condition_embed(c) + (1 - k) * self.null[None, :]
 
-    def denoise(self, x: torch.Tensor, c: torch.Tensor, sigma: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-        """``D(x, sigma, c)``: the network's estimate of the clean image."""
-        return edm_denoise(x, sigma, self.sigma_data, lambda h: self._trunk(h, c, sigma, keep))
+    def denoise(self, x: torch.Tensor, c: torch.Tensor, sigma: torch.Tensor, keep: torch.Tensor,
+                context: torch.Tensor | None = None) -> torch.Tensor:
+        """``D(x, sigma, c)``: the network's estimate of the clean image.
 
-    def _trunk(self, h: torch.Tensor, c: torch.Tensor, sigma: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        A residual network (config ``residual``) returns only its correction ``c_out * F`` to ``context``,
+        the frozen composition's estimate, which it also reads (config ``context`` channels).
+        """
+        if self.context and (context is None or context.shape[1] != self.context):
+            raise ValueError(f"this network reads a context of {self.context} channels beside x")
+        return edm_denoise(x, sigma, self.sigma_data, lambda h: self._trunk(h, c, sigma, keep, context),
+                           skip=not self.residual)
+
+    def _trunk(self, h: torch.Tensor, c: torch.Tensor, sigma: torch.Tensor, keep: torch.Tensor,
+               context: torch.Tensor | None) -> torch.Tensor:
         """The U-Net on the preconditioned input ``h``: what :func:`edm_denoise` scales into the estimate."""
+        if self.context:
+            h = torch.cat([h, (context - 0.5) / self.sigma_data], dim=1)  # type: ignore[operator]
         if self.spatial:
             bumps = bump_map(c, self.image_size, self.bump_sigma) * keep[:, None, None, None]
             h = torch.cat([h, bumps * 2 - 1], dim=1)

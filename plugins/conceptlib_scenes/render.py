@@ -47,7 +47,7 @@ def sample_attributes(n: int, params: Mapping[str, Any], rng: np.random.Generato
     """
     shapes = np.array([SHAPES.index(s) for s in split_names(params["shapes"])], dtype=np.int64)
     colors = np.array([COLORS.index(c) for c in split_names(params["colors"])], dtype=np.int64)
-    return {
+    labels = {
         "shape": shapes[rng.integers(len(shapes), size=n)],
         "color": colors[rng.integers(len(colors), size=n)],
         "position": rng.uniform(params["position_low"], params["position_high"], size=(n, 2)).astype(
@@ -55,6 +55,24 @@ def sample_attributes(n: int, params: Mapping[str, Any], rng: np.random.Generato
         ),
         "size": rng.uniform(params["size_low"], params["size_high"], size=(n, 1)).astype(np.float32),
     }
+    if "corner" in params:  # extrapolation: small objects only in the corner
+        outside = ~in_corner(labels["position"], params)
+        large = rng.uniform(large_size(params), params["size_high"], size=(n, 1)).astype(np.float32)
+        labels["size"] = np.where(outside[:, None], large, labels["size"])
+    return labels
+
+
+def in_corner(position: np.ndarray, params: Mapping[str, Any]) -> np.ndarray:
+    """Which positions lie in the top-right square (x high, y low: y runs top to bottom) that holds
+    ``corner`` of the position range's area."""
+    low, high = params["position_low"], params["position_high"]
+    side = float(np.sqrt(params["corner"])) * (high - low)
+    return (position[:, 0] >= high - side) & (position[:, 1] <= low + side)
+
+
+def large_size(params: Mapping[str, Any]) -> float:
+    """The smallest size the extrapolation split puts outside the corner: the middle of the size range."""
+    return (params["size_low"] + params["size_high"]) / 2
 
 
 def render_scenes(

@@ -46,7 +46,10 @@ class ScenesSource(Source):
         "size_high": 0.15,
         "shapes": ",".join(SHAPES),
         "colors": ",".join(COLORS),
+        "corner": 1.0,
     }
+    """``corner`` < 1 is the paper's extrapolation split (3.4): every size only inside the top-right square that
+    holds that fraction of the position range's area, only the upper half of the size range elsewhere."""
 
     def resolve_params(self, given: Mapping[str, Any]) -> dict[str, Any]:
         """Defaults overlaid with ``given``, typed, range-checked and in canonical form.
@@ -66,6 +69,9 @@ class ScenesSource(Source):
             ordered_range(self.name, params, prefix)
         params["shapes"] = names(self.name, params, "shapes", SHAPES)
         params["colors"] = names(self.name, params, "colors", COLORS)
+        params["corner"] = number(self.name, params, "corner", 0.0, 1.0, "(0, 1]", low_open=True)
+        if params["corner"] == 1.0:  # unrestricted: left out, so every earlier dataset keeps its hash
+            del params["corner"]
         return params
 
     def attributes(self, params: Mapping[str, Any]) -> dict[str, ConditionSchema]:
