@@ -155,6 +155,8 @@ def grade(registry: Registry, plugins: PluginManager, protocol: Protocol, stage:
     predicted = judge.predict(images)
     metrics = SCORE(predicted, asked.targets)
     metrics["looks_real"] = float(np.mean(judge.realism(images)))
+    for check in ("knn", "high_frequency"):  # which of the two realism checks the failures fail
+        metrics[f"looks_real_{check}"] = float(np.mean(judge.realism(images, check)))
     save_grid(images[:64], grids / f"{label}.png", columns=8)
     return {"metrics": metrics, "n": n, "sampling_seconds": round(seconds, 1),
             "versions": {name: str(c.version.ref) for name, c in concepts.items()},
@@ -220,9 +222,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "source": args.source, "split": args.split, "n": args.n,
         "protocol": "; ".join(f"stage {i + 1}: {name} on {json.dumps(dict(protocol.params(i)))}"
                               for i, (name, _) in enumerate(protocol.stages)),
-        "sampler": {**settings.annealed.to_json(), "guidance": settings.guidance,
-                    "classifier_guidance": settings.classifier_guidance,
-                    **settings.classifier_boost.to_json(), "classifier_temperature": settings.classifier_temperature},
+        "sampler": {**settings.annealed.to_json(), **settings.guidance.to_json()},
         "judge": {"params": judge_params,
                   "held_out": judge_report.get("attributes", judge_report.get("held_out_test"))},
         "machine": {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),

@@ -251,6 +251,10 @@ def sampler_options(langevin: bool) -> Any:
                      type=click.FloatRange(0, min_open=True),
                      help="denoiser prior: guidance of its condition drawn per sample when the expression does "
                           "not name it (1 = sample p(x) exactly)."),
+        click.option("--residual-guidance", default=guidance.residual, show_default=True,
+                     type=click.FloatRange(0, min_open=True),
+                     help="residual concepts: scale of each leaf's difference to their chain's estimate (1 = the "
+                          "chain's own conditional estimate)."),
     ]
     if langevin:
         options += [
@@ -397,6 +401,7 @@ def infer(ctx: click.Context, ref: str, images: tuple[Path, ...], grid: int, ref
     from conceptlib.inference import InferenceConfig, infer_each
     from conceptlib.inference import infer as infer_value
     from conceptlib.registry import split_ref
+    from conceptlib.residual import load_chain
 
     name, version_ref = split_ref(ref)
     registry = open_registry(ctx)
@@ -406,7 +411,8 @@ def infer(ctx: click.Context, ref: str, images: tuple[Path, ...], grid: int, ref
     concept = load_concept(registry, plugin_manager(ctx), version, torch_device)
     x = images_to_tensor(pixels, torch_device)
     config = InferenceConfig(grid=grid, refine_steps=refine_steps)
-    found = infer_each(concept, x, config) if each else [infer_value(concept, x, config)]
+    chain = load_chain(registry, plugin_manager(ctx), [concept], torch_device)
+    found = infer_each(concept, x, config, chain=chain) if each else [infer_value(concept, x, config, chain=chain)]
     labels = [str(p) for p in images] if each else [f"{len(images)} image(s) together"]
     rows = [{"images": label, "concept": str(version.ref), "value": r.value, "energy": r.energy,
              "candidates": [{"value": v, "energy": e} for v, e in r.candidates]} for label, r in zip(labels, found)]

@@ -37,8 +37,9 @@ class ConceptKind(enum.Enum):
     CLASSIFIER = "classifier"
     """``-log p(c | x_sigma)``: already a ratio (no null energy); steers a prior, is never one."""
     RESIDUAL = "residual"
-    """``R(x, sigma | c, context)``: a correction to its lineage's composed estimate (objective residual),
-    composed as ``w (R(c) - R(null))`` on the chain of denoisers it was trained with (:mod:`conceptlib.residual`)."""
+    """``R(x, sigma | c, context)``: its estimate less its lineage's, reading their estimate and template as
+    ``context`` (objective residual); composed through the whole chain it stacks on, each leaf the difference
+    it makes to the chain's estimate (:mod:`conceptlib.residual`, :func:`conceptlib.scores.chain_score`)."""
 
     @property
     def noise_conditioned(self) -> bool:

@@ -306,6 +306,17 @@ def infer_positions(
 
 
 # ----------------------------------------------------------- whole run
+def shared_params(versions: Sequence[Any], defaults: Mapping[str, Any]) -> dict[str, Any]:
+    """The source params every version was trained with, the source's defaults where they differ.
+
+    Why: concepts learned continually each see different data (position on magenta squares only, color on
+    everything); a judge trained on the first one's data could not read the colors the later ones draw.
+    """
+    first = versions[0].source_params
+    return {key: value if all(v.source_params.get(key) == value for v in versions) else defaults.get(key, value)
+            for key, value in first.items()}
+
+
 @dataclass
 class EvaluationRun:
     results: list[ProtocolResult]
@@ -333,7 +344,9 @@ def evaluate_registry(
         raise ConceptError(f"unknown protocol {unknown[0]!r}; known: {', '.join(PROTOCOLS)}")
     anchor = registry.resolve(PROTOCOLS[names[0]].concepts[0] if names else "position")
     source = plugins.source(anchor.source)
-    judge_params = {**anchor.source_params, "seed": int(anchor.source_params.get("seed", 0)) + JUDGE_SEED_OFFSET}
+    graded = [registry.resolve(c) for c in dict.fromkeys(c for name in names for c in PROTOCOLS[name].concepts)]
+    judge_params = shared_params([v for v in graded if v.source == anchor.source] or [anchor], source.default_params)
+    judge_params["seed"] = int(judge_params.get("seed", 0)) + JUDGE_SEED_OFFSET
     judge, report = load_or_train_judge(
         anchor.source, judge_params, judge_cache, device,
         progress=(lambda done, total: on_phase("training judge", done, total)) if on_phase else None,

@@ -7,8 +7,9 @@ a continuous box), then, for continuous concepts, gradient refinement of the bes
 A noise-conditioned concept (objective dsm) is scored by its energy averaged over a few noise levels
 and fixed noise draws, ``E(x + sigma eps, sigma | c)``: the denoising view of ``-log p(x | c)`` used by
 diffusion classifiers; a plain denoiser (objective denoiser) by its denoising error
-``||x - D(x + sigma eps, sigma | c)||^2 / 2 sigma^2``, the same view without an energy network. The
-same draws are used for every candidate, so the comparison is paired.
+``||x - D(x + sigma eps, sigma | c)||^2 / 2 sigma^2``, the same view without an energy network; a residual
+concept by the denoising error of the whole chain it stacks on. The same draws are used for every
+candidate, so the comparison is paired.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import torch
 
 from conceptlib.concepts import LoadedConcept
 from conceptlib.errors import ConceptError
+from conceptlib.residual import Chain, ChainReader
 from conceptlib.schema import Categorical
 
 DEFAULT_SIGMAS = (0.05, 0.1, 0.2)
@@ -53,16 +55,18 @@ class Inferred:
 
 
 def summed_energy(
-    concept: LoadedConcept, images: torch.Tensor, conditions: torch.Tensor, config: InferenceConfig
+    concept: LoadedConcept, images: torch.Tensor, conditions: torch.Tensor, config: InferenceConfig,
+    chain: Chain | None = None,
 ) -> torch.Tensor:
     """``sum_i E(x_i | c)`` for each row ``c`` of ``conditions`` ``(K, dim)`` -> ``(K,)``, differentiable in c."""
     n, k = images.shape[0], conditions.shape[0]
-    return image_energies(concept, images, conditions.repeat_interleave(n, dim=0), config, repeats=k).view(k, n).sum(1)
+    return image_energies(concept, images, conditions.repeat_interleave(n, dim=0), config, repeats=k,
+                          chain=chain).view(k, n).sum(1)
 
 
 def image_energies(
     concept: LoadedConcept, images: torch.Tensor, conditions: torch.Tensor, config: InferenceConfig,
-    repeats: int = 1, shared_noise: bool = False,
+    repeats: int = 1, shared_noise: bool = False, chain: Chain | None = None,
 ) -> torch.Tensor:
     """``E(x_j | c_j)`` per row for ``x = images`` tiled ``repeats`` times and ``conditions`` ``(repeats * N, dim)``.
 
@@ -70,6 +74,9 @@ def image_energies(
     same noise in every repeat, so energies of one image under different conditions compare paired.
     ``shared_noise`` gives every row the noise a single image would get, so a batch of independent
     inferences computes exactly what one call per image would.
+
+    A residual concept (``chain``: the chain it stacks on, see :mod:`conceptlib.residual`) is scored by the
+    denoising error of the whole chain with it at ``c`` and every other member at null.
     """
     model = concept.model
     x = images.repeat(repeats, 1, 1, 1)
@@ -77,13 +84,18 @@ def image_energies(
         return model(x, conditions)
     generator = torch.Generator(device=images.device).manual_seed(config.seed)
     total = torch.zeros(x.shape[0], device=images.device)
+    templates = ChainReader.template_reader(chain, x, differentiable=True) if chain is not None else None
     shape = (1, *images.shape[1:]) if shared_noise else images.shape
     for sigma in config.sigmas:
         for _ in range(config.draws):
             noise = torch.randn(shape, generator=generator, device=images.device).expand(images.shape)
             noise = noise.repeat(repeats, 1, 1, 1)
             s = torch.full((x.shape[0],), sigma, device=images.device)
-            if concept.kind.denoises:  # its denoising error: the diffusion-classifier view of -log p(x | c)
+            if chain is not None:
+                reader = ChainReader.at(chain, x + sigma * noise, s, differentiable=True, templates=templates)
+                error = x - reader.total({concept.version.concept: conditions})
+                total = total + error.pow(2).flatten(1).sum(1) / (2 * sigma**2)
+            elif concept.kind.denoises:  # its denoising error: the diffusion-classifier view of -log p(x | c)
                 keep = torch.ones(x.shape[0], device=images.device)
                 error = x - model.denoise(x + sigma * noise, conditions, s, keep)
                 total = total + error.pow(2).flatten(1).sum(1) / (2 * sigma**2)
@@ -106,16 +118,18 @@ def _candidates(
 
 
 def infer(
-    concept: LoadedConcept, images: torch.Tensor, config: InferenceConfig | None = None, batch: int = 256
+    concept: LoadedConcept, images: torch.Tensor, config: InferenceConfig | None = None, batch: int = 256,
+    chain: Chain | None = None,
 ) -> Inferred:
-    """The condition of ``concept`` that best explains all of ``images`` ``(N, 3, H, W)`` together."""
+    """The condition of ``concept`` that best explains all of ``images`` ``(N, 3, H, W)`` together
+    (``chain``: the chain a residual concept stacks on)."""
     config = config or InferenceConfig()
     schema = concept.version.schema
     candidates, labels = _candidates(concept, config, images.device)
     per_call = max(1, batch // images.shape[0])
     with torch.no_grad():
         energies = torch.cat([
-            summed_energy(concept, images, candidates[i : i + per_call], config)
+            summed_energy(concept, images, candidates[i : i + per_call], config, chain)
             for i in range(0, len(candidates), per_call)
         ])
     order = torch.argsort(energies).tolist()
@@ -123,17 +137,18 @@ def infer(
     if isinstance(schema, Categorical) or config.refine_steps == 0:
         return Inferred(ranked[0][0], ranked[0][1], ranked[:5])
     concept.model.requires_grad_(False)
-    best = _refine(candidates[order[0]], lambda c: summed_energy(concept, images, c[None], config), config,
+    best = _refine(candidates[order[0]], lambda c: summed_energy(concept, images, c[None], config, chain), config,
                    concept.trained_range())
     with torch.no_grad():
-        energy = float(summed_energy(concept, images, best[None], config)[0])
+        energy = float(summed_energy(concept, images, best[None], config, chain)[0])
     if energy > ranked[0][1]:
         return Inferred(ranked[0][0], ranked[0][1], ranked[:5])
     return Inferred(tuple(float(v) for v in best.tolist()), energy, ranked[:5])
 
 
 def infer_each(
-    concept: LoadedConcept, images: torch.Tensor, config: InferenceConfig | None = None, batch: int = 256
+    concept: LoadedConcept, images: torch.Tensor, config: InferenceConfig | None = None, batch: int = 256,
+    chain: Chain | None = None,
 ) -> list[Inferred]:
     """One inference per image (each its own observation), batched across images.
 
@@ -150,7 +165,7 @@ def infer_each(
     with torch.no_grad():
         energies = torch.cat([
             image_energies(concept, images[image_of[i : i + batch]], candidates[candidate_of[i : i + batch]], config,
-                           shared_noise=True)
+                           shared_noise=True, chain=chain)
             for i in range(0, n * k, batch)
         ]).view(n, k)
     order = torch.argsort(energies, dim=1)
@@ -162,10 +177,10 @@ def infer_each(
     for start in range(0, n, batch):
         part = slice(start, min(n, start + batch))
         best = _refine(candidates[order[part, 0]],
-                       lambda c, x=images[part]: image_energies(concept, x, c, config, shared_noise=True), config,
-                       concept.trained_range())
+                       lambda c, x=images[part]: image_energies(concept, x, c, config, shared_noise=True, chain=chain),
+                       config, concept.trained_range())
         with torch.no_grad():
-            refined = image_energies(concept, images[part], best, config, shared_noise=True)
+            refined = image_energies(concept, images[part], best, config, shared_noise=True, chain=chain)
         for row, i in enumerate(range(part.start, part.stop)):
             top = ranked[i]
             if float(refined[row]) > top[0][1]:

@@ -312,7 +312,7 @@ def compose_images(
     provenance = {
         "expression": expr.to_text(node),
         "versions": {str(ref): loaded[ref].version.weights_sha256 for ref in loaded},
-        "sampler": sampler_record(node, terms, prior, settings),
+        "sampler": sampler_record(node, terms, prior, settings, chain),
         "seed": seed,
         "n": n,
         "batch_size": batch_size,

@@ -68,12 +68,14 @@ def steps(prior: LoadedConcept | None, settings: SamplerSettings) -> int:
 
 
 def sampler_record(node: Node, terms: Mapping[Leaf, Term], prior: LoadedConcept | None,
-                   settings: SamplerSettings) -> dict[str, Any]:
-    """What a sidecar records of the sampler: every setting :func:`sample` used, and the prior it chose."""
+                   settings: SamplerSettings, chain: Chain | None = None) -> dict[str, Any]:
+    """What a sidecar records of the sampler: every setting :func:`sample` used (``residual_guidance`` only
+    when a ``chain`` of residual concepts used it), and the prior it chose."""
     if prior is None:
         return {"name": "langevin", **settings.langevin.to_json(), "or_temperature": settings.or_temperature}
     drawn = "from the expression or null" if names_prior(node, terms, prior) else "drawn per sample"
-    return {**settings.annealed.to_json(), **settings.guidance.to_json(), "prior": str(prior.version.ref),
+    guidance = settings.guidance.to_json(residual=chain is not None)
+    return {**settings.annealed.to_json(), **guidance, "prior": str(prior.version.ref),
             "prior_condition": drawn, "or_temperature": settings.or_temperature}
 
 

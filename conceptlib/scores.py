@@ -10,8 +10,6 @@ still applies leaf by leaf (:class:`Parts`, folded over the expression):
   ``x``, its gradient taken through ``D`` (diffusion posterior sampling, Chung et al. 2023): on a noisy ``x``
   that gradient is adversarial and paints speckle, on ``D(x)`` it moves the object;
 - an energy leaf (objective dsm) contributes its guided energy ratio and its gradient;
-- a residual leaf (objective residual) contributes ``w (R(c) - R(null))``, its correction read against the
-  estimate of the chain of denoisers it was trained with (:mod:`conceptlib.residual`);
 - AND sums, NOT negates (a categorical classifier's NOT is its complement, ``-w log p(not c | D(x))``),
   a weight scales, and OR mixes the parts' gradients by ``softmax(-E_i / T)``, so
   ``-T logsumexp(-E_i / T)`` is differentiated exactly given the parts.
@@ -19,6 +17,9 @@ still applies leaf by leaf (:class:`Parts`, folded over the expression):
 The prior is counted once: its null score, or its score at a condition drawn per sample when the
 expression does not name it. The result has no energy, so MALA (which needs one) is refused. Measured
 effects of each choice are in docs/design.md.
+
+Residual concepts (objective residual) are read through the whole chain they stack on instead, each leaf the
+difference it makes to the chain's estimate (:func:`chain_score`); the same :class:`Parts` fold them.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from conceptlib.errors import ConceptError
 from conceptlib.expr import Leaf, Node, Or, Weighted, conjuncts, fold, map_leaves
 from conceptlib.expr import leaves as expression_leaves
 from conceptlib.registry import VersionRef
-from conceptlib.residual import Chain, build_chain
+from conceptlib.residual import Chain, ChainReader, build_chain
 from conceptlib.settings import SamplerSettings
 
 CLASSIFIER_SIGMA = 0.005
@@ -93,7 +94,8 @@ def composed_score(
     composition of this module. ``prior_condition`` ``(B, dim)`` is the prior's condition drawn per sample
     when the expression does not name the prior's concept; ``branches`` ``(B,)`` names the part of a top-level
     OR each sample follows (both from :mod:`conceptlib.sampling`). ``chain``: the root denoiser and the
-    residual concepts stacked on it, when any leaf is a residual (built from the leaves when not given).
+    residual concepts stacked on it, when any leaf is a residual (built from the leaves when not given); such
+    an expression is read through the chain by :func:`chain_score`, at ``guidance.residual``.
 
     Over a denoiser prior: the drawn condition is followed at ``guidance.prior`` (1 samples ``p(x)``
     exactly), except beside a NOT of the prior's concept, where it follows ``guidance.scale`` so that its
@@ -103,6 +105,13 @@ def composed_score(
     """
     guidance = settings.guidance
     w = guidance.scale
+    if chain is None and any(t.concept.kind is ConceptKind.RESIDUAL for t in terms.values()):
+        chain = build_chain(list({c.version.ref: c for c in [prior, *(t.concept for t in terms.values())]}.values()))
+    if chain is not None:
+        if settings.annealed.corrector == "mala":
+            raise ConceptError("the MALA corrector needs an energy, and residual concepts give a score only; "
+                               "use --corrector ula")
+        return chain_score(node, terms, chain, settings, prior_condition, branches)
     if not prior.kind.denoises:
         if guidance.classifier != w:
             factor = guidance.classifier / w
@@ -123,9 +132,6 @@ def composed_score(
     if any(terms[leaf].concept.version.ref == prior.version.ref for leaf in expression_leaves(node)):
         prior_weight = w  # a drawn condition only beside a NOT of the prior's concept: balance it
     reads_estimate = any(t.concept.kind is ConceptKind.CLASSIFIER for t in terms.values())
-    if chain is None and any(t.concept.kind is ConceptKind.RESIDUAL for t in terms.values()):
-        chain = build_chain(list({c.version.ref: c for c in [prior, *(t.concept for t in terms.values())]}.values()))
-    residuals = chain.residuals if chain is not None else ()
     parts = Parts(settings.or_temperature)
 
     def score(x: torch.Tensor, sigma: torch.Tensor) -> tuple[torch.Tensor, None]:
@@ -134,8 +140,6 @@ def composed_score(
         ones, zeros = torch.ones(n, device=x.device), torch.zeros(n, device=x.device)
         nulls: dict[object, torch.Tensor] = {}
         estimates: dict[tuple[object, int], torch.Tensor] = {}
-        corrections: dict[tuple[str, int], torch.Tensor] = {}
-        contexts: dict[str, torch.Tensor] = {}
 
         def null_of(concept: LoadedConcept) -> torch.Tensor:
             ref = concept.version.ref
@@ -145,47 +149,24 @@ def composed_score(
                         x, torch.zeros(n, concept.version.schema.dim, device=x.device), sigma, zeros)
             return nulls[ref]
 
-        def correction_of(concept: LoadedConcept, condition: torch.Tensor | None) -> torch.Tensor:
-            """A residual's correction at ``condition`` (None: null), read against the chain's context."""
-            name = concept.version.concept
-            key = (name, id(condition))
-            if key not in corrections:
-                c = (condition.expand(n, -1) if condition is not None
-                     else torch.zeros(n, concept.version.schema.dim, device=x.device))
-                with torch.no_grad():
-                    corrections[key] = concept.model.denoise(x, c, sigma, ones if condition is not None else zeros,
-                                                             contexts[name])
-            return corrections[key]
-
-        # the estimate a classifier reads: at the drawn condition, the expression's, or null (a chain's whole)
+        # the prior's estimate a classifier reads: at the drawn condition, the expression's, or null
         x_in = x.detach().requires_grad_(reads_estimate)
         reading = prior_condition if prior_condition is not None else anchor
         with torch.set_grad_enabled(reads_estimate):
-            if chain is not None:
-                estimated = chain.estimate(x_in, sigma, _chain_reading(chain, anchors, reading, n, x.device))
-                root_estimate, estimate = estimated.root, estimated.total
-                contexts = {name: context.detach() for name, context in estimated.contexts.items()}
-                for member in chain.residuals:
-                    name = member.version.concept
-                    corrections[(name, id(anchors.get(member.version.ref)))] = estimated.corrections[name].detach()
-            else:
-                root_estimate = estimate = prior.model.denoise(
-                    x_in, reading.expand(n, -1) if reading is not None else
-                    torch.zeros(n, prior.version.schema.dim, device=x.device), sigma, ones if reading is not None
-                    else zeros)
             if reading is None:
-                nulls[prior.version.ref] = root_estimate.detach()
+                estimate = prior.model.denoise(
+                    x_in, torch.zeros(n, prior.version.schema.dim, device=x.device), sigma, zeros)
+                nulls[prior.version.ref] = estimate.detach()
             else:
-                estimates[(prior.version.ref, id(reading))] = root_estimate.detach()
+                estimate = prior.model.denoise(x_in, reading.expand(n, -1), sigma, ones)
+                estimates[(prior.version.ref, id(reading))] = estimate.detach()
         if prior_condition is None:
             base = null_of(prior)
         elif prior_weight == 1.0:  # the implicit leaf samples p(x | c'): the prior itself, counted once
-            base = root_estimate.detach()
+            base = estimate.detach()
         else:
             null = null_of(prior)
-            base = null + prior_weight * (root_estimate.detach() - null)
-        for member in residuals:  # every residual of the chain at null; its leaves add w (R(c) - R(null))
-            base = base + correction_of(member, None)
+            base = null + prior_weight * (estimate.detach() - null)
         classifier_sigma = torch.full((n,), CLASSIFIER_SIGMA, device=x.device)
         weight = guidance.classifier * guidance.boost.factor(sigma)
 
@@ -204,12 +185,6 @@ def composed_score(
                 # a categorical classifier's exp(-nll) is a probability; a continuous one's is a density
                 probability = torch.exp(-nll.detach()) if categorical else None
                 return Part(weight * nll.detach(), grad, probability, weight)
-            if term.concept.kind is ConceptKind.RESIDUAL:
-                context = contexts[term.concept.version.concept]
-                conditioned = context + correction_of(term.concept, term.condition)
-                null = context + correction_of(term.concept, None)
-                energy = ((x - conditioned).pow(2) - (x - null).pow(2)).flatten(1).sum(1) / (2 * sigma**2)
-                return Part(w * energy, -w * (conditioned - null) / s2)
             if term.concept.kind.denoises:
                 key = (term.concept.version.ref, id(term.condition))
                 if key not in estimates:
@@ -236,6 +211,91 @@ def composed_score(
     return score
 
 
+def chain_score(
+    node: Node,
+    terms: Mapping[Leaf, Term],
+    chain: Chain,
+    settings: SamplerSettings,
+    prior_condition: torch.Tensor | None = None,
+    branches: torch.Tensor | None = None,
+) -> ScoreFn:
+    """The score of an expression over one chain of residual concepts, every factor read through the whole chain.
+
+    Each stage of a chain was trained on its own data with the earlier stages inside its loss, so only the
+    estimate at the chain's end knows the full data: the frozen root alone, asked what naming a position
+    changes, answers for the only data it saw (magenta squares), and guidance on that difference painted
+    every object magenta. So every leaf is the difference it makes to the chain's estimate ``T``: with ``A``
+    the conditions the expression names once in a plain AND (the root at its drawn condition when the
+    expression does not name it), a leaf of ``A`` contributes ``T(A) - T(A without it)``, any other leaf
+    (under NOT, in an OR, named twice) ``T(A with it) - T(A)``. :class:`Parts` fold them (AND sums, NOT
+    negates, weights and ``guidance.residual`` scale, OR mixes by ``softmax(-E / T)`` of their denoising
+    energies, or follows ``branches``, see :func:`conceptlib.sampling.draw_branches`) on top of the base
+    ``T(A)`` less the leaves of ``A``: a plain AND at guidance 1 is exactly ``T(A)``, the chain's own
+    conditional estimate, and guidance ``w`` adds ``w - 1`` times each leaf's difference given the others.
+    ``guidance.prior`` guides the drawn root condition the same way.
+
+    ``guidance.residual`` takes the place of ``guidance.scale`` here: on the chain of
+    ``benchmarks/continual.py`` guidance 1.5 took the samples that look real from 1.00 to 0.27 (stage 2, 64
+    samples), and 1 is the chain's own conditional estimate.
+    """
+    guidance, prior_guidance = settings.guidance.residual, settings.guidance.prior
+    members = {m.version.ref for m in chain.members}
+    for term in terms.values():
+        if term.concept.version.ref not in members:
+            raise ConceptError(f"{term.concept.version.ref} is not in the chain of residual concepts this expression "
+                               f"composes ({', '.join(str(r) for r in members)}); compose residual concepts only "
+                               "with the concepts they were trained with")
+    anchors = _anchor_conditions(node, terms)
+    root = chain.root.version.concept
+    assignment: dict[str, torch.Tensor | None] = {m.version.concept: anchors.get(m.version.ref) for m in chain.members}
+    drawn = prior_condition is not None and assignment[root] is None
+    if drawn:
+        assignment[root] = prior_condition
+    anchored = [leaf for leaf in expression_leaves(node)
+                if anchors.get(terms[leaf].concept.version.ref) is terms[leaf].condition]
+    plain = all(isinstance(term, Leaf) for term in conjuncts(node))
+    exact = plain and guidance == 1.0 and (not drawn or prior_guidance == 1.0) and len(anchored) == len(
+        expression_leaves(node))
+
+    templates: list[ChainReader] = []  # what the chain draws from nothing: the same at every step
+    parts = Parts(settings.or_temperature)
+
+    def score(x: torch.Tensor, sigma: torch.Tensor) -> tuple[torch.Tensor, None]:
+        if not templates or templates[0].x.shape != x.shape:
+            templates[:] = [ChainReader.template_reader(chain, x)]
+        reader = ChainReader.at(chain, x, sigma, templates=templates[0])
+        s2 = sigma[:, None, None, None] ** 2
+        joint = reader.total(assignment)
+        if exact:  # a plain AND at guidance 1: the chain's conditional estimate itself
+            return (joint - x) / s2, None
+
+        def difference(leaf: Leaf) -> tuple[torch.Tensor, torch.Tensor]:
+            """The chain's estimate with and without ``leaf``."""
+            name = terms[leaf].concept.version.concept
+            if leaf in anchored:
+                return joint, reader.total({**assignment, name: None})
+            return reader.total({**assignment, name: terms[leaf].condition}), joint
+
+        def leaf_part(leaf: Leaf) -> Part:
+            named, unnamed = difference(leaf)
+            energy = ((x - named).pow(2) - (x - unnamed).pow(2)).flatten(1).sum(1) / (2 * sigma**2)
+            return Part(guidance * energy, -guidance * (named - unnamed) / s2)
+
+        base = joint
+        for leaf in anchored:
+            named, unnamed = difference(leaf)
+            base = base - (named - unnamed)
+        if drawn and prior_guidance != 1.0:
+            base = base + (prior_guidance - 1.0) * (joint - reader.total({**assignment, root: None}))
+        n = x.shape[0]
+        if branches is not None and isinstance(node, Or):
+            grads = torch.stack([fold(t, leaf_part, parts).grad for t in node.terms])
+            return (base - x) / s2 - grads[branches, torch.arange(n, device=x.device)], None
+        return (base - x) / s2 - fold(node, leaf_part, parts).grad, None
+
+    return score
+
+
 def _check_tempered(terms: Mapping[Leaf, Term]) -> None:
     """A softmax temperature needs categorical classifiers that take one (``tempered``); say which does not."""
     for term in terms.values():
@@ -246,24 +306,13 @@ def _check_tempered(terms: Mapping[Leaf, Term]) -> None:
 
 
 def _anchor_conditions(node: Node, terms: Mapping[Leaf, Term]) -> dict[VersionRef, torch.Tensor]:
-    """The conditions the estimate is read at: each concept's that the expression names in exactly one leaf of
-    a plain AND (or as the whole expression); a concept named otherwise is read at null."""
+    """Each concept's condition where the expression names it in exactly one leaf of a plain AND (or is that
+    leaf): what a denoiser prior's estimate and a chain of residual concepts are read at (else null)."""
     named: dict[VersionRef, list[torch.Tensor]] = {}
     for leaf in conjuncts(node):
         if isinstance(leaf, Leaf):
             named.setdefault(terms[leaf].concept.version.ref, []).append(terms[leaf].condition)
     return {ref: conditions[0] for ref, conditions in named.items() if len(conditions) == 1}
-
-
-def _chain_reading(chain: Chain, anchors: Mapping[VersionRef, torch.Tensor], root: torch.Tensor | None, n: int,
-                   device: torch.device) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """Each chain member at its anchor condition (the root at ``root``: drawn or named), else null."""
-    read = chain.null_conditions(n, device)
-    for member in chain.members:
-        condition = root if member is chain.root else anchors.get(member.version.ref)
-        if condition is not None:
-            read[member.version.concept] = (condition.expand(n, -1), torch.ones(n, device=device))
-    return read
 
 
 def _negate(part: Part) -> Part:

@@ -132,6 +132,9 @@ class Guidance:
     boost: ClassifierBoost = field(default_factory=ClassifierBoost)
     classifier_temperature: float = 2.0
     """Softmax temperature categorical classifiers are read at over a denoiser prior (1 = as trained)."""
+    residual: float = 1.0
+    """Each residual concept's difference to its chain's estimate, in place of ``scale`` (1 = the chain's own
+    conditional estimate; see :func:`conceptlib.scores.chain_score`); ``--residual-guidance``."""
 
     def __post_init__(self) -> None:
         if min(self.scale, self.classifier, self.prior) <= 0:
@@ -139,17 +142,24 @@ class Guidance:
                                f"{self.scale}, {self.classifier}, {self.prior}")
         if not self.classifier_temperature > 0:
             raise ConceptError(f"--classifier-temperature must be positive; got {self.classifier_temperature}")
+        if not self.residual > 0:
+            raise ConceptError(f"--residual-guidance must be positive; got {self.residual}")
 
-    def to_json(self) -> dict[str, float]:
-        """Under the CLI's option names, as sidecars record them."""
+    def to_json(self, residual: bool = True) -> dict[str, float]:
+        """Under the CLI's option names, as sidecars record them (``residual``: with ``residual_guidance``,
+        which a sidecar records only when residual concepts were composed)."""
         return {"guidance": self.scale, "classifier_guidance": self.classifier, "prior_guidance": self.prior,
-                **self.boost.to_json(), "classifier_temperature": self.classifier_temperature}
+                **self.boost.to_json(), "classifier_temperature": self.classifier_temperature,
+                **({"residual_guidance": self.residual} if residual else {})}
 
     @classmethod
     def from_json(cls, values: Mapping[str, Any]) -> Guidance:
+        """From :meth:`to_json`'s names; ``residual_guidance`` is 1 where a record has none (before it existed,
+        or no residual concept was composed)."""
         return cls(scale=float(values["guidance"]), classifier=float(values["classifier_guidance"]),
                    prior=float(values["prior_guidance"]), boost=ClassifierBoost.from_json(values),
-                   classifier_temperature=float(values["classifier_temperature"]))
+                   classifier_temperature=float(values["classifier_temperature"]),
+                   residual=float(values.get("residual_guidance", 1.0)))
 
 
 PLAIN = Guidance(scale=1.0, classifier=1.0, prior=1.0, boost=NO_BOOST, classifier_temperature=1.0)
@@ -297,7 +307,7 @@ class ResidualConfig(DenoiserConfig):
 
     objective: ClassVar[str] = "residual"
     architecture: ClassVar[str] = "residual"
-    iterations: int = 5000
+    iterations: int = 4000
 
 
 TRAIN_CONFIGS: dict[str, type[TrainConfig]] = {

@@ -12,7 +12,9 @@ results.
 ``tests/goldens.json`` was written by ``python -m tests.goldens`` (from the repository root) on the main
 branch as it stood before the composition core was reorganised (issue 24): the scenario without residual
 concepts on commit 06daabe, then whole on d403987 (which added them; every earlier digest came out the
-same). ``tests/test_goldens.py`` checks it. Floating-point kernels differ between CPU instruction sets, so the file
+same), then on 47ca2e1 (residual concepts redesigned: their versions, samples and the eval record's
+``residual_guidance`` changed, nothing else; residual inference and ``--residual-guidance`` added to the
+scenario). ``tests/test_goldens.py`` checks it. Floating-point kernels differ between CPU instruction sets, so the file
 records the torch version and CPU capability it was made with; elsewhere the check is skipped and says
 why. Regenerate it only on purpose: after a change meant to alter what users get (a new default, a fix),
 and say so in that commit.
@@ -81,8 +83,9 @@ COMPOSITIONS: list[tuple[str, ...]] = [
     ("rcolor=red & !rshape=square",),
     ("rshape=circle | rshape=triangle",),
     ("2*rcolor=blue & rshape=circle & position=(0.5,0.5)", "--guidance", "1"),
+    ("rshape=triangle", "--residual-guidance", "2", "--prior-guidance", "2"),  # the root drawn, guided
 ]
-INFERENCES = ["position", "color", "dpos", "dcol", "cpos", "ccol"]
+INFERENCES = ["position", "color", "dpos", "dcol", "cpos", "ccol", "rshape", "rcolor"]
 
 
 def scenario(work: Path) -> dict[str, str]:

@@ -159,3 +159,17 @@ def plugins_and_tiny_concepts(run, add_tiny, registry_path):
                 for name in ("position", "color")}
     assert Leaf("position", 0.0) != Leaf("position", 1.0)
     return concepts, concepts["position"]
+
+
+def test_the_judge_learns_from_the_params_every_graded_concept_shares():
+    from types import SimpleNamespace
+
+    from conceptlib.evaluation import shared_params
+
+    defaults = {"n": 20000, "shapes": "circle,square,triangle", "colors": "red,green", "seed": 0}
+    first = SimpleNamespace(source_params={"n": 5000, "shapes": "square", "colors": "green", "seed": 0})
+    later = SimpleNamespace(source_params={"n": 5000, "shapes": "circle,square,triangle", "colors": "red,green",
+                                           "seed": 0})
+    assert shared_params([first, later], defaults) == {"n": 5000, "shapes": "circle,square,triangle",
+                                                       "colors": "red,green", "seed": 0}
+    assert shared_params([first], defaults) == first.source_params

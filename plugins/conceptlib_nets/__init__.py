@@ -46,8 +46,8 @@ def migrate_unet(stored: Mapping[str, Any]) -> dict[str, Any]:
     return {"refine": 0, **stored}
 
 
-RESIDUAL_CONFIG: dict[str, Any] = {**UNET_CONFIG, "context": 3, "residual": True}
-"""The U-Net as a residual: it reads the frozen composition's estimate and outputs only its correction."""
+RESIDUAL_CONFIG: dict[str, Any] = {**UNET_CONFIG, "context": 6, "residual": True}
+"""The U-Net as a residual concept: it reads the frozen concepts' estimate and template beside the image."""
 
 
 def build_residual(schema: ConditionSchema, image_size: int, config: Mapping[str, Any]):

@@ -89,16 +89,13 @@ class NoiseEmbedding(nn.Sequential):
 
 
 def edm_denoise(x: torch.Tensor, sigma: torch.Tensor, sigma_data: float,
-                network: Callable[[torch.Tensor], torch.Tensor], skip: bool = True) -> torch.Tensor:
+                network: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
     """``D(x) = 0.5 + c_skip (x - 0.5) + c_out F(c_in (x - 0.5))`` (Karras et al. 2022, EDM preconditioning):
-    every noise level gives the ``network`` F inputs and targets of unit scale. Without ``skip``, only
-    ``c_out F``: a correction to another network's estimate (a residual concept)."""
+    every noise level gives the ``network`` F inputs and targets of unit scale."""
     s = sigma[:, None, None, None]
     total = s**2 + sigma_data**2
     c_skip = sigma_data**2 / total
     c_out = s * sigma_data / total.sqrt()
     c_in = 1 / total.sqrt()
     out = network((x - 0.5) * c_in)  # before the skip term: autograd then sums the gradients in the same order
-    if not skip:
-        return c_out * out
     return 0.5 + c_skip * (x - 0.5) + c_out * out
