@@ -197,8 +197,9 @@ def main(argv: Sequence[str] | None = None) -> None:
             subprocess.run(concept_command(base, "add", "position", "--source", "scenes", *params, "--device", "auto"),
                            check=True, stdout=stream, stderr=stream)
     judge, _ = load_or_train_judge("scenes", {**BASE, "seed": JUDGE_SEED_OFFSET}, device=device, plugins=plugins)
-    rows: list[dict[str, Any]] = []
-    for corner in (float(c) for c in args.corners.split(",")):
+    corners = [float(c) for c in args.corners.split(",")]
+    rows = earlier_rows(args, corners)
+    for corner in corners:
         registry_path = RESULTS / f"extrapolation-{corner:g}-registry.db"
         if not registry_path.exists():
             train_composed(base, registry_path, corner, log)
@@ -240,10 +241,23 @@ def main(argv: Sequence[str] | None = None) -> None:
     write(rows, args, argv)
 
 
+def earlier_rows(args: argparse.Namespace, corners: list[float]) -> list[dict[str, Any]]:
+    """Rows of corners measured by an earlier run with the same ``-n`` and ``--seed``, so corners can be run one
+    at a time (each costs two trainings) and still land in one table."""
+    path = RESULTS / "extrapolation.json"
+    if not path.exists():
+        return []
+    earlier = json.loads(path.read_text())
+    if earlier.get("n") != args.n or earlier.get("seed") != args.seed:
+        return []
+    return [row for row in earlier["rows"] if row["corner"] not in corners]
+
+
 def write(rows: list[dict[str, Any]], args: argparse.Namespace, argv: Sequence[str] | None) -> None:
     command = " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])])
     (RESULTS / "extrapolation.json").write_text(json.dumps({"rows": rows, "n": args.n, "seed": args.seed,
                                                             "command": command}, indent=2) + "\n")
+    rows = sorted(rows, key=lambda r: (r["corner"], r["model"]))
     lines = ["# Cross-product extrapolation: size of small objects where training showed only large ones", "",
              "| corner | model | size error, unseen | size error, seen | position error, unseen | looks real, unseen "
              "| parameters | training s |", "|---|---|---|---|---|---|---|---|"]

@@ -13,10 +13,14 @@ plain class attributes, read once when a concept is loaded (:func:`conceptlib.co
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
+from conceptlib import untrusted
+from conceptlib.errors import ConceptError
+from conceptlib.limits import MAX_CONFIG_BYTES
 from conceptlib.schema import ConditionSchema
 
 if TYPE_CHECKING:
@@ -78,7 +82,10 @@ class Architecture:
 
     ``migrate`` turns a config stored by an older release of the plugin into one ``build`` takes (e.g. a
     setting added since, at the value those weights were trained with); versions keep their config as
-    stored.
+    stored. ``check_config(config)`` (optional) raises ``ValueError`` for a config the network cannot be
+    built from or that would make it unreasonably large, before anything is built: a config may come from
+    someone else's export file. ``build`` must also work under ``with torch.device("meta")``, where
+    conceptlib builds a network first to learn its tensors' shapes without allocating them.
     """
 
     name: str
@@ -86,11 +93,28 @@ class Architecture:
     default_config: Mapping[str, Any] = field(default_factory=dict)
     description: str = ""
     migrate: Callable[[Mapping[str, Any]], Mapping[str, Any]] | None = None
+    check_config: Callable[[Mapping[str, Any]], None] | None = None
 
     def config(self, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
-        """The defaults overlaid with ``overrides``: what the registry records for a version."""
-        return {**self.default_config, **(overrides or {})}
+        """The defaults overlaid with ``overrides``, checked: what the registry records for a version."""
+        merged = {**self.default_config, **(overrides or {})}
+        self.check(merged)
+        return merged
 
     def build_stored(self, schema: ConditionSchema, image_size: int, stored: Mapping[str, Any]) -> nn.Module:
         """The network of a version whose config was stored by any release of this plugin."""
         return self.build(schema, image_size, self.migrate(stored) if self.migrate else stored)
+
+    def check(self, config: Any) -> None:
+        """Refuse a config that is not a small JSON object, or that ``check_config`` refuses, in one line."""
+        try:
+            untrusted.mapping(config)
+            untrusted.check_depth(config, 4)
+            size = len(json.dumps(config))
+            if size > MAX_CONFIG_BYTES:
+                raise untrusted.Malformed(f"{size} bytes of JSON, more than {MAX_CONFIG_BYTES}")
+            if self.check_config is not None:
+                self.check_config({**self.default_config, **config})  # as build() sees it
+        except Exception as exc:  # a plugin's check is plugin code: whatever it raises is one line
+            shown = (str(exc).splitlines() or [""])[0][:200] or type(exc).__name__
+            raise ConceptError(f"architecture {self.name!r} does not take this config: {shown}") from None

@@ -7,6 +7,12 @@ state, optimizer settings, history): no pickle, so a checkpoint is data, never c
 written under a temporary name, flushed and renamed, so a crash leaves the previous checkpoint whole,
 and the JSON records the tensors' sha256, so a damaged checkpoint is refused instead of resumed.
 
+A checkpoint is bound to its run: the JSON records the run's key (registry, concept, source and parameters,
+architecture, settings) and the sha256 of every frozen concept's weights, and a resume that does not match
+both (a checkpoint copied from another run's folder, frozen weights that changed since) is refused. The
+JSON is read as untrusted: bounded in size and nesting, every field checked, the tensors file named only
+by a plain ``state-<sha256>.safetensors`` in the checkpoint's own directory.
+
 Ctrl-C during training is deferred to the end of the current iteration, so the checkpoint it saves is
 consistent; a second Ctrl-C interrupts at once.
 """
@@ -17,8 +23,10 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
+import stat
 import threading
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -33,16 +41,20 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import nn
 
-from conceptlib import distributed
-from conceptlib.errors import Interrupted, TrainingError
+from conceptlib import distributed, untrusted
+from conceptlib.errors import CheckpointError, Interrupted
 from conceptlib.files import atomic_write
+from conceptlib.limits import MAX_CHECKPOINT_BYTES, MAX_CHECKPOINT_JSON_BYTES, MAX_ITERATIONS
 from conceptlib.registry.engine import sqlite_path
 
 if TYPE_CHECKING:
     from conceptlib.training.replay import ReplayBuffer
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""2: bound to its run (``run``); checkpoints of format 1 are refused (start again without --resume)."""
 STATE_FILE = "checkpoint.json"
+TENSORS_NAME = re.compile(r"state-[0-9a-f]{24}\.safetensors")
+START_AGAIN = "start again without --resume"
 CHECKPOINTS_ENV = "CONCEPTLIB_CHECKPOINTS"
 
 
@@ -102,11 +114,14 @@ class Checkpoint:
     """
 
     def __init__(self, directory: Path | None, every: int = 100, resume: bool = False, total: int = 0,
-                 interrupt: DeferredInterrupt | None = None) -> None:
+                 interrupt: DeferredInterrupt | None = None, run: dict[str, Any] | None = None) -> None:
         self.directory = directory
         self.every = every
         self.total = total
         self.interrupt = interrupt
+        self.run = run or {}
+        """What binds a checkpoint to its run (``{"key": ..., "frozen": {ref: weights sha256}}``); a resume
+        refuses a checkpoint whose record differs."""
         self.saved: int | None = None
         """The iteration of the checkpoint on disk (restored or written by this run)."""
         self.completed_iterations = 0
@@ -143,6 +158,7 @@ class Checkpoint:
         saved = self._state
         tensors = self._tensors(saved)
         try:
+            buffer = untrusted.mapping(saved["buffer"]) if state.buffer is not None else {}
             for name, module in state.modules.items():
                 prefix = f"module.{name}."
                 module.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
@@ -154,14 +170,16 @@ class Checkpoint:
             state.generator.set_state(tensors["rng.generator"])
             torch.set_rng_state(tensors["rng.torch"])
             if state.buffer is not None:
-                size, following = int(saved["buffer"]["size"]), int(saved["buffer"]["next"])
+                capacity = len(state.buffer.images)
+                size = untrusted.integer(buffer.get("size"), 0, capacity, "buffer size")
+                following = untrusted.integer(buffer.get("next"), 0, capacity, "buffer position")
                 state.buffer.images[:size] = tensors["buffer.images"].to(state.buffer.images.device)
                 state.buffer.size = size
                 state.buffer._next = following  # the write position is part of what makes a resume exact
-        except (KeyError, RuntimeError, ValueError, TypeError) as exc:
-            raise TrainingError(
+        except (KeyError, RuntimeError, ValueError, TypeError, AttributeError, IndexError) as exc:
+            raise CheckpointError(
                 f"the checkpoint in {self.directory} does not fit this run ({exc.__class__.__name__}: "
-                f"{(str(exc).splitlines() or [''])[0]}); start again without --resume"
+                f"{(str(exc).splitlines() or [''])[0][:200]}); {START_AGAIN}"
             ) from None
         state.history[:] = saved["history"]
         self.completed_iterations = int(saved["iteration"])
@@ -175,35 +193,67 @@ class Checkpoint:
     def _read(self) -> dict[str, Any]:
         path = self.directory / STATE_FILE if self.directory is not None else None
         if path is None or not path.is_file():
-            raise TrainingError(
+            raise CheckpointError(
                 f"nothing to resume: no checkpoint in {self.directory} for this run. A checkpoint belongs to "
                 "one name, source, parameters, frozen versions, architecture and settings (only --iterations "
                 "and --lr may change); run without --resume to start again"
             )
         try:
-            saved = json.loads(path.read_text())
+            saved = untrusted.mapping(untrusted.load_json(_read_file(path, MAX_CHECKPOINT_JSON_BYTES),
+                                                          MAX_CHECKPOINT_JSON_BYTES))
             if saved.get("format_version") != FORMAT_VERSION:
-                raise ValueError(f"format {saved.get('format_version')!r}")
-            int(saved["iteration"])
-        except (ValueError, KeyError, TypeError, OSError) as exc:
-            raise TrainingError(f"the checkpoint {path} is unreadable ({exc}); start again without --resume") from None
+                raise untrusted.Malformed(f"format {str(saved.get('format_version'))[:20]}, this conceptlib writes "
+                                          f"{FORMAT_VERSION}")
+            iteration = untrusted.integer(saved.get("iteration"), 1, MAX_ITERATIONS, "iteration")
+            if len(untrusted.sequence(saved.get("history"))) != iteration:
+                raise untrusted.Malformed(f"a history of {len(saved['history'])} iterations for iteration {iteration}")
+            if not TENSORS_NAME.fullmatch(str(saved.get("tensors"))):
+                raise untrusted.Malformed("its tensors are not named state-<sha256>.safetensors")
+            untrusted.text(saved.get("tensors_sha256"))
+            untrusted.mapping(saved.get("optimizer"))
+        except (untrusted.Malformed, OSError) as exc:
+            raise CheckpointError(f"the checkpoint {path} is unreadable ({exc}); {START_AGAIN}") from None
+        if self.run:  # a checkpoint read without saying which run wants it (to inspect it) is not bound
+            self._check_run(saved.get("run"))
+        if self.total and iteration > self.total:
+            raise CheckpointError(
+                f"the checkpoint in {self.directory} is at iteration {iteration}, past --iterations {self.total}: "
+                f"pass --iterations {iteration} or more, or {START_AGAIN}"
+            )
         return saved
+
+    def _check_run(self, saved: Any) -> None:
+        """Refuse a checkpoint of another run, or of this run against frozen weights that have changed since."""
+        saved = saved if isinstance(saved, dict) else {}
+        if saved.get("key") != self.run.get("key"):
+            raise CheckpointError(
+                f"the checkpoint in {self.directory} was made by another run (another concept, source, settings or "
+                f"registry: it was copied or moved here); {START_AGAIN}"
+            )
+        frozen, now = saved.get("frozen"), self.run.get("frozen", {})
+        changed = [ref for ref in now if not isinstance(frozen, dict) or frozen.get(ref) != now[ref]]
+        if changed or (isinstance(frozen, dict) and set(frozen) != set(now)):
+            names = ", ".join(changed) or "the frozen concepts"
+            raise CheckpointError(
+                f"the checkpoint in {self.directory} was made against other weights of {names} than the registry "
+                f"holds now; {START_AGAIN}"
+            )
 
     def _tensors(self, saved: dict[str, Any]) -> dict[str, torch.Tensor]:
         assert self.directory is not None
         path = self.directory / str(saved["tensors"])
         try:
-            data = path.read_bytes()
-        except OSError as exc:
-            raise TrainingError(f"the checkpoint's tensors {path} are missing ({exc.strerror}); "
-                                "start again without --resume") from None
+            data = _read_file(path, MAX_CHECKPOINT_BYTES)
+        except (OSError, untrusted.Malformed) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            raise CheckpointError(f"the checkpoint's tensors {path} are missing or unusable ({reason}); "
+                                  f"{START_AGAIN}") from None
         if hashlib.sha256(data).hexdigest() != saved["tensors_sha256"]:
-            raise TrainingError(f"the checkpoint's tensors {path} are damaged (sha256 mismatch); "
-                                "start again without --resume")
+            raise CheckpointError(f"the checkpoint's tensors {path} are damaged (sha256 mismatch); {START_AGAIN}")
         try:
             return st_load(data)
         except (SafetensorError, ValueError) as exc:
-            raise TrainingError(f"the checkpoint's tensors {path} are unreadable ({exc})") from None
+            raise CheckpointError(f"the checkpoint's tensors {path} are unreadable ({exc}); {START_AGAIN}") from None
 
     # --------------------------------------------------------------- save
     def completed(self, iteration: int, state: TrainingState) -> None:
@@ -248,6 +298,7 @@ class Checkpoint:
             "saved_at": datetime.now(timezone.utc).isoformat(),
             "tensors": name,
             "tensors_sha256": digest,
+            "run": self.run,
             "numpy_rng": state.rng.bit_generator.state,
             "optimizer": {"param_groups": optimizer["param_groups"], "values": values},
             "buffer": buffer,
@@ -267,9 +318,20 @@ class Checkpoint:
                 self.directory.parent.rmdir()  # only if no other run left a checkpoint there
 
 
+def _read_file(path: Path, limit: int) -> bytes:
+    """The bytes of the regular file ``path`` (not a link, FIFO or device), refused past ``limit`` bytes."""
+    info = path.lstat()
+    if not stat.S_ISREG(info.st_mode):
+        raise untrusted.Malformed(f"{path.name} is not a regular file")
+    if info.st_size > limit:
+        raise untrusted.Malformed(f"{path.name} is {info.st_size} bytes, more than {limit}")
+    with path.open("rb") as handle:
+        return handle.read(limit + 1)
+
+
 def _same_start(start: int, first: int, directory: Path | None) -> None:
     if start != first:
-        raise TrainingError(
+        raise CheckpointError(
             f"the checkpoint in {directory} continues at iteration {start}, rank 0's at {first}: the ranks "
             "stopped at different points; start again without --resume"
         )

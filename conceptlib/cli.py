@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,28 +18,34 @@ from typing import Any, NoReturn
 import click
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
-from conceptlib.errors import ConceptError, ExpressionError, Interrupted
+from conceptlib.errors import ConceptError, ExpressionError, Interrupted, is_out_of_memory
+from conceptlib.limits import MAX_BATCH_SIZE, MAX_SEED
+from conceptlib.redaction import redact_text
 from conceptlib.settings import OBJECTIVES, TRAIN_CONFIGS, CdConfig, DsmConfig, SamplerSettings, TrainConfig
+from conceptlib.terminal import SafeConsole, printable
 
-out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+out = SafeConsole(soft_wrap=True)
+"""Markup off and control characters escaped: names and paths from users print as they are."""
+err = SafeConsole(stderr=True, soft_wrap=True)
 quiet = Console(quiet=True)
 """Progress of ranks other than 0 under torchrun: one set of bars per run is enough."""
 
 
 def error_line(message: str) -> None:
     """Print ``error: MESSAGE`` on one line, whatever the message holds (a driver's several lines, a newline
-    in an argument): line breaks become spaces and other unprintable characters their escapes."""
+    in an argument): line breaks become spaces and other unprintable characters their escapes; any URL's
+    password is hidden."""
     joined = " ".join(line.strip() for line in message.splitlines() if line.strip())
-    shown = "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in joined)
-    err.print(f"error: {shown}", markup=False)
+    err.print(f"error: {printable(redact_text(joined))}")
 
 
 def fail(exc: ConceptError) -> NoReturn:
     error_line(str(exc))
     if isinstance(exc, ExpressionError):
-        err.print(exc.caret(), markup=False)
+        for line in exc.caret().splitlines():
+            err.print(line)
     sys.exit(exc.exit_code)
 
 
@@ -60,7 +67,23 @@ class ConceptGroup(click.Group):
         except click.ClickException as exc:
             error_line(exc.format_message())
             sys.exit(exc.exit_code)
+        except (MemoryError, RuntimeError) as exc:
+            if not is_out_of_memory(exc):
+                raise
+            error_line(f"out of memory ({str(exc).splitlines()[0][:200]}); lower -n or --batch-size")
+            sys.exit(2)
         sys.exit(code if isinstance(code, int) else 0)
+
+
+class FiniteRange(click.FloatRange):
+    """``click.FloatRange`` that also refuses NaN and infinities, which pass its comparisons (``nan <= 0`` is
+    false) and would reach the sampler or the optimiser as a NaN image or a diverged run."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
+        return number
 
 
 def parse_pairs(pairs: Sequence[str], option: str) -> dict[str, Any]:
@@ -72,7 +95,7 @@ def parse_pairs(pairs: Sequence[str], option: str) -> dict[str, Any]:
             raise click.UsageError(f"{option} takes KEY=VALUE; got {pair!r}")
         try:
             result[key] = json.loads(value)
-        except ValueError:
+        except (ValueError, RecursionError):
             result[key] = value
     return result
 
@@ -83,7 +106,7 @@ def open_registry(ctx: click.Context, create: bool = False):
     and a PostgreSQL server refuses clients past ``max_connections``."""
     from conceptlib.registry import Registry
 
-    registry = Registry.open(ctx.obj["registry"], create=create)
+    registry = Registry.open(ctx.obj["registry"], create=create, deferred=create)  # created by its first write
     ctx.call_on_close(registry.close)
     return registry
 
@@ -140,20 +163,20 @@ def per_objective(field: str) -> str:
                    "for cd].")
 @click.option("--arch-config", multiple=True, metavar="KEY=VALUE", help="Architecture setting, repeatable.")
 @click.option("--iterations", type=click.IntRange(1), help=per_objective("iterations"))
-@click.option("--batch-size", type=click.IntRange(1), help=per_objective("batch_size"))
-@click.option("--lr", default=TrainConfig.lr, show_default=True, type=click.FloatRange(0, min_open=True))
+@click.option("--batch-size", type=click.IntRange(1, MAX_BATCH_SIZE), help=per_objective("batch_size"))
+@click.option("--lr", default=TrainConfig.lr, show_default=True, type=FiniteRange(0, min_open=True))
 @click.option("--condition-dropout", default=DSM.condition_dropout, show_default=True,
-              type=click.FloatRange(0, 1, max_open=True),
+              type=FiniteRange(0, 1, max_open=True),
               help="denoiser, residual, dsm: fraction of samples trained with the null condition.")
-@click.option("--l2", default=CD.l2, show_default=True, type=click.FloatRange(0),
+@click.option("--l2", default=CD.l2, show_default=True, type=FiniteRange(0),
               help="cd: energy regulariser (eq. 2).")
 @click.option("--steps", default=CD.langevin.steps, show_default=True, type=click.IntRange(1),
               help="cd: Langevin steps per update.")
-@click.option("--step-size", default=CD.langevin.step_size, show_default=True, type=click.FloatRange(0, min_open=True),
+@click.option("--step-size", default=CD.langevin.step_size, show_default=True, type=FiniteRange(0, min_open=True),
               help="cd: Langevin step size.")
-@click.option("--noise", default=CD.langevin.noise, show_default=True, type=click.FloatRange(0),
+@click.option("--noise", default=CD.langevin.noise, show_default=True, type=FiniteRange(0),
               help="cd: Langevin noise.")
-@click.option("--seed", default=TrainConfig.seed, show_default=True, type=int)
+@click.option("--seed", default=TrainConfig.seed, show_default=True, type=click.IntRange(0, MAX_SEED))
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N].")
 @click.option("--description", default="", help="What this concept means (stored on first add).")
 @click.option("--resume", is_flag=True,
@@ -228,31 +251,31 @@ def sampler_options(langevin: bool) -> Any:
         click.option("--corrector-steps", default=annealed.corrector_steps, show_default=True,
                      type=click.IntRange(0), help="denoiser, dsm: Langevin corrector steps per level."),
         click.option("--corrector-step", default=annealed.corrector_step, show_default=True,
-                     type=click.FloatRange(0, min_open=True),
+                     type=FiniteRange(0, min_open=True),
                      help="denoiser, dsm: corrector step as a fraction of sigma^2."),
-        click.option("--eta", default=annealed.eta, show_default=True, type=click.FloatRange(0, 1),
+        click.option("--eta", default=annealed.eta, show_default=True, type=FiniteRange(0, 1),
                      help="denoiser, dsm: fresh noise per step down (1 Euler-ancestral, 0 deterministic)."),
-        click.option("--guidance", default=guidance.scale, show_default=True, type=click.FloatRange(0, min_open=True),
+        click.option("--guidance", default=guidance.scale, show_default=True, type=FiniteRange(0, min_open=True),
                      help="denoiser, dsm: scale of every concept's E(x|c) - E(x|null) (1 = plain product)."),
         click.option("--classifier-guidance", default=guidance.classifier, show_default=True,
-                     type=click.FloatRange(0, min_open=True),
+                     type=FiniteRange(0, min_open=True),
                      help="classifier concepts: scale of their -log p(c|x) (1 = plain product)."),
         click.option("--classifier-boost-below", default=guidance.boost.below, show_default=True,
-                     type=click.FloatRange(0, min_open=True),
+                     type=FiniteRange(0, min_open=True),
                      help="denoiser prior: noise level below which classifier guidance grows as 1/sigma."),
         click.option("--classifier-boost-max", default=guidance.boost.maximum, show_default=True,
-                     type=click.FloatRange(1),
+                     type=FiniteRange(1),
                      help="denoiser prior: the largest factor of that growth (1 = constant guidance)."),
         click.option("--classifier-temperature", default=guidance.classifier_temperature, show_default=True,
-                     type=click.FloatRange(0, min_open=True),
+                     type=FiniteRange(0, min_open=True),
                      help="denoiser prior: softmax temperature categorical classifier concepts are read at "
                           "(1 = as trained; warmer keeps pulling once they are sure)."),
         click.option("--prior-guidance", default=guidance.prior, show_default=True,
-                     type=click.FloatRange(0, min_open=True),
+                     type=FiniteRange(0, min_open=True),
                      help="denoiser prior: guidance of its condition drawn per sample when the expression does "
                           "not name it (1 = sample p(x) exactly)."),
         click.option("--residual-guidance", default=guidance.residual, show_default=True,
-                     type=click.FloatRange(0, min_open=True),
+                     type=FiniteRange(0, min_open=True),
                      help="residual concepts: scale of each leaf's difference to their chain's estimate (1 = the "
                           "chain's own conditional estimate)."),
     ]
@@ -261,16 +284,16 @@ def sampler_options(langevin: bool) -> Any:
             click.option("--steps", default=SAMPLER.langevin.steps, show_default=True, type=click.IntRange(1),
                          help="cd: Langevin steps."),
             click.option("--step-size", default=SAMPLER.langevin.step_size, show_default=True,
-                         type=click.FloatRange(0, min_open=True), help="cd: Langevin step size."),
-            click.option("--noise", default=SAMPLER.langevin.noise, show_default=True, type=click.FloatRange(0),
+                         type=FiniteRange(0, min_open=True), help="cd: Langevin step size."),
+            click.option("--noise", default=SAMPLER.langevin.noise, show_default=True, type=FiniteRange(0),
                          help="cd: Langevin noise."),
             click.option("--init", default=SAMPLER.langevin.init, show_default=True,
                          type=click.Choice(["noise", "gray"]), help="cd: chain start."),
             click.option("--temperature", default=SAMPLER.or_temperature, show_default=True,
-                         type=click.FloatRange(0, min_open=True), help="Temperature of OR (-T logsumexp(-E/T))."),
+                         type=FiniteRange(0, min_open=True), help="Temperature of OR (-T logsumexp(-E/T))."),
         ]
     options.append(click.option("--batch-size", default=SAMPLER.batch_size, show_default=True,
-                                type=click.IntRange(1)))
+                                type=click.IntRange(1, MAX_BATCH_SIZE)))
 
     def decorate(command: Any) -> Any:
         @functools.wraps(command)  # keeps the options declared below this decorator (click's __click_params__)
@@ -291,7 +314,7 @@ def sampler_options(langevin: bool) -> Any:
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="PNG grid to write.")
 @click.option("--out-dir", type=click.Path(file_okay=False, path_type=Path),
               help="Also write each sample as a PNG plus a JSON sidecar.")
-@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(0, MAX_SEED))
 @sampler_options(langevin=True)
 @click.option("--device", default="auto", show_default=True)
 @click.pass_context
@@ -302,7 +325,7 @@ def compose_command(ctx: click.Context, expression: str, count: int, output: Pat
     from conceptlib.devices import resolve_device
     from conceptlib.imaging import save_grid
     from conceptlib.jobs import compose_images
-    from conceptlib.outputs import write_manifest, write_samples
+    from conceptlib.outputs import check_compose_outputs, write_manifest, write_samples
     from conceptlib.progress import job_progress
 
     if output is None and out_dir is None:
@@ -312,12 +335,13 @@ def compose_command(ctx: click.Context, expression: str, count: int, output: Pat
     if output is not None and ranks.world_size > 1:
         raise click.UsageError("under torchrun each rank writes its own samples: use --out-dir DIR, not -o")
     registry = open_registry(ctx)
+    check_compose_outputs(output, out_dir, count, registry.files())
     plugins = plugin_manager(ctx)
     with job_progress(err if ranks.is_main else quiet) as progress:
         result = compose_images(registry, plugins, expression, count, settings, seed=seed, device=torch_device,
                                 shard=(ranks.rank, ranks.world_size), on_step=progress.phase("sampling"))
     for warning in result.warnings if ranks.is_main else ():
-        err.print(f"warning: {warning}", markup=False)
+        err.print(f"warning: {warning}")
     if output is not None:
         save_grid(result.images, output)
         out.print(f"wrote {count} samples of {result.provenance['expression']} to {output}")
@@ -343,7 +367,7 @@ def compose_command(ctx: click.Context, expression: str, count: int, output: Pat
               help="Held-out images for position inference (0 skips it).")
 @click.option("--judge-cache", type=click.Path(file_okay=False, path_type=Path),
               help="Judge cache [default: $CONCEPTLIB_CACHE or ~/.cache/conceptlib/judges].")
-@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(0, MAX_SEED))
 @sampler_options(langevin=False)
 @click.option("--device", default="auto", show_default=True)
 @click.pass_context
@@ -480,16 +504,17 @@ def show(ctx: click.Context, ref: str, as_json: bool, energies: bool, count: int
         return
     table = Table(show_header=False, box=None)
     for key, value in version.to_json().items():
-        table.add_row(f"[bold]{key}[/bold]", value if isinstance(value, str) else json.dumps(value))
+        table.add_row(Text(key, style="bold"), value if isinstance(value, str) else json.dumps(value))
     out.print(table)
     if histograms is not None:
         from conceptlib.histograms import text_histogram
 
         means = ", ".join(f"{k} {v.mean():.4g}" for k, v in histograms.energies.items())
-        out.print(f"\n[bold]energies[/bold] on {count} fresh images (█ matched ▒ mismatched ░ noise); "
+        out.print()
+        out.print(Text("energies", style="bold"), f"on {count} fresh images (█ matched ▒ mismatched ░ noise); "
                   f"mean {means}; own condition ranked below a wrong one {histograms.ranked:.2f} (chance 0.50)")
         for row in text_histogram(histograms):
-            out.print(row, markup=False, highlight=False)
+            out.print(row)
 
 
 def _energy_histograms(ctx: click.Context, registry: Any, version: Any, count: int, device: str) -> Any:
@@ -522,9 +547,14 @@ def history(ctx: click.Context, name: str, as_json: bool) -> None:
     for v in versions:
         table.add_row("*" if v.is_current else "", str(v.number) + "".join(f" @{a}" for a in v.aliases),
                       v.created_at.strftime("%Y-%m-%d %H:%M:%S"), v.source, v.dataset_hash[:10],
-                      ", ".join(map(str, v.lineage)) or "-", f"{v.metrics.get('loss', float('nan')):.4f}",
+                      ", ".join(map(str, v.lineage)) or "-", _number(v.metrics.get("loss")),
                       v.weights_sha256[:10])
     out.print(table)
+
+
+def _number(value: Any) -> str:
+    """A metric as a table shows it; a registry edited by hand may hold anything there."""
+    return f"{value:.4f}" if isinstance(value, (int, float)) and not isinstance(value, bool) else "-"
 
 
 # ------------------------------------------------------- rollback / alias
@@ -568,9 +598,9 @@ def export_command(ctx: click.Context, ref: str, output: Path) -> None:
 
     name, version_ref = split_ref(ref)
     registry = open_registry(ctx)
-    written = export_concept(registry, registry.resolve(name, version_ref), output)
+    written, digest = export_concept(registry, registry.resolve(name, version_ref), output)
     carried = f" with its lineage {', '.join(map(str, written[:-1]))}" if len(written) > 1 else ""
-    out.print(f"exported {written[-1]}{carried} to {output}")
+    out.print(f"exported {written[-1]}{carried} to {output} (manifest sha256 {digest})")
 
 
 @cli.command("import")
@@ -587,7 +617,10 @@ def import_command(ctx: click.Context, path: Path) -> None:
             out.print(f"imported {result.origin} as {result.ref}")
         else:
             out.print(f"{result.origin} is already here as {result.ref}; kept it")
-    out.print(f"{concept_file.ref} from {path} is {results[-1].ref} in {registry.display_url}")
+    if concept_file.digest is None:
+        err.print(f"warning: {path} carries no manifest_sha256 (an older export): only its weights were verified")
+    checked = f" (manifest sha256 {concept_file.digest})" if concept_file.digest else ""
+    out.print(f"{concept_file.ref} from {path}{checked} is {results[-1].ref} in {registry.display_url}")
 
 
 # --------------------------------------------------------------- sources
@@ -621,9 +654,11 @@ def source() -> None:
 @click.pass_context
 def source_sample(ctx: click.Context, source_name: str, count: int, out_dir: Path, params: tuple[str, ...]) -> None:
     """Write N images of SOURCE as PNGs plus labels.jsonl with each image's attributes."""
-    from conceptlib.outputs import write_source_samples
+    from conceptlib.outputs import check_source_outputs, write_source_samples
     from conceptlib.progress import job_progress
+    from conceptlib.registry.engine import registry_files, resolve_url
 
+    check_source_outputs(out_dir, source_name, count, registry_files(resolve_url(ctx.find_root().obj["registry"])))
     src = plugin_manager(ctx.find_root()).source(source_name)
     given = parse_pairs(params, "--param")
     if "n" in src.default_params and "n" not in given:

@@ -8,7 +8,9 @@ sampling ask ``concept.kind`` and never probe the network.
 
 from __future__ import annotations
 
+import contextlib
 import enum
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -19,6 +21,7 @@ from torch import nn
 
 from conceptlib.batched import prefer_channels_last
 from conceptlib.errors import ConceptError, CorruptBlobError
+from conceptlib.limits import MAX_IMAGE_SIZE
 from conceptlib.plugins import PluginManager
 from conceptlib.registry import Registry, VersionInfo
 from conceptlib.schema import ConditionSchema
@@ -171,6 +174,42 @@ def prior_concept(
     )
 
 
+Layout = Mapping[str, tuple[np.dtype, tuple[int, ...]]]
+"""Tensor name -> (dtype, shape): what a network's weights must be, or what a safetensors header holds."""
+
+
+def expected_layout(
+    plugins: PluginManager,
+    architecture: str,
+    schema: ConditionSchema,
+    hyperparameters: Mapping[str, Any],
+    config: Mapping[str, Any],
+    what: str,
+) -> dict[str, tuple[np.dtype, tuple[int, ...]]]:
+    """The weights ``architecture`` builds under ``config``, found without allocating them.
+
+    The network is built on torch's meta device, where tensors have shapes but no memory: a config from
+    someone's export file that asks for a network of gigabytes is found out before anything of that size
+    exists. (The first meta build imports much of torch, about a second, so only imports pay for it; a
+    registry's own versions were checked this way when they entered it, or were trained here.) A build
+    that fails in any way (a config of the wrong type, a plugin that raises or calls ``sys.exit``) is one
+    line naming the version and the architecture.
+    """
+    return _layout(_build(plugins, architecture, schema, hyperparameters, config, what, meta=True))
+
+
+def check_layout(expected: Layout, actual: Layout, architecture: str, what: str) -> None:
+    """Refuse weights whose names, shapes or dtypes differ from what the architecture builds."""
+    if set(actual) != set(expected) or any(
+        tuple(actual[k][1]) != tuple(expected[k][1]) or np.dtype(actual[k][0]) != np.dtype(expected[k][0])
+        for k in expected
+    ):
+        raise CorruptBlobError(
+            f"weights of {what} do not fit architecture {architecture!r} "
+            "(tensor names, shapes or dtypes differ); the blob or the plugin changed"
+        )
+
+
 def build_network(
     plugins: PluginManager,
     architecture: str,
@@ -184,23 +223,47 @@ def build_network(
 
     A safetensors header can be self-consistent and still describe another network (a blob from a
     changed plugin, or an altered export file): loading it would fail deep inside torch, so say so here.
+    The config is checked against the architecture's bounds first; a file from elsewhere is also checked
+    against :func:`expected_layout` before its network is built at all.
     """
-    try:
-        image_size = int(hyperparameters["image_size"])
-    except (KeyError, TypeError, ValueError):
-        raise CorruptBlobError(f"{what} records no usable image_size among its hyperparameters") from None
-    model = plugins.architecture(architecture).build_stored(schema, image_size, config)
-    expected = model.state_dict()
-    if set(tensors) != set(expected) or any(
-        tuple(tensors[k].shape) != tuple(expected[k].shape) or tensors[k].dtype != _numpy_dtype(expected[k])
-        for k in expected
-    ):
-        raise CorruptBlobError(
-            f"weights of {what} do not fit architecture {architecture!r} "
-            "(tensor names, shapes or dtypes differ); the blob or the plugin changed"
-        )
+    model = _build(plugins, architecture, schema, hyperparameters, config, what)
+    check_layout(_layout(model), {k: (v.dtype, v.shape) for k, v in tensors.items()}, architecture, what)
     model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in tensors.items()})
     return model
+
+
+def _build(plugins: PluginManager, architecture: str, schema: ConditionSchema, hyperparameters: Mapping[str, Any],
+           config: Mapping[str, Any], what: str, meta: bool = False) -> nn.Module:
+    image_size = hyperparameters.get("image_size") if isinstance(hyperparameters, Mapping) else None
+    if isinstance(image_size, bool) or not isinstance(image_size, int) or not 1 <= image_size <= MAX_IMAGE_SIZE:
+        raise CorruptBlobError(
+            f"{what} records no usable image_size among its hyperparameters (an integer in [1, {MAX_IMAGE_SIZE}])"
+        )
+    chosen = plugins.architecture(architecture)
+    chosen.check(config)
+    try:
+        with torch.device("meta") if meta else contextlib.nullcontext():
+            module = chosen.build_stored(schema, image_size, config)
+        if not isinstance(module, nn.Module):
+            raise TypeError(f"it returned a {type(module).__name__}, not a torch module")
+        return module
+    except ConceptError:
+        raise
+    except (Exception, SystemExit) as exc:
+        summary = (str(exc).splitlines() or [""])[0][:200]
+        raise CorruptBlobError(
+            f"{what}: architecture {architecture!r} cannot build its network from config {_shown(config)} "
+            f"({type(exc).__name__}: {summary})"
+        ) from None
+
+
+def _shown(config: Mapping[str, Any]) -> str:
+    text = json.dumps(config, sort_keys=True, default=str)
+    return text if len(text) <= 120 else text[:120] + "..."
+
+
+def _layout(module: nn.Module) -> dict[str, tuple[np.dtype, tuple[int, ...]]]:
+    return {name: (_numpy_dtype(t), tuple(t.shape)) for name, t in module.state_dict().items()}
 
 
 def _numpy_dtype(tensor: torch.Tensor) -> np.dtype:

@@ -39,6 +39,10 @@ class ConditionError(ConceptError):
     """A condition value that the concept's schema does not accept."""
 
 
+class BadNameError(ConceptError):
+    """A concept or alias name outside the grammar of :mod:`conceptlib.names`."""
+
+
 class UnknownConceptError(ConceptError):
     """A concept, version or alias that the registry does not hold."""
 
@@ -71,6 +75,14 @@ class TrainingError(ConceptError):
     """A training run that diverged (NaN, inf) or cannot start; nothing was registered."""
 
 
+class CheckpointError(TrainingError):
+    """A checkpoint that cannot be resumed: unreadable, damaged, or made by another run."""
+
+
+class OutputError(ConceptError):
+    """A file that cannot or must not be written: the disk is full, the path is a link or the registry."""
+
+
 class DistributedError(ConceptError):
     """A torchrun launch that cannot start: variables missing, a rendezvous out of reach, too few GPUs."""
 
@@ -79,3 +91,11 @@ class Interrupted(ConceptError):
     """Ctrl-C during a long job; nothing was written."""
 
     exit_code = 130
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """A failed allocation: ``MemoryError``, or torch's RuntimeError for the CPU or a GPU."""
+    if isinstance(exc, MemoryError):
+        return True
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and ("can't allocate memory" in text or "out of memory" in text.lower())

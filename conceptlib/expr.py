@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from typing import NamedTuple, NoReturn, Protocol, TypeVar
 
 from conceptlib.errors import ExpressionError
+from conceptlib.limits import MAX_WEIGHT
+from conceptlib.names import NAME
 from conceptlib.schema import Value, format_value
 
 MAX_DEPTH = 100
@@ -25,6 +27,7 @@ MAX_DEPTH = 100
 
 NOT_PLACEMENT = "NOT must sit inside an AND with a positive term, e.g. 'shape=cube & !color=red'"
 BAD_WEIGHT = "weight must be a positive number; use ! to negate"
+LARGE_WEIGHT = f"weight must be at most {MAX_WEIGHT:g}: larger ones overflow the energies"
 
 
 @dataclass(frozen=True)
@@ -100,7 +103,8 @@ def validate(node: Node, text: str = "") -> None:
 
     A NOT alone has no minimum to sample towards (the sampler would run off to wherever the concept
     is least likely), so it must be a term of an AND that also has a positive term to anchor it.
-    A weight that is not positive would flip or erase the term, which is what ``!`` is for.
+    A weight that is not positive would flip or erase the term, which is what ``!`` is for; one above
+    ``MAX_WEIGHT`` would overflow the energies (``1e300*a`` sampled NaN images).
     ``text`` is the source the positions refer to; without it errors point at column 0.
     """
     _check(node, text, negatable=False)
@@ -233,6 +237,8 @@ def _check(node: Node, text: str, negatable: bool) -> None:
     elif isinstance(node, Weighted):
         if not (math.isfinite(node.weight) and node.weight > 0):
             raise ExpressionError(BAD_WEIGHT, text, _column(node.position, text))
+        if node.weight > MAX_WEIGHT:
+            raise ExpressionError(LARGE_WEIGHT, text, _column(node.position, text))
         _check(node.term, text, negatable)
     elif isinstance(node, And):
         anchored = any(not isinstance(_unweighted(term), Not) for term in node.terms)
@@ -260,13 +266,12 @@ class _Token(NamedTuple):
     position: int
 
 
-_NAME = r"[A-Za-z_][A-Za-z0-9_-]*"
 _TOKEN = re.compile(
     r"(?P<number>-?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?)"
-    rf"|(?P<name>{_NAME})"
+    rf"|(?P<name>{NAME})"
     r"|(?P<punct>[&|!*()@=,])"
 )
-_VERSION = re.compile(rf"[0-9]+|{_NAME}")
+_VERSION = re.compile(rf"[0-9]+|{NAME}")
 
 
 def _skip_space(text: str, position: int) -> int:

@@ -2,9 +2,10 @@
 
 Plugins are modules found through the ``conceptlib`` entry-point group (first-party ones included:
 ``conceptlib_scenes``, ``conceptlib_mujoco``, ``conceptlib_imagefolder``, ``conceptlib_nets``) or single
-``.py`` files in the directory named by ``--plugins-dir`` / ``CONCEPTLIB_PLUGINS_DIR``. A plugin implements
-any of the hooks below with ``@hookimpl``; each hook returns a list, and every name across all plugins must
-be unique.
+``.py`` files in the directory named by ``--plugins-dir`` / ``CONCEPTLIB_PLUGINS_DIR`` (never from the current
+directory). A plugin implements any of the hooks below with ``@hookimpl``; each hook returns a list of the
+objects it names, and every name across all plugins must be unique. A plugin whose import or hook raises,
+calls ``sys.exit`` or returns anything else is refused in one line that names it.
 
 Example::
 

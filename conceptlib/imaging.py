@@ -1,15 +1,22 @@
-"""Images in and out: tensors to uint8, PNG files and grids."""
+"""Images in and out: tensors to uint8, PNG files and grids.
+
+Image files a user hands in are checked from their header before they are decoded (a PNG of a few kB can
+declare billions of pixels); image files written go through :func:`conceptlib.files.atomic_write`.
+"""
 
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from conceptlib.errors import ConceptError
+from conceptlib.errors import ConceptError, OutputError
+from conceptlib.files import atomic_write, make_directory
+from conceptlib.limits import MAX_IMAGE_PIXELS
 
 
 def to_uint8(images: np.ndarray | object) -> np.ndarray:
@@ -41,25 +48,53 @@ def grid(images: np.ndarray, columns: int | None = None, scale: int = 2, pad: in
     return picture
 
 
+def image_format(path: Path) -> str:
+    """The image format ``path``'s extension names (``.png``, ``.jpg``...), checked before any work is done
+    for it: a path without a known extension is an error now rather than after sampling."""
+    Image.init()
+    found = Image.registered_extensions().get(path.suffix.lower())
+    if found is None or found not in Image.SAVE:
+        raise OutputError(f"{path}: give the image file an extension that names its format, such as .png")
+    return found
+
+
 def save_grid(images: np.ndarray, path: Path, columns: int | None = None, scale: int = 2) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    grid(images, columns, scale).save(path)
+    """The images as one grid picture at ``path`` (its parent directories created), written atomically."""
+    kind = image_format(path)
+    picture = grid(images, columns, scale)
+    make_directory(path.parent)
+    atomic_write(path, lambda temporary: picture.save(temporary, format=kind))
 
 
 def save_png(image: np.ndarray, path: Path) -> None:
-    Image.fromarray(image).save(path)
+    picture = Image.fromarray(image)
+    atomic_write(path, lambda temporary: picture.save(temporary, format="PNG"))
+
+
+TOO_MANY = f"more than the {MAX_IMAGE_PIXELS} this tool decodes; resize it first"
 
 
 def load_images(paths: list[Path] | tuple[Path, ...], size: int) -> np.ndarray:
     """uint8 ``(N, size, size, 3)`` from image files, resized; a file that is not an image is a clear error."""
     images = []
     for path in paths:
+        if path.exists() and not path.is_file():
+            raise ConceptError(f"{path} is not a regular file; pass image files")
         try:
-            with Image.open(path) as picture:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)  # an error, not a stray line
+                picture = Image.open(path)
+            with picture:
+                width, height = picture.size
+                if width * height > MAX_IMAGE_PIXELS:
+                    raise ConceptError(f"{path} declares {width}x{height} pixels, {TOO_MANY}")
                 rgb = picture.convert("RGB")
         except FileNotFoundError:
             raise ConceptError(f"no image at {path}") from None
-        except (UnidentifiedImageError, OSError) as exc:
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+            raise ConceptError(f"{path} declares more pixels than a decompression-bomb check allows, {TOO_MANY}") \
+                from None
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
             raise ConceptError(f"{path} is not an image this tool can read ({exc.__class__.__name__})") from None
         if rgb.size != (size, size):
             rgb = rgb.resize((size, size), Image.BILINEAR)

@@ -18,9 +18,18 @@ import torch
 
 from conceptlib import distributed, expr
 from conceptlib.checkpoints import Checkpoint, DeferredInterrupt, checkpoint_root
-from conceptlib.concepts import LoadedConcept, build_network, load_concept, prior_concept, state_to_numpy
+from conceptlib.concepts import (
+    LoadedConcept,
+    build_network,
+    check_layout,
+    expected_layout,
+    load_concept,
+    prior_concept,
+    state_to_numpy,
+)
 from conceptlib.energy import Term
 from conceptlib.errors import (
+    CheckpointError,
     ConceptError,
     ConditionError,
     Interrupted,
@@ -29,9 +38,12 @@ from conceptlib.errors import (
     TrainingError,
 )
 from conceptlib.imaging import to_uint8
+from conceptlib.limits import MAX_HELD_IMAGES_BYTES
+from conceptlib.names import check_name
 from conceptlib.plugins import PluginManager
 from conceptlib.registry import NewVersion, Registry, VersionInfo, VersionRef, split_ref
 from conceptlib.registry.api import ImportResult
+from conceptlib.registry.blobs import Header
 from conceptlib.registry.transfer import ConceptFile, read_concept_file
 from conceptlib.residual import build_chain, lineage_closure
 from conceptlib.sampling import sample, sampler_record, sampling_prior, steps
@@ -76,6 +88,7 @@ def add_concept(
     keeps a checkpoint outside the registry as it goes, so a stopped run continues with ``resume``;
     the checkpoint is removed once the version is registered.
     """
+    check_name(request.name)
     ranks = distributed.current()
     source = plugins.source(request.source)
     train = request.train or train_config(resolve_objective("auto", bool(request.frozen)), {})
@@ -109,7 +122,8 @@ def add_concept(
     directory = (request.checkpoint_dir or checkpoint_root(registry.url)) / run_key[:16]
     if ranks.active:  # each rank its own generators and replay buffer, so each its own checkpoint
         directory = directory / f"rank{ranks.rank}"
-    checkpoint = Checkpoint(directory, request.checkpoint_every, request.resume, train.iterations)
+    bound = {"key": run_key, "frozen": {str(v.ref): v.weights_sha256 for v in frozen_versions}}
+    checkpoint = Checkpoint(directory, request.checkpoint_every, request.resume, train.iterations, run=bound)
     resumed_from = checkpoint.saved
     frozen = [load_concept(registry, plugins, v, request.device) for v in frozen_versions]
     if train.objective == "residual":
@@ -216,7 +230,7 @@ def _train(source: Source, checkpoint: Checkpoint, run: Callable[[], Any]) -> An
     """
     try:
         return run()
-    except Interrupted:
+    except (Interrupted, CheckpointError):  # a checkpoint that cannot be resumed is no place to continue from
         raise
     except ConceptError as exc:
         if checkpoint.completed_iterations == 0 and checkpoint.saved is None:
@@ -244,7 +258,12 @@ def _summary(exc: BaseException) -> str:
 def import_concept(registry: Registry, plugins: PluginManager, path: Path) -> tuple[ConceptFile, list[ImportResult]]:
     """Import a ``.cpt`` file: every sha256 and header verified, every version's weights fitted to its
     installed architecture, then one transaction (see :mod:`conceptlib.registry.transfer`)."""
-    concept_file = read_concept_file(path)
+    def fits(new: NewVersion, header: Header, what: str) -> None:
+        expected = expected_layout(plugins, new.architecture, new.schema, new.hyperparameters,
+                                   new.architecture_config, what)
+        check_layout(expected, header.layout, new.architecture, what)
+
+    concept_file = read_concept_file(path, fits)
     for item in concept_file.versions:
         build_network(plugins, item.new.architecture, item.new.schema, item.new.hyperparameters,
                       item.new.architecture_config, item.tensors, f"{item.origin} in {path}")
@@ -292,6 +311,13 @@ def compose_images(
     batch_size = settings.batch_size
     batch_count = (n + batch_size - 1) // batch_size
     mine = range(batch_count * rank // ranks, batch_count * (rank + 1) // ranks)
+    held = min(n, len(mine) * batch_size) * 3 * image_size**2
+    if held > MAX_HELD_IMAGES_BYTES:
+        raise ConceptError(
+            f"-n {n} would hold {held / 2**30:.1f} GiB of {image_size}px images before writing them (at most "
+            f"{MAX_HELD_IMAGES_BYTES / 2**30:.0f} GiB per process); draw fewer per run, or share them out "
+            "across ranks with torchrun"
+        )
     batches = [np.zeros((0, image_size, image_size, 3), np.uint8)]
     steps_per_batch = steps(prior, settings)
     done_steps = 0
@@ -306,6 +332,11 @@ def compose_images(
 
         generator = torch.Generator(device=device).manual_seed(distributed.stream_seed(seed, batch))
         images = sample(node, terms, prior, count, image_size, settings, generator, device, on_step=step, chain=chain)
+        if not bool(torch.isfinite(images).all()):
+            raise ConceptError(
+                f"sampling diverged: batch {batch} came out NaN or infinite, so nothing was written; lower the "
+                "expression's weights, --guidance or --step-size"
+            )
         batches.append(to_uint8(images))
         done_steps += steps_per_batch
     versions = {v.concept: v.number for v in loaded}

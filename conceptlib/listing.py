@@ -75,6 +75,8 @@ def read_concepts(location: str | None) -> list[dict[str, Any]] | None:
             aliases: dict[int, dict[str, int]] = {}
             for concept_id, alias, number in connection.execute(ALIASES):
                 aliases.setdefault(concept_id, {})[alias] = number
+        if not all(isinstance(name, str) and isinstance(text, str) for _, name, text, *_ in concepts):
+            return None  # a hand-edited row: the Registry words the error
         return [
             {
                 "name": name,

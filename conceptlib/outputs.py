@@ -1,4 +1,8 @@
-"""Files that let anyone inspect and reproduce results: per-sample PNGs with sidecars, source samples."""
+"""Files that let anyone inspect and reproduce results: per-sample PNGs with sidecars, source samples.
+
+Each file is written whole or not at all (:func:`conceptlib.files.atomic_write`), and the ``check_*``
+functions refuse, before a job starts, output names that are links, directories or the registry.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +13,38 @@ from typing import Any
 
 import numpy as np
 
-from conceptlib.imaging import save_png
+from conceptlib.files import check_output, check_outputs, make_directory, write_bytes
+from conceptlib.imaging import image_format, save_png
 from conceptlib.sources import Dataset
+
+MANIFEST = "manifest.json"
+LABELS = "labels.jsonl"
+SOURCE = "source.json"
+
+
+def check_compose_outputs(output: Path | None, out_dir: Path | None, n: int, protected: list[Path]) -> None:
+    """Refuse, before sampling, a grid path without an image extension and any output name that is a link,
+    a directory or one of the registry's files (``protected``)."""
+    if output is not None:
+        image_format(output)
+        check_output(output, protected)
+    if out_dir is not None:
+        check_outputs(out_dir, lambda name: name == MANIFEST or _numbered(name, "sample_", (".png", ".json"), n),
+                      protected)
+
+
+def check_source_outputs(out_dir: Path, source: str, count: int, protected: list[Path]) -> None:
+    """Refuse, before rendering, output names of ``write_source_samples`` that must not be written."""
+    check_outputs(out_dir, lambda name: name in (LABELS, SOURCE) or _numbered(name, f"{source}_", (".png",), count),
+                  protected)
+
+
+def _numbered(name: str, prefix: str, suffixes: tuple[str, ...], count: int) -> bool:
+    """Whether ``name`` is ``PREFIX<index><suffix>`` with an index below ``count`` (as the writers spell it)."""
+    stem, dot, suffix = name.rpartition(".")
+    digits = stem[len(prefix):]
+    return (stem.startswith(prefix) and f"{dot}{suffix}" in suffixes and digits.isascii() and digits.isdigit()
+            and int(digits) < count and digits == f"{int(digits):05d}")
 
 
 def write_samples(images: np.ndarray, provenance: dict[str, Any], out_dir: Path, first: int = 0) -> np.ndarray:
@@ -19,16 +53,16 @@ def write_samples(images: np.ndarray, provenance: dict[str, Any], out_dir: Path,
     ``first`` is the index of ``images[0]``: ranks that write shards of one run never share a file name.
     Returns the sha256 of each sample's PNG and JSON, ``uint8 (N, 2, 32)``, for a manifest.
     """
-    out_dir.mkdir(parents=True, exist_ok=True)
+    make_directory(out_dir)
     digests = np.zeros((len(images), 2, 32), np.uint8)
     for offset, image in enumerate(images):
         index = first + offset
         stem = out_dir / sample_stem(index)
         save_png(image, stem.with_suffix(".png"))
-        stem.with_suffix(".json").write_text(json.dumps({**provenance, "index": index}, indent=2) + "\n")
-        for column, suffix in enumerate((".png", ".json")):
-            digest = hashlib.sha256(stem.with_suffix(suffix).read_bytes()).digest()
-            digests[offset, column] = np.frombuffer(digest, np.uint8)
+        sidecar = (json.dumps({**provenance, "index": index}, indent=2) + "\n").encode()
+        write_bytes(stem.with_suffix(".json"), sidecar)
+        digests[offset, 0] = np.frombuffer(hashlib.sha256(stem.with_suffix(".png").read_bytes()).digest(), np.uint8)
+        digests[offset, 1] = np.frombuffer(hashlib.sha256(sidecar).digest(), np.uint8)
     return digests
 
 
@@ -42,8 +76,8 @@ def write_manifest(out_dir: Path, digests: np.ndarray, provenance: dict[str, Any
              for index in range(len(digests)) for column, suffix in enumerate((".png", ".json"))]
     document = {"expression": provenance["expression"], "seed": provenance["seed"], "n": len(digests),
                 "ranks": ranks, "files": files}
-    path = out_dir / "manifest.json"
-    path.write_text(json.dumps(document, indent=2) + "\n")
+    path = out_dir / MANIFEST
+    write_bytes(path, (json.dumps(document, indent=2) + "\n").encode())
     return path
 
 
@@ -51,13 +85,17 @@ def write_source_samples(
     dataset: Dataset, count: int, out_dir: Path, source: str, params: dict[str, Any]
 ) -> int:
     """The first ``count`` images as PNGs plus ``labels.jsonl``: one JSON record of attributes per image."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with (out_dir / "labels.jsonl").open("w") as labels:
-        for index in range(count):
-            name = f"{source}_{index:05d}.png"
-            save_png(dataset.images[index], out_dir / name)
-            labels.write(json.dumps({"file": name, **dataset.label_record(index)}) + "\n")
-    (out_dir / "source.json").write_text(
-        json.dumps({"source": source, "params": params, "dataset_hash": dataset.hash}, indent=2) + "\n"
-    )
+    make_directory(out_dir)
+    labels = []
+    for index in range(count):
+        name = source_image(source, index)
+        save_png(dataset.images[index], out_dir / name)
+        labels.append(json.dumps({"file": name, **dataset.label_record(index)}) + "\n")
+    write_bytes(out_dir / LABELS, "".join(labels).encode())
+    document = {"source": source, "params": params, "dataset_hash": dataset.hash}
+    write_bytes(out_dir / SOURCE, (json.dumps(document, indent=2) + "\n").encode())
     return count
+
+
+def source_image(source: str, index: int) -> str:
+    return f"{source}_{index:05d}.png"

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from conceptlib.errors import SourceParamError
+from conceptlib.limits import MAX_DATASET_BYTES
 
 
 def integer(source: str, params: Mapping[str, Any], key: str, low: int, high: int | None = None) -> int:
@@ -28,6 +29,23 @@ def integer(source: str, params: Mapping[str, Any], key: str, low: int, high: in
     ):
         raise SourceParamError(f"source {source!r}: {key} must be an integer {valid}; got {value!r}")
     return int(value)
+
+
+def image_count(source: str, params: Mapping[str, Any], low: int = 1) -> int:
+    """``params["n"]``: an image count whose images (at ``params["image_size"]``, already checked) fit in
+    memory: a source renders its whole dataset before anything uses it."""
+    size = int(params["image_size"])
+    high = max(low, MAX_DATASET_BYTES // (3 * size * size))
+    try:
+        return integer(source, params, "n", low, high)
+    except SourceParamError:
+        if isinstance(params["n"], int) and params["n"] > high:
+            raise SourceParamError(
+                f"source {source!r}: n={params['n']} images of {size}x{size} would take "
+                f"{params['n'] * 3 * size * size / 2**30:.1f} GiB in memory (at most "
+                f"{MAX_DATASET_BYTES / 2**30:.0f} GiB); lower n or image_size"
+            ) from None
+        raise
 
 
 def number(

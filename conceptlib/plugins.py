@@ -1,8 +1,12 @@
 """The plugin manager: first-party and third-party plugins through the same doors.
 
-Plugins come from the ``conceptlib`` entry-point group and from single ``.py`` files in a plugins
-directory the user names. Nothing else is imported, so a registry never runs code it was not told
-to. Every source and architecture name must be registered once: a clash names both plugins.
+Plugins come from the ``conceptlib`` entry-point group of installed distributions and from single
+``.py`` files in a plugins directory the user names. Nothing else is imported, so a registry never runs
+code it was not told to. The current directory is not an installation: ``python -m conceptlib`` (and so
+``torchrun -m conceptlib``) puts it first on ``sys.path``, where a planted ``*.dist-info`` would otherwise
+declare an entry point, so distributions found there are skipped. Every source and architecture name must
+be registered once: a clash names both plugins. A plugin that fails, exits or answers a hook with anything
+but a list of sources or architectures is named in one line.
 """
 
 from __future__ import annotations
@@ -10,9 +14,10 @@ from __future__ import annotations
 import importlib.util
 import os
 import sys
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import cached_property
-from importlib.metadata import entry_points
+from importlib.metadata import EntryPoint, distributions
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -20,7 +25,9 @@ from typing import Any
 import pluggy
 
 from conceptlib import hookspecs
-from conceptlib.errors import PluginError, UnknownSourceError
+from conceptlib.architectures import Architecture
+from conceptlib.errors import ConceptError, PluginError, UnknownSourceError
+from conceptlib.sources import Source
 
 ENTRY_POINT_GROUP = "conceptlib"
 PLUGINS_DIR_ENV = "CONCEPTLIB_PLUGINS_DIR"
@@ -62,14 +69,10 @@ class PluginManager:
         self.__dict__.pop("_registrations", None)
 
     def _load_entry_points(self) -> None:
-        for entry in entry_points(group=ENTRY_POINT_GROUP):
-            try:
-                module = entry.load()
-            except Exception as exc:  # a broken third-party plugin must not take the CLI down silently
-                raise PluginError(
-                    f"plugin {entry.name!r} (entry point {entry.value}) failed to import: {exc}"
-                ) from None
-            self.register(module, entry.name, f"entry point {entry.value}")
+        for entry in installed_entry_points():
+            origin = f"entry point {entry.value}"
+            module = _guarded(lambda entry=entry: entry.load(), f"plugin {entry.name!r} ({origin}) failed to import")
+            self.register(module, entry.name, origin)
 
     def _load_directory(self, directory: Path) -> None:
         if not directory.is_dir():
@@ -82,25 +85,27 @@ class PluginManager:
             module = importlib.util.module_from_spec(spec)
             sys.modules[module_name] = module
             try:
-                spec.loader.exec_module(module)
-            except Exception as exc:
+                _guarded(lambda spec=spec, module=module: spec.loader.exec_module(module),
+                         f"plugin file {path} failed to import")
+            except PluginError:
                 sys.modules.pop(module_name, None)
-                raise PluginError(f"plugin file {path} failed to import: {exc}") from None
+                raise
             self.register(module, path.stem, str(path))
 
     @cached_property
     def _registrations(self) -> dict[str, dict[str, Registration]]:
         found: dict[str, dict[str, Registration]] = {}
-        for kind, hook in (
-            ("source", self._pm.hook.conceptlib_sources),
-            ("architecture", self._pm.hook.conceptlib_architectures),
+        for kind, hook, expected in (
+            ("source", self._pm.hook.conceptlib_sources, Source),
+            ("architecture", self._pm.hook.conceptlib_architectures, Architecture),
         ):
             table: dict[str, Registration] = {}
             for impl in hook.get_hookimpls():
                 plugin_name = self._pm.get_name(impl.plugin) or "?"
-                for item in impl.function() or []:
+                origin = self._origins.get(plugin_name, "?")
+                for item in _answers(impl.function, expected, f"plugin {plugin_name!r} ({origin}): {hook.name}"):
                     name = item.name
-                    here = Registration(kind, name, plugin_name, self._origins.get(plugin_name, "?"), item)
+                    here = Registration(kind, name, plugin_name, origin, item)
                     if name in table:
                         first = table[name]
                         raise PluginError(
@@ -131,3 +136,47 @@ class PluginManager:
     def plugins(self) -> list[tuple[str, str]]:
         """(name, origin) of every loaded plugin."""
         return sorted(self._origins.items())
+
+
+def installed_entry_points() -> list[EntryPoint]:
+    """The ``conceptlib`` entry points of installed distributions, one distribution per name, first on
+    ``sys.path`` first (as ``importlib.metadata.entry_points`` orders them), none found in the current
+    directory or through a relative ``sys.path`` entry."""
+    here = os.path.realpath(os.getcwd())
+    trusted = [p for p in sys.path if p and os.path.isabs(p) and os.path.realpath(p) != here]
+    seen: set[str] = set()
+    found = []
+    for distribution in distributions(path=trusted):
+        name = getattr(distribution, "_normalized_name", None) or str(distribution.metadata["Name"]).lower()
+        if name in seen:
+            continue
+        seen.add(name)
+        found += [entry for entry in distribution.entry_points if entry.group == ENTRY_POINT_GROUP]
+    return found
+
+
+def _guarded(call: Callable[[], Any], what: str) -> Any:
+    """``call()``, with any failure of plugin code, ``sys.exit`` included, as one :class:`PluginError` line."""
+    try:
+        return call()
+    except ConceptError:
+        raise
+    except SystemExit as exc:
+        raise PluginError(f"{what}: it called sys.exit({exc.code!r})") from None
+    except Exception as exc:
+        summary = (str(exc).splitlines() or [""])[0][:200]
+        shown = f"{summary} ({type(exc).__name__})" if summary else type(exc).__name__
+        raise PluginError(f"{what}: {shown}") from None
+
+
+def _answers(hook: Callable[[], Any], expected: type, what: str) -> Iterator[Any]:
+    """What one plugin's hook returned, checked: a list (or None) of ``expected`` objects with a text name."""
+    answer = _guarded(hook, f"{what} failed")
+    if answer is None:
+        return
+    if not isinstance(answer, (list, tuple)):
+        raise PluginError(f"{what} returned {type(answer).__name__}, not a list of {expected.__name__} objects")
+    for item in answer:
+        if not isinstance(item, expected) or not isinstance(getattr(item, "name", None), str):
+            raise PluginError(f"{what} returned a {type(item).__name__}, not a {expected.__name__} with a name")
+        yield item

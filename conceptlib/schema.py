@@ -125,16 +125,30 @@ def is_image_point(schema: ConditionSchema, more_axes: bool = False) -> bool:
     return isinstance(schema, Continuous) and schema.spatial and point
 
 
-def schema_from_json(data: dict[str, Any]) -> ConditionSchema:
-    """Rebuild a schema stored in the registry or in a safetensors header."""
-    kind = data.get("kind")
+
+MAX_VALUES = 4096
+"""Values of a categorical schema, axes of a continuous one: a schema may come from someone else's file."""
+
+
+def schema_from_json(data: Any) -> ConditionSchema:
+    """Rebuild a schema stored in the registry, a safetensors header or an export file, checking each field."""
+    kind = data.get("kind") if isinstance(data, dict) else None
     if kind == "categorical":
-        return Categorical(values=tuple(data["values"]))
+        return Categorical(values=_names(data.get("values"), "values"))
     if kind == "continuous":
-        return Continuous(
-            names=tuple(data["names"]),
-            low=float(data["low"]),
-            high=float(data["high"]),
-            spatial=bool(data.get("spatial", False)),
-        )
-    raise ConditionError(f"unknown condition schema kind {kind!r}; this registry may be from a newer release")
+        low, high = data.get("low"), data.get("high")
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in (low, high)) \
+                or low >= high:
+            raise ConditionError(f"a continuous condition schema needs finite low < high; got {low!r}, {high!r}")
+        return Continuous(names=_names(data.get("names"), "names"), low=float(low), high=float(high),
+                          spatial=bool(data.get("spatial", False)))
+    shown = repr(kind)[:40] if isinstance(data, dict) else f"a {type(data).__name__}"
+    raise ConditionError(f"unknown condition schema kind {shown}; this registry may be from a newer release")
+
+
+def _names(value: Any, key: str) -> tuple[str, ...]:
+    if not isinstance(value, list) or not 1 <= len(value) <= MAX_VALUES or not all(
+        isinstance(v, str) and 0 < len(v) <= 256 for v in value
+    ) or len(set(value)) != len(value):
+        raise ConditionError(f"a condition schema's {key} must be 1-{MAX_VALUES} distinct, non-empty names")
+    return tuple(value)

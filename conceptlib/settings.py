@@ -142,8 +142,8 @@ class Guidance:
                                f"{self.scale}, {self.classifier}, {self.prior}")
         if not self.classifier_temperature > 0:
             raise ConceptError(f"--classifier-temperature must be positive; got {self.classifier_temperature}")
-        if not self.residual > 0:
-            raise ConceptError(f"--residual-guidance must be positive; got {self.residual}")
+        if not (math.isfinite(self.residual) and self.residual > 0):
+            raise ConceptError(f"--residual-guidance must be a finite number above 0; got {self.residual}")
 
     def to_json(self, residual: bool = True) -> dict[str, float]:
         """Under the CLI's option names, as sidecars record them (``residual``: with ``residual_guidance``,

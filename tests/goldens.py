@@ -14,7 +14,8 @@ branch as it stood before the composition core was reorganised (issue 24): the s
 concepts on commit 06daabe, then whole on d403987 (which added them; every earlier digest came out the
 same), then on 47ca2e1 (residual concepts redesigned: their versions, samples and the eval record's
 ``residual_guidance`` changed, nothing else; residual inference and ``--residual-guidance`` added to the
-scenario). ``tests/test_goldens.py`` checks it. Floating-point kernels differ between CPU instruction sets, so the file
+scenario; main at b8c8e9d, after the hostile-input work, gave every digest the same). ``tests/test_goldens.py``
+checks it. Floating-point kernels differ between CPU instruction sets, so the file
 records the torch version and CPU capability it was made with; elsewhere the check is skipped and says
 why. Regenerate it only on purpose: after a change meant to alter what users get (a new default, a fix),
 and say so in that commit.
@@ -108,6 +109,7 @@ def scenario(work: Path) -> dict[str, str]:
         json.loads(run("show", "color", "--energies", "-n", "16", "--device", "cpu", "--json").output))
     for index, (expression, *options) in enumerate(COMPOSITIONS):
         out = work / f"compose{index}"
+        out.mkdir()  # the grid goes inside: a grid's directory must exist before sampling
         run("compose", expression, *SAMPLING, *options, "--out-dir", str(out), "-o", str(out / "grid.png"))
         digests.update(_directory_digests(f"compose {expression} {' '.join(options)}".strip(), out))
     image = work / "compose2" / "sample_00000.png"

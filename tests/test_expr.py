@@ -22,6 +22,7 @@ from conceptlib.expr import (
     to_text,
     validate,
 )
+from conceptlib.limits import MAX_WEIGHT
 
 A, B, C = Leaf("a", 1.0), Leaf("b", 2.0), Leaf("c", 3.0)
 
@@ -302,7 +303,7 @@ NAMES = st.sampled_from(["color", "shape", "size", "pos", "e", "_"]) | st.from_r
 FINITE = st.floats(allow_nan=False, allow_infinity=False)
 VALUES = st.one_of(NAMES, FINITE, st.lists(FINITE, min_size=1, max_size=4).map(tuple))
 VERSIONS = st.none() | st.from_regex(r"[0-9]{1,3}", fullmatch=True) | NAMES
-WEIGHTS = st.floats(min_value=0.0, exclude_min=True, allow_infinity=False)
+WEIGHTS = st.floats(min_value=0.0, exclude_min=True, max_value=MAX_WEIGHT)
 LEAVES = st.builds(Leaf, NAMES, VALUES, VERSIONS)
 
 

@@ -229,7 +229,7 @@ def test_a_residual_composes_only_with_its_chain_and_never_with_mala(plugins, da
 
 
 def test_residual_guidance_must_be_positive_and_defaults_to_the_chains_own_estimate():
-    with pytest.raises(ConceptError, match="--residual-guidance must be positive"):
+    with pytest.raises(ConceptError, match="--residual-guidance must be a finite number above 0"):
         Guidance(residual=0.0)
     recorded = Guidance(residual=2.0).to_json()
     assert Guidance.from_json(recorded).residual == 2.0

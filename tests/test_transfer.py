@@ -13,6 +13,7 @@ import pytest
 from safetensors.numpy import save as st_save
 
 from conceptlib.registry import Registry, blobs
+from conceptlib.registry.transfer import seal
 from tests.conftest import TINY_SAMPLING, assert_one_line_error
 from tests.reliability import TINY_CD
 
@@ -110,13 +111,14 @@ def test_a_damaged_or_altered_file_is_refused_in_one_line_and_nothing_changes(ru
     member = f"weights/{color['weights_sha256']}.safetensors"
 
     def reweigh(data: bytes) -> None:
-        """Give the altered weights a matching sha256, as a forger would: only the content checks remain."""
+        """Give the altered weights a matching sha256 and reseal the manifest, as a forger would: only the
+        content checks remain."""
         color["weights_sha256"] = blobs.sha256(data)
         with zipfile.ZipFile(exported) as old, zipfile.ZipFile(bad, "w") as new:
             for name in old.namelist():
                 if name not in ("manifest.json", member):
                     new.writestr(name, old.read(name))
-            new.writestr("manifest.json", json.dumps(manifest))
+            new.writestr("manifest.json", json.dumps(seal(manifest)))
             new.writestr(f"weights/{color['weights_sha256']}.safetensors", data)
 
     original = zipfile.ZipFile(exported).read(member)

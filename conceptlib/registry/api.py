@@ -2,7 +2,9 @@
 
 Every write is one transaction (the version row, its blob, its lineage, the current pointer and the
 event land together or not at all) and is retried with backoff while another process holds the
-database, within a bounded time. Reads return plain dataclasses detached from any session.
+database, within a bounded time. Reads return plain dataclasses detached from any session; a row that
+cannot be read (edited by hand, damaged) is a one-line :class:`RegistryError`, not a traceback. Concept and
+alias names are checked against :mod:`conceptlib.names` where they enter.
 """
 
 from __future__ import annotations
@@ -13,21 +15,34 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
 from sqlalchemy import Engine, func, select
-from sqlalchemy.exc import DatabaseError, IntegrityError, OperationalError
+from sqlalchemy.exc import ArgumentError, DatabaseError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
 from conceptlib.errors import ConceptError, CorruptBlobError, RegistryError, UnknownConceptError
+from conceptlib.names import check_name
+from conceptlib.redaction import redact_text
 from conceptlib.registry import blobs
-from conceptlib.registry.engine import lock_for_write, open_engine, redact, resolve_url
+from conceptlib.registry.engine import (
+    check_sqlite_file,
+    lock_for_write,
+    open_engine,
+    redact,
+    registry_files,
+    resolve_url,
+    sqlite_path,
+)
 from conceptlib.registry.models import Alias, Blob, Concept, CurrentVersion, Event, Lineage, Version
 from conceptlib.schema import ConditionSchema, schema_from_json
 
 T = TypeVar("T")
 WRITE_RETRY_SECONDS = 60.0
+UNREADABLE = (DatabaseError, ValueError, TypeError, KeyError, AttributeError)
+"""What reading a hand-edited or damaged row raises: a driver error, or a value its column cannot decode."""
 
 
 @dataclass(frozen=True)
@@ -179,35 +194,61 @@ class EventInfo:
 class Registry:
     """A handle on one registry database. Cheap to open; safe to share across threads of one process."""
 
-    def __init__(self, engine: Engine, url: str) -> None:
-        self.engine = engine
+    def __init__(self, engine: Engine | None, url: str) -> None:
+        self._engine = engine
         self.url = url
 
     @classmethod
-    def open(cls, location: str | None = None, create: bool = False) -> Registry:
-        """Open ``location`` (path or SQLAlchemy URL; default ``$CONCEPTLIB_REGISTRY`` or ./registry.db)."""
+    def open(cls, location: str | None = None, create: bool = False, deferred: bool = False) -> Registry:
+        """Open ``location`` (path or SQLAlchemy URL; default ``$CONCEPTLIB_REGISTRY`` or ./registry.db).
+
+        ``create`` allows a new SQLite file; with ``deferred`` too, a missing file is created by the first
+        write rather than now, so a job that fails before it writes (a bad file to import, a training run
+        that stops) leaves no empty registry behind. Until then the registry reads as empty.
+        """
         url = resolve_url(location)
+        try:
+            path = sqlite_path(url) if create and deferred else None
+        except (ArgumentError, ValueError):
+            path = None  # open_engine words the error
+        if path is not None and not path.exists():
+            check_sqlite_file(path, create=True)
+            return cls(None, url)
         return cls(open_engine(url, create=create), url)
+
+    @property
+    def engine(self) -> Engine:
+        """The database engine; a deferred registry's file is created (and migrated) here."""
+        if self._engine is None:
+            self._engine = open_engine(self.url, create=True)
+        return self._engine
 
     @property
     def display_url(self) -> str:
         return redact(self.url)
 
+    def files(self) -> list[Path]:
+        """The files a SQLite registry lives in, which no output may overwrite (none for other databases)."""
+        return registry_files(self.url)
+
     def close(self) -> None:
-        self.engine.dispose()
+        if self._engine is not None:
+            self._engine.dispose()
 
     # ----------------------------------------------------------------- reads
     def concepts(self) -> list[ConceptInfo]:
-        with Session(self.engine) as session:
+        if self._not_created():
+            return []
+        with self._reading() as session:
             rows = session.scalars(select(Concept).order_by(Concept.name)).all()
             return [self._concept_info(session, row) for row in rows]
 
     def concept(self, name: str) -> ConceptInfo:
-        with Session(self.engine) as session:
+        with self._reading(name) as session:
             return self._concept_info(session, self._concept_row(session, name))
 
     def history(self, name: str) -> list[VersionInfo]:
-        with Session(self.engine) as session:
+        with self._reading(name) as session:
             concept = self._concept_row(session, name)
             rows = session.scalars(
                 select(Version).where(Version.concept_id == concept.id).order_by(Version.number)
@@ -216,7 +257,7 @@ class Registry:
 
     def resolve(self, name: str, ref: str | int | None = None) -> VersionInfo:
         """The version ``name@ref``: current for None, a number, or an alias."""
-        with Session(self.engine) as session:
+        with self._reading(name) as session:
             concept = self._concept_row(session, name)
             return self._version_info(session, concept, self._version_row(session, concept, ref))
 
@@ -232,10 +273,10 @@ class Registry:
                 if blob is None:
                     raise RegistryError(f"weights of {version.ref} are missing from the registry")
                 data = bytes(blob.data)
-        except (DatabaseError, TypeError) as exc:
+        except (DatabaseError, TypeError, ValueError) as exc:
             raise CorruptBlobError(f"weights of {version.ref} are corrupt and cannot be read: {exc}") from None
         blobs.verify(data, version.weights_sha256, str(version.ref))
-        meta = blobs.read_metadata(data)
+        meta = blobs.read_metadata(data, f"weights of {version.ref}")
         if meta.get("concept") != version.concept or meta.get("version") != version.number:
             raise RegistryError(
                 f"weights blob of {version.ref} says it belongs to "
@@ -244,7 +285,9 @@ class Registry:
         return data
 
     def events(self, name: str | None = None, limit: int = 100) -> list[EventInfo]:
-        with Session(self.engine) as session:
+        if self._not_created():
+            return []
+        with self._reading() as session:
             query = select(Event).order_by(Event.id.desc()).limit(limit)
             if name is not None:
                 query = query.where(Event.concept == name)
@@ -323,10 +366,7 @@ class Registry:
 
     def set_alias(self, name: str, alias: str, ref: int | str | None = None) -> int:
         """Point alias ``name@alias`` at a version (default: the current one); returns its number."""
-        if not alias or alias.isdigit() or not alias.replace("-", "").replace("_", "").isalnum():
-            raise ConceptError(
-                f"alias {alias!r} must be a name of letters, digits, '-' or '_', not a bare number"
-            )
+        check_name(alias, "alias")
 
         def write(session: Session) -> int:
             concept = self._concept_row(session, name)
@@ -356,6 +396,34 @@ class Registry:
         self._write(write)
 
     # --------------------------------------------------------------- helpers
+    def _not_created(self) -> bool:
+        """A deferred SQLite registry that no write has created yet: it holds nothing."""
+        path = sqlite_path(self.url) if self._engine is None else None
+        return path is not None and not path.exists()
+
+    @contextmanager
+    def _reading(self, name: str | None = None) -> Iterator[Session]:
+        """A read session; a row that cannot be decoded becomes one line naming the registry.
+
+        ``name``: the concept the read is about, for the error a registry not created yet gives.
+        """
+        if name is not None and self._not_created():
+            raise UnknownConceptError(
+                f"concept {name!r} is not in the registry (known: none yet); train it with 'concept add'"
+            )
+        try:
+            with Session(self.engine) as session:
+                yield session
+        except UNREADABLE as exc:
+            raise self._damaged(exc) from None
+
+    def _damaged(self, exc: BaseException) -> RegistryError:
+        reason = (str(getattr(exc, "orig", None) or exc).splitlines() or [""])[0][:200]
+        return RegistryError(
+            f"registry {self.display_url} holds a row that cannot be read ({type(exc).__name__}: {reason}); "
+            "it was edited or damaged: restore it from a backup"
+        )
+
     def _write(self, work: Callable[[Session], T]) -> T:
         """Run ``work`` in one write transaction, retrying while the database is busy."""
         deadline = time.monotonic() + WRITE_RETRY_SECONDS
@@ -374,6 +442,8 @@ class Registry:
                     ) from None
                 time.sleep(delay * (1 + random.random()))
                 delay = min(delay * 2, 2.0)
+            except UNREADABLE as exc:  # a value out of the column's range, a damaged row read on the way
+                raise self._damaged(exc) from None
 
     @contextmanager
     def _write_session(self) -> Iterator[Session]:
@@ -390,6 +460,7 @@ class Registry:
 
         ``current`` moves the concept's pointer to it (a concept without one always gets it).
         """
+        check_name(new.concept)
         concept = session.scalar(select(Concept).where(Concept.name == new.concept))
         if concept is None:
             concept = Concept(name=new.concept, description=new.description, condition_schema=new.schema.to_json())
@@ -475,7 +546,9 @@ class Registry:
             if pointer is None:
                 raise UnknownConceptError(f"concept {concept.name!r} has no versions yet")
             version = session.get(Version, pointer.version_id)
-            assert version is not None
+            if version is None:
+                raise RegistryError(f"concept {concept.name!r} points at a version the registry does not hold; "
+                                    "it was edited or damaged: restore it from a backup")
             return version
         if isinstance(ref, int) or str(ref).isdigit():
             version = session.scalar(
@@ -495,7 +568,9 @@ class Registry:
             )) or "none"
             raise UnknownConceptError(f"concept {concept.name!r} has no alias {ref!r} (aliases: {known})")
         version = session.get(Version, alias.version_id)
-        assert version is not None
+        if version is None:
+            raise RegistryError(f"alias {concept.name}@{ref} points at a version the registry does not hold; "
+                                "it was edited or damaged: restore it from a backup")
         return version
 
     def _concept_info(self, session: Session, concept: Concept) -> ConceptInfo:
@@ -503,8 +578,8 @@ class Registry:
         current = session.get(Version, pointer.version_id).number if pointer else None  # type: ignore[union-attr]
         count = session.scalar(select(func.count()).where(Version.concept_id == concept.id)) or 0
         return ConceptInfo(
-            name=concept.name,
-            description=concept.description,
+            name=_typed(concept.name, str, "concepts.name"),
+            description=_typed(concept.description, str, "concepts.description"),
             schema=schema_from_json(concept.condition_schema),
             current=current,
             versions=count,
@@ -519,7 +594,7 @@ class Registry:
             .where(Alias.concept_id == concept_id)
             .order_by(Alias.name)
         ).all()
-        return {name: number for name, number in rows}
+        return {_typed(name, str, "aliases.name"): _typed(number, int, "versions.number") for name, number in rows}
 
     def _version_info(self, session: Session, concept: Concept, version: Version) -> VersionInfo:
         lineage = session.execute(
@@ -535,26 +610,41 @@ class Registry:
             Event.kind == "import", Event.concept == concept.name, Event.version == version.number
         ).limit(1))
         return VersionInfo(
-            concept=concept.name,
-            number=version.number,
+            concept=_typed(concept.name, str, "concepts.name"),
+            number=_typed(version.number, int, "versions.number"),
             created_at=_utc(version.created_at),
             schema=schema_from_json(concept.condition_schema),
-            architecture=version.architecture,
-            architecture_config=dict(version.architecture_config),
-            source=version.source,
-            source_params=dict(version.source_params),
-            attribute=version.attribute,
-            dataset_hash=version.dataset_hash,
-            hyperparameters=dict(version.hyperparameters),
-            seed=version.seed,
-            metrics=dict(version.metrics),
-            weights_sha256=version.weights_sha256,
-            status=version.status,
-            lineage=tuple(VersionRef(name, number) for name, number in lineage),
+            architecture=_typed(version.architecture, str, "versions.architecture"),
+            architecture_config=dict(_typed(version.architecture_config, dict, "versions.architecture_config")),
+            source=_typed(version.source, str, "versions.source"),
+            source_params=dict(_typed(version.source_params, dict, "versions.source_params")),
+            attribute=_typed(version.attribute, str, "versions.attribute"),
+            dataset_hash=_typed(version.dataset_hash, str, "versions.dataset_hash"),
+            hyperparameters=dict(_typed(version.hyperparameters, dict, "versions.hyperparameters")),
+            seed=_typed(version.seed, int, "versions.seed"),
+            metrics=dict(_typed(version.metrics, dict, "versions.metrics")),
+            weights_sha256=_typed(version.weights_sha256, str, "versions.weights_sha256"),
+            status=_typed(version.status, str, "versions.status"),
+            lineage=tuple(VersionRef(_typed(name, str, "concepts.name"), _typed(number, int, "versions.number"))
+                          for name, number in lineage),
             aliases=aliases,
             is_current=pointer is not None and pointer.version_id == version.id,
-            origin=dict(imported["origin"]) if imported else None,
+            origin=_origin(imported["origin"]) if imported else None,
         )
+
+
+def _typed(value: Any, kind: type, column: str) -> Any:
+    """A column's value when it has the column's type (a hand edit may store any type in any SQLite column)."""
+    if isinstance(value, bool) or not isinstance(value, kind):
+        raise TypeError(f"{column} holds a {type(value).__name__}, not a {kind.__name__}")
+    return value
+
+
+def _origin(origin: dict[str, Any]) -> dict[str, Any]:
+    """An import's origin as shown: where it came from with any password hidden (events written by older
+    releases may hold a registry URL as it was typed)."""
+    return {key: redact_text(value) if key == "from" and isinstance(value, str) else value
+            for key, value in dict(origin).items()}
 
 
 def _utc(moment: datetime) -> datetime:

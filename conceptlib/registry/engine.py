@@ -1,6 +1,9 @@
 """Opening a registry: URL handling, SQLite pragmas, and migrations applied on open.
 
-SQLite is opened with WAL (readers never block the writer), foreign keys on, and a busy timeout;
+SQLite is opened with foreign keys on and a busy timeout, and switched to WAL (readers never block the
+writer) only once the file is known to be a conceptlib registry: a refused file is left byte for byte as it
+was. A path that is not a regular file (a FIFO, a device) or a link to nothing is refused before it is
+opened, so nothing hangs and nothing is created at a link's target;
 write transactions begin IMMEDIATE so two writers queue on the lock instead of failing when one
 upgrades a read lock. PostgreSQL gets the same one-writer-at-a-time rule from a transaction-scoped
 advisory lock with a lock timeout, so version numbers stay dense without serialization retries.
@@ -10,6 +13,7 @@ Migrations run through alembic only when the stored revision is behind, so read-
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 
 from sqlalchemy import Connection, Engine, create_engine, event, inspect, text
@@ -17,6 +21,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DatabaseError, NoSuchModuleError, OperationalError
 
 from conceptlib.errors import RegistryError
+from conceptlib.redaction import redact_url
+from conceptlib.registry.models import Base
 
 REGISTRY_ENV = "CONCEPTLIB_REGISTRY"
 DEFAULT_REGISTRY = "registry.db"
@@ -39,11 +45,8 @@ def resolve_url(location: str | None) -> str:
 
 
 def redact(url: str) -> str:
-    """The URL with any password hidden, for messages and logs."""
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except (ArgumentError, ValueError):  # a port that is not a number raises ValueError
-        return "<unparseable registry URL>"
+    """The URL with any password hidden, for messages, files and events."""
+    return redact_url(url)
 
 
 def sqlite_path(url: str) -> Path | None:
@@ -52,6 +55,18 @@ def sqlite_path(url: str) -> Path | None:
     if parsed.get_backend_name() != "sqlite" or not parsed.database or parsed.database == ":memory:":
         return None
     return Path(parsed.database)
+
+
+def registry_files(url: str) -> list[Path]:
+    """The files a SQLite registry lives in (database, WAL, shared memory, rollback journal), which no output
+    may overwrite; none for other databases."""
+    try:
+        path = sqlite_path(url)
+    except (ArgumentError, ValueError):
+        return []
+    if path is None:
+        return []
+    return [path, *(path.with_name(path.name + suffix) for suffix in ("-wal", "-shm", "-journal"))]
 
 
 def open_engine(url: str, create: bool) -> Engine:
@@ -69,7 +84,12 @@ def open_engine(url: str, create: bool) -> Engine:
             "check --registry"
         ) from None
     if path is not None:
-        _check_sqlite_file(path, create, shown)
+        check_sqlite_file(path, create)
+    elif url.partition("://")[2].partition("?")[0].count("@") > 1:
+        raise RegistryError(
+            f"registry URL {shown} has a password holding '@', which would be read as part of the host "
+            "(and sent to it); write it percent-encoded, '@' as %40"
+        )
     try:
         engine = create_engine(url)
     except (ArgumentError, NoSuchModuleError) as exc:
@@ -83,6 +103,8 @@ def open_engine(url: str, create: bool) -> Engine:
         _configure_sqlite(engine)
     try:
         _migrate(engine, shown)
+        if engine.dialect.name == "sqlite":
+            _use_wal(engine)
     except OperationalError as exc:
         raise RegistryError(f"cannot open registry {shown}: {exc.orig}") from None
     except DatabaseError as exc:
@@ -90,12 +112,21 @@ def open_engine(url: str, create: bool) -> Engine:
     return engine
 
 
-def _check_sqlite_file(path: Path, create: bool, shown: str) -> None:
+def check_sqlite_file(path: Path, create: bool) -> None:
+    """Refuse a registry path that cannot be a SQLite registry, before anything opens (or creates) it."""
+    if path.is_symlink() and not path.exists():
+        raise RegistryError(f"registry {path} is a symbolic link to a missing file; point --registry at the file")
     if path.exists():
-        if path.is_dir():
+        mode = path.stat().st_mode
+        if stat.S_ISDIR(mode):
             raise RegistryError(f"registry {path} is a directory; pass a .db file with --registry")
-        with path.open("rb") as handle:
-            head = handle.read(len(SQLITE_MAGIC))
+        if not stat.S_ISREG(mode):
+            raise RegistryError(f"registry {path} is not a regular file (a FIFO or a device); pass a .db file")
+        try:
+            with path.open("rb") as handle:
+                head = handle.read(len(SQLITE_MAGIC))
+        except OSError as exc:
+            raise RegistryError(f"cannot read registry {path}: {exc.strerror or exc}") from None
         if head and head != SQLITE_MAGIC:
             raise RegistryError(f"registry {path} is not a SQLite database; pass a registry file with --registry")
     elif not create:
@@ -114,7 +145,6 @@ def _configure_sqlite(engine: Engine) -> None:
         cursor = dbapi_connection.cursor()
         cursor.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         cursor.execute("PRAGMA foreign_keys = ON")
-        cursor.execute("PRAGMA journal_mode = WAL")
         cursor.execute("PRAGMA synchronous = NORMAL")
         cursor.close()
 
@@ -122,6 +152,21 @@ def _configure_sqlite(engine: Engine) -> None:
     def _on_begin(connection) -> None:  # type: ignore[no-untyped-def]
         immediate = connection.get_execution_options().get("immediate", False)
         connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+def _use_wal(engine: Engine) -> None:
+    """Switch a checked registry to WAL: the mode is stored in the file, so every later connection uses it.
+
+    Outside any transaction (SQLite refuses the switch inside one), hence on the driver's connection.
+    """
+    connection = engine.raw_connection()
+    try:
+        cursor = connection.cursor()
+        if cursor.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+            cursor.execute("PRAGMA journal_mode = WAL")
+        cursor.close()
+    finally:
+        connection.close()
 
 
 def lock_for_write(connection: Connection) -> None:
@@ -142,6 +187,12 @@ def _migrate(engine: Engine, shown: str) -> None:
         if "alembic_version" in tables:
             revision = connection.execute(text("SELECT version_num FROM alembic_version")).scalar()
     if revision == HEAD_REVISION:
+        missing = sorted(set(Base.metadata.tables) - tables)
+        if missing:
+            raise RegistryError(
+                f"{shown} records schema revision {revision} but has no {', '.join(missing)} table; it is not a "
+                "conceptlib registry (or was damaged): pass another --registry"
+            )
         return
     if revision is not None and revision not in KNOWN_REVISIONS:
         raise RegistryError(

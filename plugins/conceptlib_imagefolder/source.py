@@ -15,7 +15,7 @@ from typing import Any
 
 from conceptlib.datacache import cached_dataset
 from conceptlib.errors import SourceError, SourceParamError
-from conceptlib.params import integer, split_names
+from conceptlib.params import image_count, integer, split_names
 from conceptlib.schema import ConditionSchema
 from conceptlib.sources import Dataset, Progress, Source, canonical_hash
 from conceptlib_imagefolder.images import read_images
@@ -71,7 +71,7 @@ class ImageFolderSource(Source):
         params["crop"] = integer(self.name, params, "crop", 0)
         if params["crop"] == 0 and params["layout"] == "celeba":
             params["crop"] = CELEBA_CROP
-        params["n"] = integer(self.name, params, "n", 0)
+        params["n"] = image_count(self.name, params, 0)
         params["attributes"] = self._attributes(params, self._table(params))
         return params
 

@@ -14,7 +14,7 @@ import numpy as np
 
 from conceptlib.datacache import cached_dataset
 from conceptlib.errors import SourceParamError
-from conceptlib.params import integer, names, number, ordered_range
+from conceptlib.params import image_count, integer, names, number, ordered_range
 from conceptlib.schema import Categorical, ConditionSchema, Continuous
 from conceptlib.sources import Dataset, Progress, Source, canonical_hash
 from conceptlib_mujoco.render import import_mujoco, render_scenes
@@ -81,7 +81,7 @@ class MujocoSource(Source):
         else:
             params["corner"] = number(self.name, params, "corner", 0.0, 1.0, "(0, 1]", low_open=True)
         params["image_size"] = integer(self.name, params, "image_size", *IMAGE_SIZES)
-        params["n"] = integer(self.name, params, "n", 1)
+        params["n"] = image_count(self.name, params)
         params["seed"] = integer(self.name, params, "seed", 0)
         params["clutter"] = integer(self.name, params, "clutter", 0, MAX_CLUTTER)
         for key in ("position_low", "position_high"):

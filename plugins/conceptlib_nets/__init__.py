@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from conceptlib.architectures import Architecture
 from conceptlib.hookspecs import hookimpl
 from conceptlib.schema import ConditionSchema
+from conceptlib_nets.configs import check_classifier, check_paper, check_residual, check_small, check_unet
 
 if TYPE_CHECKING:
     from conceptlib_nets.paper import PaperEnergyNet
@@ -82,12 +83,14 @@ def conceptlib_architectures() -> list[Architecture]:
             name="small",
             build=build_small,
             default_config=SMALL_CONFIG,
+            check_config=check_small,
             description="fast conv net, FiLM-conditioned; spatial conditions as a bump map (objective cd)",
         ),
         Architecture(
             name="unet",
             build=build_unet,
             default_config=UNET_CONFIG,
+            check_config=check_unet,
             description="noise-conditioned U-Net denoiser as an energy, null condition (objectives denoiser, dsm)",
             migrate=migrate_unet,
         ),
@@ -95,24 +98,28 @@ def conceptlib_architectures() -> list[Architecture]:
             name="residual",
             build=build_residual,
             default_config=RESIDUAL_CONFIG,
+            check_config=check_residual,
             description="U-Net correction to frozen denoisers, reading their estimate (objective residual)",
         ),
         Architecture(
             name="classifier",
             build=build_classifier,
             default_config=CLASSIFIER_CONFIG,
+            check_config=check_classifier,
             description="noise-conditioned classifier energy -log p(c | x) (objective classifier)",
         ),
         Architecture(
             name="paper64",
             build=partial(build_paper, PAPER64_CONFIG),
             default_config=PAPER64_CONFIG,
+            check_config=check_paper,
             description="the paper's 64x64 scenes ResNet (A.4): spectral norm, Swish, FiLM per block (objective cd)",
         ),
         Architecture(
             name="paper128",
             build=partial(build_paper, PAPER128_CONFIG),
             default_config=PAPER128_CONFIG,
+            check_config=check_paper,
             description="the paper's 128x128 CelebA ResNet (A.4), 42M parameters, for a GPU (objective cd)",
         ),
     ]

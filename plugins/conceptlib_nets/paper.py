@@ -29,9 +29,8 @@ from torch.nn.utils.parametrizations import spectral_norm
 
 from conceptlib.errors import ConceptError
 from conceptlib.schema import ConditionSchema, is_image_point
+from conceptlib_nets.configs import POOLS
 from conceptlib_nets.layers import bump_map, modulate
-
-POOLS = ("mean", "sum")
 
 
 class FiLMResBlock(nn.Module):

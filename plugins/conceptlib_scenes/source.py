@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from conceptlib.params import integer, names, number, ordered_range
+from conceptlib.params import image_count, integer, names, number, ordered_range
 from conceptlib.schema import Categorical, ConditionSchema, Continuous
 from conceptlib.sources import Dataset, Progress, Source, canonical_hash
 from conceptlib_scenes.render import (
@@ -59,7 +59,7 @@ class ScenesSource(Source):
         """
         params = super().resolve_params(given)
         params["image_size"] = integer(self.name, params, "image_size", *IMAGE_SIZES)
-        params["n"] = integer(self.name, params, "n", 1)
+        params["n"] = image_count(self.name, params)
         params["seed"] = integer(self.name, params, "seed", 0)
         for key in ("position_low", "position_high"):
             params[key] = number(self.name, params, key, 0.0, 1.0, "[0, 1]")
