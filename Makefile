@@ -1,27 +1,40 @@
 # Two entry points on a fresh machine: `make demo` (the main job) and `make test` (the test suite).
-# Both create .venv and install the project into it first.
+# Both create .venv and install the project into it first: the demo only what it runs (the project and
+# its dependencies), the tests the dev extras on top (pytest, ruff, hypothesis, mujoco, psycopg).
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+PIP := $(BIN)/pip install --quiet --disable-pip-version-check
 
-.PHONY: install demo test lint registry bench-speed bench-samplers bench-continual bench-extrapolation \
-	bench-multi-object clean
+.PHONY: install install-dev demo test lint registry bench-speed bench-samplers bench-continual \
+	bench-extrapolation bench-multi-object clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check -e ".[dev]"
+	$(PIP) -e .
+	touch $@
+
+$(BIN)/.installed-mujoco: $(BIN)/.installed
+	$(PIP) -e ".[mujoco]"
+	touch $@
+
+$(BIN)/.installed-dev: $(BIN)/.installed
+	$(PIP) -e ".[dev]"
 	touch $@
 
 install: $(BIN)/.installed
 
+install-dev: $(BIN)/.installed-dev
+
 demo: install
 	scripts/demo.sh
 
-lint: install
+lint: install-dev
 	$(BIN)/ruff check .
 
+# -rs: say why each skipped test was skipped (no PostgreSQL server, no MuJoCo renderer, ...)
 test: lint
-	$(BIN)/pytest
+	$(BIN)/pytest -rs
 
 registry: install
 	scripts/build_registry.sh registry.db
@@ -45,7 +58,7 @@ bench-samplers: install
 # Continual learning on different data per stage (the paper's Table 2 protocol), on the report split; the
 # tune split (`--split tune`) is where settings were chosen. Hours on 2 CPU cores: stages already in the kept
 # registries are not trained again.
-bench-continual: install
+bench-continual: $(BIN)/.installed-mujoco
 	$(BIN)/python benchmarks/continual.py --source scenes --split report
 	$(BIN)/python benchmarks/continual.py --source mujoco --split report --variants residual
 

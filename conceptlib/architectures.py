@@ -82,7 +82,9 @@ class Architecture:
 
     ``migrate`` turns a config stored by an older release of the plugin into one ``build`` takes (e.g. a
     setting added since, at the value those weights were trained with); versions keep their config as
-    stored. ``check_config(config)`` (optional) raises ``ValueError`` for a config the network cannot be
+    stored. ``default_config`` names every setting the family takes: a key outside it is refused, so a typo
+    in ``--arch-config`` is not silently trained and recorded as if it meant something.
+    ``check_config(config)`` (optional) raises ``ValueError`` for a config the network cannot be
     built from or that would make it unreasonably large, before anything is built: a config may come from
     someone else's export file. ``build`` must also work under ``with torch.device("meta")``, where
     conceptlib builds a network first to learn its tensors' shapes without allocating them.
@@ -97,6 +99,11 @@ class Architecture:
 
     def config(self, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """The defaults overlaid with ``overrides``, checked: what the registry records for a version."""
+        unknown = sorted(set(overrides or {}) - set(self.default_config))
+        if unknown:
+            known = ", ".join(sorted(self.default_config)) or "none"
+            raise ConceptError(f"architecture {self.name!r} has no setting {unknown[0]!r} (its settings: {known}); "
+                               "fix the --arch-config key")
         merged = {**self.default_config, **(overrides or {})}
         self.check(merged)
         return merged

@@ -11,16 +11,17 @@ import functools
 import json
 import math
 import sys
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
 import click
 from rich.console import Console
-from rich.table import Table
-from rich.text import Text
 
+from conceptlib.console import distinct_names, print_listing, print_warning, records, value_text
 from conceptlib.errors import ConceptError, ExpressionError, Interrupted, is_out_of_memory
+from conceptlib.expr import GRAMMAR
 from conceptlib.limits import MAX_BATCH_SIZE, MAX_SEED
 from conceptlib.redaction import redact_text
 from conceptlib.settings import OBJECTIVES, TRAIN_CONFIGS, CdConfig, DsmConfig, SamplerSettings, TrainConfig
@@ -47,6 +48,17 @@ def fail(exc: ConceptError) -> NoReturn:
         for line in exc.caret().splitlines():
             err.print(line)
     sys.exit(exc.exit_code)
+
+
+OVERVIEW = """\
+Train, version, compose and infer energy-based concepts.
+
+  concept list                      the registered concepts
+  concept compose "position=(0.3,0.7) & color=red" -o grid.png
+  concept infer color scene.png     which color best explains an image
+  concept add NAME --source scenes  train a concept (--with OTHER freezes one)
+  concept sources                   dataset sources and architectures
+"""
 
 
 class ConceptGroup(click.Group):
@@ -86,6 +98,17 @@ class FiniteRange(click.FloatRange):
         return number
 
 
+def overview(ctx: click.Context) -> str:
+    """What bare ``concept`` prints: a few first commands and the list of all, not a usage error."""
+    width = min(out.width, 80)
+    group = ctx.command
+    assert isinstance(group, click.Group)
+    commands = textwrap.fill(f"Commands: {', '.join(group.list_commands(ctx))}", width, subsequent_indent="  ")
+    hint = textwrap.fill(f"'{ctx.command_path} COMMAND --help' explains a command, '{ctx.command_path} --help' "
+                         "lists every option.", width)
+    return f"{OVERVIEW}\n{commands}\n{hint}"
+
+
 def parse_pairs(pairs: Sequence[str], option: str) -> dict[str, Any]:
     """``key=value`` options; values that read as JSON (numbers, lists) are decoded."""
     result: dict[str, Any] = {}
@@ -121,7 +144,7 @@ def emit_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, default=str))
 
 
-@click.group(cls=ConceptGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=ConceptGroup, invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--registry", envvar="CONCEPTLIB_REGISTRY", metavar="URL",
               help="Registry file or SQLAlchemy URL [default: ./registry.db; env CONCEPTLIB_REGISTRY].")
 @click.option("--plugins-dir", envvar="CONCEPTLIB_PLUGINS_DIR", metavar="DIR",
@@ -131,6 +154,23 @@ def emit_json(data: Any) -> None:
 def cli(ctx: click.Context, registry: str | None, plugins_dir: str | None) -> None:
     """Train, version, compose and infer energy-based concepts."""
     ctx.obj = {"registry": registry, "plugins_dir": plugins_dir}
+    if ctx.invoked_subcommand is None:
+        click.echo(overview(ctx))
+
+
+device_option = click.option("--device", default="auto", show_default=True,
+                             help="auto (a GPU when there is one), cpu or cuda[:N].")
+
+
+def seed_option(what: str) -> Any:
+    return click.option("--seed", default=0, show_default=True, type=click.IntRange(0, MAX_SEED),
+                        help=f"Seed of {what}.")
+
+
+def batch_option(what: str) -> Any:
+    return click.option("--batch-size", default=SamplerSettings.batch_size, show_default=True,
+                        type=click.IntRange(1, MAX_BATCH_SIZE),
+                        help=f"{what} per network call: more is faster until memory runs out.")
 
 
 # ------------------------------------------------------------------- add
@@ -164,7 +204,8 @@ def per_objective(field: str) -> str:
 @click.option("--arch-config", multiple=True, metavar="KEY=VALUE", help="Architecture setting, repeatable.")
 @click.option("--iterations", type=click.IntRange(1), help=per_objective("iterations"))
 @click.option("--batch-size", type=click.IntRange(1, MAX_BATCH_SIZE), help=per_objective("batch_size"))
-@click.option("--lr", default=TrainConfig.lr, show_default=True, type=FiniteRange(0, min_open=True))
+@click.option("--lr", default=TrainConfig.lr, show_default=True, type=FiniteRange(0, min_open=True),
+              help="Adam learning rate.")
 @click.option("--condition-dropout", default=DSM.condition_dropout, show_default=True,
               type=FiniteRange(0, 1, max_open=True),
               help="denoiser, residual, dsm: fraction of samples trained with the null condition.")
@@ -176,9 +217,12 @@ def per_objective(field: str) -> str:
               help="cd: Langevin step size.")
 @click.option("--noise", default=CD.langevin.noise, show_default=True, type=FiniteRange(0),
               help="cd: Langevin noise.")
-@click.option("--seed", default=TrainConfig.seed, show_default=True, type=click.IntRange(0, MAX_SEED))
-@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N].")
+@seed_option("the initial weights and the batches drawn")
+@device_option
 @click.option("--description", default="", help="What this concept means (stored on first add).")
+@click.option("--min-accuracy", type=click.FloatRange(0, 1), metavar="A",
+              help="Register nothing if held-out accuracy is below A (categorical classifier concepts); "
+                   "without it, below 0.9 only warns.")
 @click.option("--resume", is_flag=True,
               help="Continue the checkpoint of a stopped run with the same settings "
                    "(--iterations and --lr may differ).")
@@ -191,8 +235,8 @@ def per_objective(field: str) -> str:
 def add(ctx: click.Context, name: str, source_name: str, params: tuple[str, ...], attribute: str | None,
         frozen: tuple[str, ...], objective: str, architecture: str | None, arch_config: tuple[str, ...],
         iterations: int | None, batch_size: int | None, lr: float, condition_dropout: float, l2: float,
-        steps: int, step_size: float, noise: float, seed: int, device: str, description: str, resume: bool,
-        checkpoint_every: int, checkpoint_dir: Path | None) -> None:
+        steps: int, step_size: float, noise: float, seed: int, device: str, description: str,
+        min_accuracy: float | None, resume: bool, checkpoint_every: int, checkpoint_dir: Path | None) -> None:
     """Train concept NAME and register it as a new version.
 
     Every --with concept is frozen (with the concepts it was trained with) and only the new network learns
@@ -200,8 +244,11 @@ def add(ctx: click.Context, name: str, source_name: str, params: tuple[str, ...]
     label, are composed inside the new concept's loss, so it learns exactly what they do not explain on
     this data. See --objective for what --with does under the others. A run that stops (Ctrl-C,
     divergence, a failing source) registers nothing and leaves a checkpoint; --resume continues it.
+    The loss curve is drawn to a PNG beside the checkpoints ('concept show NAME --plot' redraws it).
     """
     from conceptlib import distributed
+    from conceptlib.cautions import accuracy_warning
+    from conceptlib.checkpoints import checkpoint_root
     from conceptlib.devices import resolve_device
     from conceptlib.jobs import AddRequest, add_concept
     from conceptlib.progress import job_progress
@@ -218,7 +265,7 @@ def add(ctx: click.Context, name: str, source_name: str, params: tuple[str, ...]
         frozen=frozen, architecture=architecture, architecture_config=parse_pairs(arch_config, "--arch-config"),
         train=train,
         device=torch_device, description=description, resume=resume,
-        checkpoint_every=checkpoint_every, checkpoint_dir=checkpoint_dir,
+        checkpoint_every=checkpoint_every, checkpoint_dir=checkpoint_dir, min_accuracy=min_accuracy,
     )
     registry = distributed.main_first(lambda: open_registry(ctx, create=True))
     plugins = plugin_manager(ctx)
@@ -226,11 +273,21 @@ def add(ctx: click.Context, name: str, source_name: str, params: tuple[str, ...]
         version = add_concept(registry, plugins, request,
                               on_load=progress.phase("loading dataset"),
                               on_iteration=progress.training(train.iterations))
+    if not ranks.is_main:
+        return
+    from conceptlib.plots import write_concept_figure
+
     m = version.metrics
     gap = f"  energy gap {m['energy_gap']:.4f}" if "energy_gap" in m else ""
-    if ranks.is_main:
-        out.print(f"registered {version.ref}  loss {m['loss']:.4f}{gap}  {m['seconds']:.1f} s  "
-                  f"in {registry.display_url}")
+    accuracy = f"  held-out accuracy {m['held_out_accuracy']:.2f}" if "held_out_accuracy" in m else ""
+    out.print(f"registered {version.ref}  loss {m['loss']:.4f}{gap}{accuracy}  {m['seconds']:.1f} s  "
+              f"in {registry.display_url}", markup=False)
+    figure = (checkpoint_dir or checkpoint_root(registry.url)) / f"{version.ref}-loss.png"
+    write_concept_figure(figure, f"{version.ref}", m.get("loss_curve"))
+    out.print(f"loss curve: {figure}", markup=False)
+    warning = accuracy_warning(version)
+    if warning is not None:
+        print_warning(err, warning)
 
 
 # --------------------------------------------------------------- compose
@@ -292,8 +349,7 @@ def sampler_options(langevin: bool) -> Any:
             click.option("--temperature", default=SAMPLER.or_temperature, show_default=True,
                          type=FiniteRange(0, min_open=True), help="Temperature of OR (-T logsumexp(-E/T))."),
         ]
-    options.append(click.option("--batch-size", default=SAMPLER.batch_size, show_default=True,
-                                type=click.IntRange(1, MAX_BATCH_SIZE)))
+    options.append(batch_option("Samples"))
 
     def decorate(command: Any) -> Any:
         @functools.wraps(command)  # keeps the options declared below this decorator (click's __click_params__)
@@ -308,19 +364,22 @@ def sampler_options(langevin: bool) -> Any:
     return decorate
 
 
-@cli.command("compose")
+@cli.command("compose", epilog=GRAMMAR)
 @click.argument("expression")
 @click.option("-n", "count", default=16, show_default=True, type=click.IntRange(1), help="Samples to draw.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="PNG grid to write.")
 @click.option("--out-dir", type=click.Path(file_okay=False, path_type=Path),
               help="Also write each sample as a PNG plus a JSON sidecar.")
-@click.option("--seed", default=0, show_default=True, type=click.IntRange(0, MAX_SEED))
+@seed_option("the sampler's noise (the same seed gives the same images)")
 @sampler_options(langevin=True)
-@click.option("--device", default="auto", show_default=True)
+@device_option
 @click.pass_context
 def compose_command(ctx: click.Context, expression: str, count: int, output: Path | None, out_dir: Path | None,
                     seed: int, settings: SamplerSettings, device: str) -> None:
-    """Sample images from a composed EXPRESSION, e.g. "position=(0.3,0.7) & color=red & !shape=square"."""
+    """Sample images from a composed EXPRESSION, e.g. "position=(0.3,0.7) & color=red & !shape=square".
+
+    A condition outside the range a concept was trained on is sampled but warned about.
+    """
     from conceptlib import distributed
     from conceptlib.devices import resolve_device
     from conceptlib.imaging import save_grid
@@ -341,7 +400,7 @@ def compose_command(ctx: click.Context, expression: str, count: int, output: Pat
         result = compose_images(registry, plugins, expression, count, settings, seed=seed, device=torch_device,
                                 shard=(ranks.rank, ranks.world_size), on_step=progress.phase("sampling"))
     for warning in result.warnings if ranks.is_main else ():
-        err.print(f"warning: {warning}")
+        print_warning(err, warning)
     if output is not None:
         save_grid(result.images, output)
         out.print(f"wrote {count} samples of {result.provenance['expression']} to {output}")
@@ -367,13 +426,17 @@ def compose_command(ctx: click.Context, expression: str, count: int, output: Pat
               help="Held-out images for position inference (0 skips it).")
 @click.option("--judge-cache", type=click.Path(file_okay=False, path_type=Path),
               help="Judge cache [default: $CONCEPTLIB_CACHE or ~/.cache/conceptlib/judges].")
-@click.option("--seed", default=0, show_default=True, type=click.IntRange(0, MAX_SEED))
+@seed_option("the asked conditions and the sampler")
 @sampler_options(langevin=False)
-@click.option("--device", default="auto", show_default=True)
+@device_option
+@click.option("--json", "as_json", is_flag=True, help="Print results.json's contents instead of the table.")
 @click.pass_context
 def eval_command(ctx: click.Context, protocols: tuple[str, ...], count: int, out_dir: Path, inference_n: int,
-                 judge_cache: Path | None, seed: int, settings: SamplerSettings, device: str) -> None:
-    """Grade the registry's concepts with an independent judge (paper Tables 1-3): a table and sample grids."""
+                 judge_cache: Path | None, seed: int, settings: SamplerSettings, device: str, as_json: bool) -> None:
+    """Grade the registry's concepts with an independent judge (paper Tables 1-3).
+
+    Writes results.md, results.json and one grid per protocol, each tile captioned with what was asked.
+    """
     from conceptlib.devices import resolve_device
     from conceptlib.evaluation import PROTOCOLS, evaluate_registry
     from conceptlib.progress import job_progress
@@ -395,14 +458,15 @@ def eval_command(ctx: click.Context, protocols: tuple[str, ...], count: int, out
         run = evaluate_registry(registry, plugins, names, count, settings, seed, resolve_device(device),
                                 judge_cache, inference_n, on_phase=on_phase)
     markdown, data = write_report(run.results, run.extra, out_dir)
-    table = Table("protocol", "metrics", "met")
-    for result in run.results:
-        table.add_row(result.name, ", ".join(f"{k} {v:.3f}" for k, v in result.metrics.items()),
-                      "yes" if result.passed else "no")
-    out.print(table)
+    if as_json:
+        click.echo(data.read_text(), nl=False)
+        return
+    print_listing(out, ("protocol", "met", "metrics"),
+                  [(r.name, "yes" if r.passed else "no", ", ".join(f"{k} {v:.3f}" for k, v in r.metrics.items()))
+                   for r in run.results], wrap={"metrics": 30})
     for label, figures in run.extra.get("position_inference", {}).items():
         out.print(f"position inference, {label}: mean abs error {figures['mae']:.4f} (n={figures['n']})")
-    out.print(f"wrote {markdown} and {data}")
+    out.print(f"wrote {markdown} and {data}", markup=False)
 
 
 # ----------------------------------------------------------------- infer
@@ -411,19 +475,26 @@ def eval_command(ctx: click.Context, protocols: tuple[str, ...], count: int, out
 @click.argument("images", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--grid", default=9, show_default=True, type=click.IntRange(2),
               help="Candidates per axis of a continuous condition before gradient refinement.")
-@click.option("--refine-steps", default=30, show_default=True, type=click.IntRange(0))
+@click.option("--refine-steps", default=30, show_default=True, type=click.IntRange(0),
+              help="Adam steps that refine a continuous condition from the best grid candidate (0: grid only).")
 @click.option("--each", is_flag=True, help="Infer each image on its own instead of all together.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-@click.option("--device", default="auto", show_default=True)
+@device_option
 @click.pass_context
 def infer(ctx: click.Context, ref: str, images: tuple[Path, ...], grid: int, refine_steps: int, each: bool,
           as_json: bool, device: str) -> None:
-    """Infer the value of concept NAME that best explains IMAGES (argmin_c sum_i E(x_i | c), paper eq. 12)."""
+    """Infer the value of concept NAME that best explains IMAGES (argmin_c sum_i E(x_i | c), paper eq. 12).
+
+    Images unlike the concept's training data (a typicality test against held-out images) are answered
+    with a warning: the value found for them may mean little.
+    """
+    from conceptlib.cautions import typicality
     from conceptlib.concepts import load_concept
     from conceptlib.devices import resolve_device
     from conceptlib.imaging import images_to_tensor, load_images
     from conceptlib.inference import InferenceConfig, infer_each
     from conceptlib.inference import infer as infer_value
+    from conceptlib.progress import job_progress
     from conceptlib.registry import split_ref
     from conceptlib.residual import load_chain
 
@@ -432,24 +503,33 @@ def infer(ctx: click.Context, ref: str, images: tuple[Path, ...], grid: int, ref
     version = registry.resolve(name, version_ref)
     torch_device = resolve_device(device)
     pixels = load_images(images, int(version.hyperparameters["image_size"]))
-    concept = load_concept(registry, plugin_manager(ctx), version, torch_device)
+    plugins = plugin_manager(ctx)
+    concept = load_concept(registry, plugins, version, torch_device)
     x = images_to_tensor(pixels, torch_device)
     config = InferenceConfig(grid=grid, refine_steps=refine_steps)
-    chain = load_chain(registry, plugin_manager(ctx), [concept], torch_device)
-    found = infer_each(concept, x, config, chain=chain) if each else [infer_value(concept, x, config, chain=chain)]
+    chain = load_chain(registry, plugins, [concept], torch_device)
+    with job_progress(err) as progress:
+        step = progress.phase("inferring")
+        found = (infer_each(concept, x, config, chain=chain, on_progress=step) if each
+                 else [infer_value(concept, x, config, chain=chain, on_progress=step)])
     labels = [str(p) for p in images] if each else [f"{len(images)} image(s) together"]
-    rows = [{"images": label, "concept": str(version.ref), "value": r.value, "energy": r.energy,
-             "candidates": [{"value": v, "energy": e} for v, e in r.candidates]} for label, r in zip(labels, found)]
+    try:
+        values = [r.value for r in found] if each else [found[0].value] * len(images)
+        warnings = typicality(registry, plugins, concept, x, values).warnings(distinct_names(images))
+    except ConceptError as exc:
+        warnings = [f"could not compare the images with {version.ref}'s training data: {exc}"]
     if as_json:
-        emit_json(rows)
-        return
-    table = Table("images", f"{version.ref}", "energy", "next best")
-    for row, r in zip(rows, found):
-        value = r.value if isinstance(r.value, str) else "(" + ", ".join(f"{v:.3f}" for v in r.value) + ")"
-        runner_up = ", ".join(str(v) if isinstance(v, str) else "(" + ", ".join(f"{a:.2f}" for a in v) + ")"
-                              for v, _ in r.candidates[1:3])
-        table.add_row(row["images"], value, f"{r.energy:.3f}", runner_up)
-    out.print(table)
+        emit_json([{"images": label, "concept": str(version.ref), "value": r.value, "energy": r.energy,
+                    "candidates": [{"value": v, "energy": e} for v, e in r.candidates]}
+                   for label, r in zip(labels, found)])
+    else:
+        print_listing(out, ("images", str(version.ref), "energy", "next best"),
+                      [(label, value_text(r.value, 3), f"{r.energy:.3f}",
+                        ", ".join(value_text(v, 2) for v, _ in r.candidates[1:3]))
+                       for label, r in zip(distinct_names(images) if each else labels, found)],
+                      wrap={"next best": 14})
+    for warning in warnings:
+        print_warning(err, warning)
 
 
 # ------------------------------------------------------- list/show/history
@@ -470,12 +550,10 @@ def list_command(ctx: click.Context, as_json: bool) -> None:
     if not concepts:
         out.print("no concepts yet; train one with 'concept add NAME --source scenes'")
         return
-    table = Table("concept", "current", "versions", "aliases", "condition")
-    for c in concepts:
-        aliases = ", ".join(f"@{a}→{n}" for a, n in c["aliases"].items())
-        table.add_row(c["name"], str(c["current"]), str(c["versions"]), aliases,
-                      schema_from_json(c["schema"]).describe())
-    out.print(table)
+    print_listing(out, ("concept", "current", "versions", "aliases", "condition"),
+                  [(c["name"], str(c["current"]), str(c["versions"]),
+                    ", ".join(f"@{a}→{n}" for a, n in c["aliases"].items()), schema_from_json(c["schema"]).describe())
+                   for c in concepts], wrap={"condition": 20, "aliases": 10})
 
 
 @cli.command()
@@ -483,11 +561,14 @@ def list_command(ctx: click.Context, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.option("--energies", is_flag=True,
               help="Also histogram the concept's energies on fresh images of its source (paper A.1).")
+@click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE",
+              help="Draw the loss curve and the --energies histograms (computed for it) to a PNG.")
 @click.option("-n", "count", default=256, show_default=True, type=click.IntRange(2, 100_000),
               help="Images for --energies.")
-@click.option("--device", default="auto", show_default=True)
+@device_option
 @click.pass_context
-def show(ctx: click.Context, ref: str, as_json: bool, energies: bool, count: int, device: str) -> None:
+def show(ctx: click.Context, ref: str, as_json: bool, energies: bool, plot: Path | None, count: int,
+         device: str) -> None:
     """Show a concept's current version (or NAME@V / NAME@ALIAS) in full.
 
     With --energies: the concept's energy on held-out images with their own condition, with a wrong one,
@@ -498,23 +579,32 @@ def show(ctx: click.Context, ref: str, as_json: bool, energies: bool, count: int
     name, version_ref = split_ref(ref)
     registry = open_registry(ctx)
     version = registry.resolve(name, version_ref)
-    histograms = _energy_histograms(ctx, registry, version, count, device) if energies else None
+    histograms = _energy_histograms(ctx, registry, version, count, device) if energies or plot else None
+    if plot is not None:
+        from conceptlib.plots import write_concept_figure
+
+        write_concept_figure(plot, str(version.ref), version.metrics.get("loss_curve"),
+                             histograms.to_json() if histograms else None)
     if as_json:
         emit_json({**version.to_json(), **({"energies": histograms.to_json()} if histograms else {})})
         return
-    table = Table(show_header=False, box=None)
-    for key, value in version.to_json().items():
-        table.add_row(Text(key, style="bold"), value if isinstance(value, str) else json.dumps(value))
-    out.print(table)
-    if histograms is not None:
+    fields = version.to_json()
+    curve = fields["metrics"].get("loss_curve")
+    if curve:  # two hundred numbers say less than the picture: name it instead
+        fields["metrics"] = {**fields["metrics"], "loss_curve": f"{len(curve['loss'])} points (--plot draws them)"}
+    shown = [v if isinstance(v, str) else json.dumps(v) for v in fields.values()]
+    for line in records(list(fields), [shown], out.width):
+        out.print(line, markup=False, highlight=False)
+    if histograms is not None and energies:
         from conceptlib.histograms import text_histogram
 
         means = ", ".join(f"{k} {v.mean():.4g}" for k, v in histograms.energies.items())
-        out.print()
-        out.print(Text("energies", style="bold"), f"on {count} fresh images (█ matched ▒ mismatched ░ noise); "
-                  f"mean {means}; own condition ranked below a wrong one {histograms.ranked:.2f} (chance 0.50)")
+        out.print(f"\nenergies on {count} fresh images (█ matched ▒ mismatched ░ noise); mean {means}; own "
+                  f"condition ranked below a wrong one {histograms.ranked:.2f} (chance 0.50)", markup=False)
         for row in text_histogram(histograms):
-            out.print(row)
+            out.print(row, markup=False, highlight=False)
+    if plot is not None:
+        out.print(f"wrote {plot}", markup=False)
 
 
 def _energy_histograms(ctx: click.Context, registry: Any, version: Any, count: int, device: str) -> Any:
@@ -535,21 +625,19 @@ def _energy_histograms(ctx: click.Context, registry: Any, version: Any, count: i
 
 @cli.command()
 @click.argument("name")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (with dataset and weights hashes in full).")
 @click.pass_context
 def history(ctx: click.Context, name: str, as_json: bool) -> None:
-    """List every version of NAME, oldest first."""
+    """List every version of NAME, oldest first (* marks the current one)."""
     versions = open_registry(ctx).history(name)
     if as_json:
         emit_json([v.to_json() for v in versions])
         return
-    table = Table("", "version", "created (UTC)", "source", "dataset", "trained with", "loss", "weights")
-    for v in versions:
-        table.add_row("*" if v.is_current else "", str(v.number) + "".join(f" @{a}" for a in v.aliases),
-                      v.created_at.strftime("%Y-%m-%d %H:%M:%S"), v.source, v.dataset_hash[:10],
-                      ", ".join(map(str, v.lineage)) or "-", _number(v.metrics.get("loss")),
-                      v.weights_sha256[:10])
-    out.print(table)
+    print_listing(out, ("version", "created (UTC)", "source", "trained with", "loss", "weights"),
+                  [(f"{v.number}{'*' if v.is_current else ''}" + "".join(f" @{a}" for a in v.aliases),
+                    v.created_at.strftime("%Y-%m-%d %H:%M"), v.source, ", ".join(map(str, v.lineage)) or "-",
+                    _number(v.metrics.get("loss")), v.weights_sha256[:8]) for v in versions],
+                  wrap={"trained with": 11})
 
 
 def _number(value: Any) -> str:
@@ -635,25 +723,30 @@ def sources(ctx: click.Context, as_json: bool) -> None:
     if as_json:
         emit_json([dict(zip(("kind", "name", "plugin", "origin", "description"), row)) for row in rows])
         return
-    table = Table("kind", "name", "plugin", "from", "description")
-    for row in rows:
-        table.add_row(*row)
-    out.print(table)
+    print_listing(out, ("name", "kind", "from", "description"),
+                  [(name, kind, f"plugin {plugin}, {origin}", description)
+                   for kind, name, plugin, origin, description in rows], wrap={"description": 30}, heading=3)
 
 
-@cli.group()
-def source() -> None:
+@cli.group(invoke_without_command=True)
+@click.pass_context
+def source(ctx: click.Context) -> None:
     """Inspect a dataset source."""
+    if ctx.invoked_subcommand is None:
+        click.echo(ctx.get_help())
 
 
 @source.command("sample")
 @click.argument("source_name", metavar="SOURCE")
-@click.option("-n", "count", default=16, show_default=True, type=click.IntRange(1))
-@click.option("--out-dir", required=True, type=click.Path(file_okay=False, path_type=Path))
-@click.option("--param", "params", multiple=True, metavar="KEY=VALUE")
+@click.option("-n", "count", default=16, show_default=True, type=click.IntRange(1), help="Images to write.")
+@click.option("--out-dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Where the PNGs, labels.jsonl and contact.png go.")
+@click.option("--param", "params", multiple=True, metavar="KEY=VALUE",
+              help="Source parameter, repeatable (as 'concept add --param').")
 @click.pass_context
 def source_sample(ctx: click.Context, source_name: str, count: int, out_dir: Path, params: tuple[str, ...]) -> None:
-    """Write N images of SOURCE as PNGs plus labels.jsonl with each image's attributes."""
+    """Write N images of SOURCE as PNGs plus labels.jsonl with each image's attributes, and contact.png:
+    every image captioned with its labels, to see a source at a glance."""
     from conceptlib.outputs import check_source_outputs, write_source_samples
     from conceptlib.progress import job_progress
     from conceptlib.registry.engine import registry_files, resolve_url
@@ -667,7 +760,7 @@ def source_sample(ctx: click.Context, source_name: str, count: int, out_dir: Pat
     with job_progress(err) as progress:
         dataset = src.load(resolved, progress=progress.phase("rendering"))
     written = write_source_samples(dataset, min(count, len(dataset)), out_dir, source_name, resolved)
-    out.print(f"wrote {written} images and labels.jsonl to {out_dir}")
+    out.print(f"wrote {written} images, labels.jsonl and contact.png to {out_dir}", markup=False)
 
 
 def option_defaults(command: str) -> dict[str, Any]:

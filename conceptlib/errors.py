@@ -16,14 +16,16 @@ class ConceptError(Exception):
 class ExpressionError(ConceptError):
     """A composition expression that does not parse or does not make sense.
 
-    ``position`` is the 0-based column of the offending token, so callers can draw a caret.
+    ``position`` is the 0-based column of the offending token, so callers can draw a caret. The message
+    starts with it (``column 11: ...``), so a reason that names another column (the '(' left open) reads
+    plainly; ``located=False`` leaves it out where no column means anything (an empty expression).
     """
 
-    def __init__(self, message: str, text: str, position: int) -> None:
+    def __init__(self, message: str, text: str, position: int, *, located: bool = True) -> None:
         self.reason = message
         self.text = text
         self.position = position
-        super().__init__(f"{message} at column {position + 1}")
+        super().__init__(f"column {position + 1}: {message}" if located else message)
 
     def caret(self) -> str:
         """The expression with a caret under the offending token (two lines).

@@ -21,13 +21,14 @@ import torch
 from conceptlib.concepts import LoadedConcept, load_concept
 from conceptlib.energy import Term
 from conceptlib.errors import ConceptError
-from conceptlib.expr import And, Leaf, Node, Not, Or
+from conceptlib.expr import And, Leaf, Node, Not, Or, replace_leaves, to_text
 from conceptlib.imaging import images_to_tensor, to_uint8
 from conceptlib.inference import InferenceConfig, infer_each
 from conceptlib.plugins import PluginManager
 from conceptlib.registry import Registry
 from conceptlib.residual import Chain
 from conceptlib.sampling import sample, sampling_prior
+from conceptlib.schema import Categorical, ConditionSchema, Value
 from conceptlib.settings import SamplerSettings
 
 WITHIN = 0.1
@@ -66,6 +67,8 @@ class ProtocolResult:
     images: np.ndarray = field(repr=False, default_factory=lambda: np.zeros((0, 1, 1, 3), np.uint8))
     confusion: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Per categorical target (``shape``, ``not_color``): ``values`` and ``matrix``, rows asked, columns judged."""
+    asked: list[str] = field(default_factory=list)
+    """Each sample's expression with its own conditions: the caption of its tile in the grid."""
 
     @property
     def passed(self) -> bool:
@@ -290,8 +293,23 @@ def run_protocols(
         values = {c: v.version.schema.values for c, v in concepts.items() if v.version.schema.kind == "categorical"}
         results.append(ProtocolResult(name, n, metrics, protocol.targets, seconds,
                                       {c: str(v.version.ref) for c, v in concepts.items()}, images,
-                                      confusion(predicted, trial.targets, values)))
+                                      confusion(predicted, trial.targets, values),
+                                      asked_expressions(trial, {c: v.version.schema for c, v in concepts.items()})))
     return results
+
+
+def asked_expressions(trial: Trial, schemas: Mapping[str, ConditionSchema]) -> list[str]:
+    """Each sample's expression with its own conditions filled in (``position=(0.31,0.62) & color=red``)."""
+    def value(leaf: Leaf, index: int) -> Value:
+        vector, schema = trial.conditions[leaf][index], schemas[leaf.concept]
+        if isinstance(schema, Categorical):
+            return schema.values[int(np.argmax(vector))]
+        numbers = tuple(round(float(v), 2) for v in vector)
+        return numbers if len(numbers) > 1 else numbers[0]
+
+    n = len(next(iter(trial.conditions.values())))
+    return [to_text(replace_leaves(trial.node, {leaf: Leaf(leaf.concept, value(leaf, i), leaf.version)
+                                                for leaf in trial.conditions})) for i in range(n)]
 
 
 # ------------------------------------------------------------- inference
@@ -351,6 +369,7 @@ def evaluate_registry(
         anchor.source, judge_params, judge_cache, device,
         progress=(lambda done, total: on_phase("training judge", done, total)) if on_phase else None,
         plugins=plugins,
+        on_load=(lambda done, total: on_phase("judge's images", done, total)) if on_phase else None,
     )
     extra: dict[str, Any] = {
         "judge_held_out": report.get("attributes", report.get("held_out_test")),

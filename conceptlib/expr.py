@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple, NoReturn, Protocol, TypeVar
 
@@ -24,6 +24,19 @@ from conceptlib.schema import Value, format_value
 
 MAX_DEPTH = 100
 """Deepest nesting of '(', '!' and weights accepted: deeper input would exhaust Python's stack."""
+
+GRAMMAR = """\
+\b
+EXPRESSION, loosest first:
+  a | b           either: OR, -T logsumexp(-E/T) (T: --temperature)
+  a & b           both: AND, E_a + E_b
+  a & !b          a, not b: NOT sits inside an AND with a positive term
+  0.5*a           a term's energy weighted by a positive number
+  (a | b) & c     parentheses group
+  NAME[@V]=VALUE  a concept at a condition; @V: a version number or alias;
+                  VALUE: a name (red), a number (0.12), a tuple ((0.3,0.7))
+"""
+"""The grammar above for people (``concept compose --help``); ``\\b`` keeps click from rewrapping it."""
 
 NOT_PLACEMENT = "NOT must sit inside an AND with a positive term, e.g. 'shape=cube & !color=red'"
 BAD_WEIGHT = "weight must be a positive number; use ! to negate"
@@ -223,6 +236,11 @@ def conjuncts(node: Node) -> tuple[Node, ...]:
     return node.terms if isinstance(node, And) else (node,)
 
 
+def replace_leaves(node: Node, replacement: Mapping[Leaf, Leaf]) -> Node:
+    """``node`` with every leaf found in ``replacement`` swapped for its value (e.g. a condition filled in)."""
+    return map_leaves(node, lambda leaf: replacement.get(leaf, leaf))
+
+
 def _grouped(node: Node, needs_parentheses: tuple[type, ...]) -> str:
     text = to_text(node)
     return f"({text})" if isinstance(node, needs_parentheses) else text
@@ -309,7 +327,8 @@ class _Parser:
 
     def parse(self) -> Node:
         if not self.tokens:
-            raise ExpressionError("empty expression", self.text, 0)
+            raise ExpressionError("empty expression; write a concept such as 'color=red'", self.text, 0,
+                                  located=False)
         node = self.expr(0)
         token = self.peek()
         if token is not None:
@@ -340,10 +359,10 @@ class _Parser:
             return Not(self.unary(depth + 1), position=token.position)
         if self.accept("number"):
             self.expect("*", f"'*' after weight {token.text!r}")
-            return Weighted(float(token.text), self.unary(depth + 1), position=token.position)
+            return Weighted(self._finite(token), self.unary(depth + 1), position=token.position)
         if self.accept("("):
             node = self.expr(depth + 1)
-            self.expect(")", f"')' to close '(' at column {token.position + 1}")
+            self.expect(")", f"')' to close the '(' at column {token.position + 1}")
             return node
         if self.accept("name"):
             return self.leaf(token)
@@ -375,7 +394,11 @@ class _Parser:
         return tuple(numbers)
 
     def number(self, what: str) -> float:
-        token = self.expect("number", what)
+        return self._finite(self.expect("number", what))
+
+    def _finite(self, token: _Token) -> float:
+        """A number token's value; one that overflows a float (1e400) is named as too large, not as a
+        weight or value that is out of range."""
         number = float(token.text)
         if not math.isfinite(number):
             raise ExpressionError(f"number {token.text} is too large", self.text, token.position)

@@ -6,13 +6,15 @@ declare billions of pixels); image files written go through :func:`conceptlib.fi
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageDraw, ImageFont, UnidentifiedImageError
 
 from conceptlib.errors import ConceptError, OutputError
 from conceptlib.files import atomic_write, make_directory
@@ -58,12 +60,58 @@ def image_format(path: Path) -> str:
     return found
 
 
-def save_grid(images: np.ndarray, path: Path, columns: int | None = None, scale: int = 2) -> None:
-    """The images as one grid picture at ``path`` (its parent directories created), written atomically."""
+def save_grid(images: np.ndarray, path: Path, columns: int | None = None, scale: int = 2,
+              captions: Sequence[str] | None = None) -> None:
+    """The images as one grid picture at ``path`` (its parent directories created), written atomically; with
+    ``captions``, each tile has its caption under it (what was asked, or its labels)."""
     kind = image_format(path)
-    picture = grid(images, columns, scale)
+    picture = grid(images, columns, scale) if captions is None else captioned_grid(images, captions, columns)
     make_directory(path.parent)
     atomic_write(path, lambda temporary: picture.save(temporary, format=kind))
+
+
+@functools.lru_cache(maxsize=8)
+def font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    """Pillow's own font at ``size`` px: no font file needed on the machine (the bitmap one without FreeType)."""
+    try:
+        return ImageFont.load_default(size=size)
+    except ImportError:  # a Pillow built without FreeType has only its fixed bitmap font
+        return ImageFont.load_default()
+
+
+CAPTION_SIZE = 10
+
+
+def captioned_grid(images: np.ndarray, captions: Sequence[str], columns: int | None = None,
+                   scale: int = 4) -> Image.Image:
+    """Tiles scaled ``scale`` times, each with its caption wrapped at spaces under it in small type."""
+    n, h, w, _ = images.shape
+    columns = columns or math.ceil(math.sqrt(n))
+    rows = math.ceil(n / columns)
+    tile_w, pad, small = w * scale, 6, font(CAPTION_SIZE)
+    wrapped = [_wrap(str(caption), small, tile_w) for caption in captions]
+    line_h = CAPTION_SIZE + 3
+    cell_h = h * scale + 4 + line_h * max((len(lines) for lines in wrapped), default=0)
+    canvas = Image.new("RGB", (columns * (tile_w + pad) + pad, rows * (cell_h + pad) + pad), (255, 255, 255))
+    draw = ImageDraw.Draw(canvas)
+    for i, image in enumerate(images):
+        r, c = divmod(i, columns)
+        left, top = pad + c * (tile_w + pad), pad + r * (cell_h + pad)
+        canvas.paste(Image.fromarray(image).resize((tile_w, h * scale), Image.NEAREST), (left, top))
+        for k, line in enumerate(wrapped[i] if i < len(wrapped) else []):
+            draw.text((left, top + h * scale + 3 + k * line_h), line, fill=(30, 30, 30), font=small)
+    return canvas
+
+
+def _wrap(text: str, face: ImageFont.FreeTypeFont | ImageFont.ImageFont, width: int) -> list[str]:
+    """Greedy line breaks at spaces so each line fits ``width`` pixels (a longer word stands alone)."""
+    lines: list[str] = []
+    for word in text.split():
+        if lines and face.getlength(f"{lines[-1]} {word}") <= width:
+            lines[-1] = f"{lines[-1]} {word}"
+        else:
+            lines.append(word)
+    return lines
 
 
 def save_png(image: np.ndarray, path: Path) -> None:

@@ -25,6 +25,7 @@ from conceptlib.concepts import LoadedConcept
 from conceptlib.errors import ConceptError
 from conceptlib.residual import Chain, ChainReader
 from conceptlib.schema import Categorical
+from conceptlib.sources import Progress
 
 DEFAULT_SIGMAS = (0.05, 0.1, 0.2)
 
@@ -66,14 +67,16 @@ def summed_energy(
 
 def image_energies(
     concept: LoadedConcept, images: torch.Tensor, conditions: torch.Tensor, config: InferenceConfig,
-    repeats: int = 1, shared_noise: bool = False, chain: Chain | None = None,
+    repeats: int = 1, shared_noise: bool = False, chain: Chain | None = None, null: bool = False,
 ) -> torch.Tensor:
     """``E(x_j | c_j)`` per row for ``x = images`` tiled ``repeats`` times and ``conditions`` ``(repeats * N, dim)``.
 
     A noise-conditioned concept is averaged over ``config``'s noise levels and draws; each image gets the
     same noise in every repeat, so energies of one image under different conditions compare paired.
     ``shared_noise`` gives every row the noise a single image would get, so a batch of independent
-    inferences computes exactly what one call per image would.
+    inferences computes exactly what one call per image would. ``null`` reads a noise-conditioned concept
+    at its null condition (``conditions`` then only give the shape): the image's energy under the whole
+    scene model, ``-log p(x)`` up to a constant, which says how much an image looks like the training data.
 
     A residual concept (``chain``: the chain it stacks on, see :mod:`conceptlib.residual`) is scored by the
     denoising error of the whole chain with it at ``c`` and every other member at null.
@@ -84,6 +87,7 @@ def image_energies(
         return model(x, conditions)
     generator = torch.Generator(device=images.device).manual_seed(config.seed)
     total = torch.zeros(x.shape[0], device=images.device)
+    keep = torch.full((x.shape[0],), 0.0 if null else 1.0, device=images.device)
     templates = ChainReader.template_reader(chain, x, differentiable=True) if chain is not None else None
     shape = (1, *images.shape[1:]) if shared_noise else images.shape
     for sigma in config.sigmas:
@@ -96,9 +100,10 @@ def image_energies(
                 error = x - reader.total({concept.version.concept: conditions})
                 total = total + error.pow(2).flatten(1).sum(1) / (2 * sigma**2)
             elif concept.kind.denoises:  # its denoising error: the diffusion-classifier view of -log p(x | c)
-                keep = torch.ones(x.shape[0], device=images.device)
                 error = x - model.denoise(x + sigma * noise, conditions, s, keep)
                 total = total + error.pow(2).flatten(1).sum(1) / (2 * sigma**2)
+            elif null:
+                total = total + model(x + sigma * noise, conditions, s, keep)
             else:
                 total = total + model(x + sigma * noise, conditions, s)
     return total / (len(config.sigmas) * config.draws)
@@ -119,28 +124,34 @@ def _candidates(
 
 def infer(
     concept: LoadedConcept, images: torch.Tensor, config: InferenceConfig | None = None, batch: int = 256,
-    chain: Chain | None = None,
+    chain: Chain | None = None, on_progress: Progress | None = None,
 ) -> Inferred:
     """The condition of ``concept`` that best explains all of ``images`` ``(N, 3, H, W)`` together
-    (``chain``: the chain a residual concept stacks on)."""
+    (``chain``: the chain a residual concept stacks on).
+
+    ``on_progress(done, total)`` counts network calls: the grid's batches, then the refinement steps.
+    """
     config = config or InferenceConfig()
     schema = concept.version.schema
     candidates, labels = _candidates(concept, config, images.device)
     per_call = max(1, batch // images.shape[0])
+    refines = not isinstance(schema, Categorical) and config.refine_steps > 0
+    calls = _Calls(-(-len(candidates) // per_call) + (config.refine_steps + 1 if refines else 0), on_progress)
     with torch.no_grad():
         energies = torch.cat([
-            summed_energy(concept, images, candidates[i : i + per_call], config, chain)
+            calls.count(summed_energy(concept, images, candidates[i : i + per_call], config, chain))
             for i in range(0, len(candidates), per_call)
         ])
     order = torch.argsort(energies).tolist()
     ranked = [(labels[i], float(energies[i])) for i in order]
-    if isinstance(schema, Categorical) or config.refine_steps == 0:
+    if not refines:
         return Inferred(ranked[0][0], ranked[0][1], ranked[:5])
     concept.model.requires_grad_(False)
-    best = _refine(candidates[order[0]], lambda c: summed_energy(concept, images, c[None], config, chain), config,
+    best = _refine(candidates[order[0]],
+                   lambda c: calls.count(summed_energy(concept, images, c[None], config, chain)), config,
                    concept.trained_range())
     with torch.no_grad():
-        energy = float(summed_energy(concept, images, best[None], config, chain)[0])
+        energy = float(calls.count(summed_energy(concept, images, best[None], config, chain))[0])
     if energy > ranked[0][1]:
         return Inferred(ranked[0][0], ranked[0][1], ranked[:5])
     return Inferred(tuple(float(v) for v in best.tolist()), energy, ranked[:5])
@@ -148,7 +159,7 @@ def infer(
 
 def infer_each(
     concept: LoadedConcept, images: torch.Tensor, config: InferenceConfig | None = None, batch: int = 256,
-    chain: Chain | None = None,
+    chain: Chain | None = None, on_progress: Progress | None = None,
 ) -> list[Inferred]:
     """One inference per image (each its own observation), batched across images.
 
@@ -160,27 +171,32 @@ def infer_each(
     n, device = images.shape[0], images.device
     candidates, labels = _candidates(concept, config, device)
     k = len(candidates)
+    refines = not isinstance(concept.version.schema, Categorical) and config.refine_steps > 0
+    calls = _Calls(-(-n * k // batch) + ((config.refine_steps + 1) * -(-n // batch) if refines else 0), on_progress)
     image_of = torch.arange(n, device=device).repeat_interleave(k)
     candidate_of = torch.arange(k, device=device).repeat(n)
     with torch.no_grad():
         energies = torch.cat([
-            image_energies(concept, images[image_of[i : i + batch]], candidates[candidate_of[i : i + batch]], config,
-                           shared_noise=True, chain=chain)
+            calls.count(image_energies(concept, images[image_of[i : i + batch]],
+                                       candidates[candidate_of[i : i + batch]], config, shared_noise=True,
+                                       chain=chain))
             for i in range(0, n * k, batch)
         ]).view(n, k)
     order = torch.argsort(energies, dim=1)
     ranked = [[(labels[j], float(energies[i, j])) for j in order[i].tolist()] for i in range(n)]
-    if isinstance(concept.version.schema, Categorical) or config.refine_steps == 0:
+    if not refines:
         return [Inferred(r[0][0], r[0][1], r[:5]) for r in ranked]
     concept.model.requires_grad_(False)
     results: list[Inferred] = []
     for start in range(0, n, batch):
         part = slice(start, min(n, start + batch))
         best = _refine(candidates[order[part, 0]],
-                       lambda c, x=images[part]: image_energies(concept, x, c, config, shared_noise=True, chain=chain),
+                       lambda c, x=images[part]: calls.count(image_energies(concept, x, c, config,
+                                                                            shared_noise=True, chain=chain)),
                        config, concept.trained_range())
         with torch.no_grad():
-            refined = image_energies(concept, images[part], best, config, shared_noise=True, chain=chain)
+            refined = calls.count(image_energies(concept, images[part], best, config, shared_noise=True,
+                                                 chain=chain))
         for row, i in enumerate(range(part.start, part.stop)):
             top = ranked[i]
             if float(refined[row]) > top[0][1]:
@@ -188,6 +204,19 @@ def infer_each(
             else:
                 results.append(Inferred(tuple(float(v) for v in best[row].tolist()), float(refined[row]), top[:5]))
     return results
+
+
+class _Calls:
+    """Counts network calls for a progress callback: inference on a 32 px position takes ~15 s on a CPU."""
+
+    def __init__(self, total: int, callback: Progress | None) -> None:
+        self.total, self.done, self.callback = total, 0, callback
+
+    def count(self, result: torch.Tensor) -> torch.Tensor:
+        self.done += 1
+        if self.callback is not None:
+            self.callback(min(self.done, self.total), self.total)
+        return result
 
 
 def _refine(

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from conceptlib import distributed, expr
+from conceptlib.cautions import check_min_accuracy, outside_trained_range
 from conceptlib.checkpoints import Checkpoint, DeferredInterrupt, checkpoint_root
 from conceptlib.concepts import (
     LoadedConcept,
@@ -40,6 +41,7 @@ from conceptlib.errors import (
 from conceptlib.imaging import to_uint8
 from conceptlib.limits import MAX_HELD_IMAGES_BYTES
 from conceptlib.names import check_name
+from conceptlib.plots import loss_curve
 from conceptlib.plugins import PluginManager
 from conceptlib.registry import NewVersion, Registry, VersionInfo, VersionRef, split_ref
 from conceptlib.registry.api import ImportResult
@@ -64,7 +66,7 @@ class AddRequest:
     """Default: the objective's (``TrainConfig.architecture``)."""
     architecture_config: Mapping[str, Any] = field(default_factory=dict)
     train: TrainConfig | None = None
-    """Default: the objective ``auto`` picks (a denoiser alone, a classifier with frozen concepts)."""
+    """Default: the objective ``auto`` picks (a denoiser alone, a residual with frozen concepts)."""
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     description: str = ""
     resume: bool = False
@@ -72,6 +74,8 @@ class AddRequest:
     checkpoint_every: int = 100
     checkpoint_dir: Path | None = None
     """Default: see :func:`conceptlib.checkpoints.checkpoint_root`."""
+    min_accuracy: float | None = None
+    """Refuse to register a version whose held-out accuracy is below this (categorical classifier concepts)."""
 
 
 def add_concept(
@@ -102,6 +106,11 @@ def add_concept(
             f"source {request.source!r} has no attribute {attribute!r} (it labels: {', '.join(schemas)}); "
             "name the concept after one, or pass --attribute"
         )
+    if request.min_accuracy is not None and (train.objective != "classifier"
+                                             or schemas[attribute].kind != "categorical"):
+        raise ConceptError("--min-accuracy needs a held-out accuracy, which only categorical concepts trained "
+                           f"with objective classifier report; {attribute!r} is {schemas[attribute].kind}, "
+                           f"objective {train.objective}")
     frozen_versions = []
     for text in request.frozen:
         name, ref = split_ref(text)
@@ -139,6 +148,11 @@ def add_concept(
         ))
     if interrupt.pressed:
         raise Interrupted(f"interrupted: nothing was registered; {checkpoint.describe()}")
+    if request.min_accuracy is not None:
+        try:
+            check_min_accuracy(result.metrics, request.min_accuracy, request.name)
+        except ConceptError as exc:
+            raise TrainingError(f"{exc}; {checkpoint.describe()}") from None
     hyperparameters = {
         "image_size": dataset.image_size,
         "device": str(request.device),
@@ -157,7 +171,7 @@ def add_concept(
         dataset_hash=dataset.hash,
         hyperparameters=hyperparameters,
         seed=train.seed,
-        metrics=result.metrics,
+        metrics={**result.metrics, "loss_curve": loss_curve(result.history)},
         lineage=[v.ref for v in frozen_versions],
         description=request.description,
     )
@@ -301,7 +315,7 @@ def compose_images(
     settings = settings or SamplerSettings()
     device = device or torch.device("cpu")
     node = expr.parse(expression)
-    loaded, terms = _resolve(registry, plugins, node, device)
+    loaded, terms, cautions = _resolve(registry, plugins, node, device)
     sizes = {int(c.version.hyperparameters["image_size"]) for c in loaded.values()}
     if len(sizes) > 1:
         raise ConceptError(f"the concepts in this expression work on different image sizes: {sorted(sizes)}")
@@ -351,15 +365,17 @@ def compose_images(
         "device": str(device),
         "seconds": round(time.perf_counter() - started, 3),
     }
-    return Composition(np.concatenate(batches), provenance, _lineage_warnings(loaded, versions),
+    return Composition(np.concatenate(batches), provenance, cautions + _lineage_warnings(loaded, versions),
                        mine.start * batch_size)
 
 
-def _resolve(registry: Registry, plugins: PluginManager, node: expr.Node,
-             device: torch.device) -> tuple[dict[VersionRef, LoadedConcept], dict[expr.Leaf, Term]]:
-    """Every leaf's version loaded once, and its value encoded: the expression made concrete."""
+def _resolve(registry: Registry, plugins: PluginManager, node: expr.Node, device: torch.device,
+             ) -> tuple[dict[VersionRef, LoadedConcept], dict[expr.Leaf, Term], list[str]]:
+    """Every leaf's version loaded once, and its value encoded: the expression made concrete; with the
+    cautions its values earn (outside the range a concept was trained on), each once."""
     loaded: dict[VersionRef, LoadedConcept] = {}
     terms: dict[expr.Leaf, Term] = {}
+    cautions: list[str] = []
     for leaf in expr.leaves(node):
         version = registry.resolve(leaf.concept, leaf.version)
         if version.ref not in loaded:
@@ -369,7 +385,10 @@ def _resolve(registry: Registry, plugins: PluginManager, node: expr.Node,
             terms[leaf] = Term(concept, concept.condition(leaf.value, device))
         except ConditionError as exc:
             raise ConditionError(f"in '{expr.to_text(leaf)}': {exc}") from None
-    return loaded, terms
+        caution = outside_trained_range(concept, leaf.value, expr.to_text(leaf))
+        if caution is not None and caution not in cautions:
+            cautions.append(caution)
+    return loaded, terms, cautions
 
 
 def _lineage_warnings(loaded: Mapping[VersionRef, LoadedConcept], versions: Mapping[str, int]) -> list[str]:

@@ -367,10 +367,12 @@ def train_judge(
     batch_size: int = 64,
     lr: float = 3e-3,
     channels: Sequence[int] = DEFAULT_CHANNELS,
+    on_step: Progress | None = None,
 ) -> tuple[Judge, dict[str, Any]]:
     """Train a judge on ``dataset``'s train split; report metrics on a test split it never saw.
 
-    ``on_epoch(epoch, record)`` is called after each epoch (1-based) with the mean losses. The report
+    ``on_epoch(epoch, record)`` is called after each epoch (1-based) with the mean losses, ``on_step(done,
+    total)`` after each optimiser step of the whole run. The report
     holds ``attributes`` (see :func:`evaluate`), ``realism`` (calibration and the test split's pass
     rate), split sizes, ``seconds`` and the settings.
     """
@@ -420,6 +422,8 @@ def train_judge(
             schedule.step()
             for attribute, value in losses.items():
                 totals[attribute] += float(value.detach()) / steps_per_epoch
+            if on_step is not None:
+                on_step((epoch - 1) * steps_per_epoch + step + 1, epochs * steps_per_epoch)
         if on_epoch is not None:
             on_epoch(epoch, {"loss": sum(totals.values()), **{f"loss_{a}": v for a, v in totals.items()}})
     _refresh_batch_norm(judge, dataset.images[np.sort(rng.permutation(train)[:BN_REFRESH])], batch_size)
@@ -496,11 +500,13 @@ def load_or_train_judge(
     epochs: int = DEFAULT_EPOCHS,
     seed: int = 0,
     plugins: Any = None,
+    on_load: Progress | None = None,
 ) -> tuple[Judge, dict[str, Any]]:
     """The judge for a source's dataset: from ``cache_dir`` if trained before, else trained and cached.
 
-    ``progress(done, total)`` is called per training epoch. ``plugins`` is a
-    :class:`~conceptlib.plugins.PluginManager` (a default one is made if omitted).
+    ``progress(done, total)`` is called per training step (an epoch on a CPU takes minutes, so a bar per
+    epoch would sit at 0 for that long) and ``on_load`` while the source renders the judge's images.
+    ``plugins`` is a :class:`~conceptlib.plugins.PluginManager` (a default one is made if omitted).
     """
     if plugins is None:
         from conceptlib.plugins import PluginManager
@@ -513,9 +519,8 @@ def load_or_train_judge(
     cached = load_judge(stem, device)
     if cached is not None:
         return cached
-    dataset = source.load(resolved)
-    on_epoch = (lambda epoch, _record: progress(epoch, epochs)) if progress is not None else None
-    judge, report = train_judge(dataset, epochs=epochs, seed=seed, device=device, on_epoch=on_epoch)
+    dataset = source.load(resolved, progress=on_load)
+    judge, report = train_judge(dataset, epochs=epochs, seed=seed, device=device, on_step=progress)
     report = {**report, "source": source_name, "params": resolved}
     save_judge(judge, report, stem)
     return judge, report

@@ -14,12 +14,13 @@ from typing import Any
 import numpy as np
 
 from conceptlib.files import check_output, check_outputs, make_directory, write_bytes
-from conceptlib.imaging import image_format, save_png
+from conceptlib.imaging import image_format, save_grid, save_png
 from conceptlib.sources import Dataset
 
 MANIFEST = "manifest.json"
 LABELS = "labels.jsonl"
 SOURCE = "source.json"
+CONTACT = "contact.png"
 
 
 def check_compose_outputs(output: Path | None, out_dir: Path | None, n: int, protected: list[Path]) -> None:
@@ -35,8 +36,8 @@ def check_compose_outputs(output: Path | None, out_dir: Path | None, n: int, pro
 
 def check_source_outputs(out_dir: Path, source: str, count: int, protected: list[Path]) -> None:
     """Refuse, before rendering, output names of ``write_source_samples`` that must not be written."""
-    check_outputs(out_dir, lambda name: name in (LABELS, SOURCE) or _numbered(name, f"{source}_", (".png",), count),
-                  protected)
+    check_outputs(out_dir, lambda name: (name in (LABELS, SOURCE, CONTACT)
+                                         or _numbered(name, f"{source}_", (".png",), count)), protected)
 
 
 def _numbered(name: str, prefix: str, suffixes: tuple[str, ...], count: int) -> bool:
@@ -84,14 +85,19 @@ def write_manifest(out_dir: Path, digests: np.ndarray, provenance: dict[str, Any
 def write_source_samples(
     dataset: Dataset, count: int, out_dir: Path, source: str, params: dict[str, Any]
 ) -> int:
-    """The first ``count`` images as PNGs plus ``labels.jsonl``: one JSON record of attributes per image."""
+    """The first ``count`` images as PNGs plus ``labels.jsonl`` (one JSON record of attributes per image) and
+    ``contact.png``: the first :data:`CONTACT_SHEET` images in one picture, each captioned with its labels."""
     make_directory(out_dir)
-    labels = []
+    labels, captions = [], []
     for index in range(count):
         name = source_image(source, index)
         save_png(dataset.images[index], out_dir / name)
-        labels.append(json.dumps({"file": name, **dataset.label_record(index)}) + "\n")
+        record = dataset.label_record(index)
+        labels.append(json.dumps({"file": name, **record}) + "\n")
+        captions.append(" ".join(_label_text(key, value) for key, value in record.items()))
     write_bytes(out_dir / LABELS, "".join(labels).encode())
+    shown = min(count, CONTACT_SHEET)
+    save_grid(dataset.images[:shown], out_dir / CONTACT, columns=min(shown, 8), captions=captions[:shown])
     document = {"source": source, "params": params, "dataset_hash": dataset.hash}
     write_bytes(out_dir / SOURCE, (json.dumps(document, indent=2) + "\n").encode())
     return count
@@ -99,3 +105,15 @@ def write_source_samples(
 
 def source_image(source: str, index: int) -> str:
     return f"{source}_{index:05d}.png"
+
+
+CONTACT_SHEET = 64
+"""Images on ``contact.png`` at most (8 per row): enough to see a source's variety, small enough to open."""
+
+
+def _label_text(attribute: str, value: Any) -> str:
+    """A label for a caption: a name as it is (``red``), a number as its attribute's condition, to two
+    decimals (``size=0.12``, ``position=(0.41,0.55)``), as an expression would ask for it."""
+    if isinstance(value, list):
+        return f"{attribute}=(" + ",".join(f"{v:.2f}" for v in value) + ")"
+    return f"{attribute}={value:.2f}" if isinstance(value, float) else str(value)

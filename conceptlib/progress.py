@@ -1,7 +1,9 @@
 """Rich progress bars for long jobs: dataset loading, training, sampling.
 
 Library functions take plain callbacks (``progress(done, total)``); this module turns them into
-bars so the library never depends on a terminal.
+bars so the library never depends on a terminal. A bar appears at its first report, not when its
+callback is made: a job that fails its checks before any work (an unknown source) prints its one
+error line, not a ``training 0/300`` bar above it.
 """
 
 from __future__ import annotations
@@ -19,11 +21,29 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+from rich.table import Column
 
 
 class JobProgress:
-    def __init__(self, progress: Progress) -> None:
-        self._progress = progress
+    """Bars on ``console``, the live display started with the first of them (an empty one prints a blank line)."""
+
+    def __init__(self, console: Console) -> None:
+        self._console = console
+        self._progress: Progress | None = None
+
+    def _add(self, description: str, total: int) -> TaskID:
+        if self._progress is None:
+            self._progress = Progress(*COLUMNS, console=self._console, transient=False)
+            self._progress.start()
+        return self._progress.add_task(description, total=total, stats="")
+
+    def _update(self, task: TaskID, **fields: object) -> None:
+        assert self._progress is not None
+        self._progress.update(task, **fields)  # type: ignore[arg-type]
+
+    def stop(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
 
     def phase(self, description: str) -> Callable[[int, int], None]:
         """A ``(done, total)`` callback that drives a bar labelled ``description``."""
@@ -31,32 +51,40 @@ class JobProgress:
 
         def update(done: int, total: int) -> None:
             if not task:
-                task.append(self._progress.add_task(description, total=total, stats=""))
-            self._progress.update(task[0], completed=done, total=total)
+                task.append(self._add(description, total))
+            self._update(task[0], completed=done, total=total)
 
         return update
 
     def training(self, iterations: int) -> Callable[[int, dict[str, float]], None]:
         """A per-iteration callback showing the run's metrics (loss, energies or gradient norm) beside the bar."""
-        task = self._progress.add_task("training", total=iterations, stats="")
+        task: list[TaskID] = []
 
         def update(iteration: int, record: dict[str, float]) -> None:
+            if not task:
+                task.append(self._add("training", iterations))
             labels = {"loss": "loss", "energy_pos": "E+", "energy_neg": "E-", "grad_norm": "|g|"}
-            stats = "  ".join(f"{label} {record[key]:+.4f}" for key, label in labels.items() if key in record)
-            self._progress.update(task, completed=iteration, stats=stats)
+            stats = " ".join(f"{label}={record[key]:+.4f}" for key, label in labels.items() if key in record)
+            self._update(task[0], completed=iteration, stats=stats)
 
         return update
 
 
+_KEEP = {"no_wrap": True}
+COLUMNS = (  # counts and times whole; at 80 columns the bar shrinks and the metrics wrap at words, nothing is cut
+    TextColumn("{task.description:<16}", table_column=Column(**_KEEP)),
+    BarColumn(bar_width=8),
+    MofNCompleteColumn(table_column=Column(**_KEEP)),
+    TimeElapsedColumn(table_column=Column(**_KEEP)),
+    TimeRemainingColumn(table_column=Column(**_KEEP)),
+    TextColumn("{task.fields[stats]}", table_column=Column(overflow="fold")),
+)
+
+
 @contextmanager
 def job_progress(console: Console) -> Iterator[JobProgress]:
-    columns = (
-        TextColumn("{task.description:<16}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        TextColumn("{task.fields[stats]}"),
-    )
-    with Progress(*columns, console=console, transient=False) as progress:
-        yield JobProgress(progress)
+    progress = JobProgress(console)
+    try:
+        yield progress
+    finally:
+        progress.stop()

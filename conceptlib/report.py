@@ -27,7 +27,7 @@ def write_report(results: Sequence[ProtocolResult], extra: Mapping[str, Any], ou
         wanted = ", ".join(f"{k} {op} {v:g}" for k, (op, v) in r.targets.items())
         name = r.name.replace("|", "\\|")  # a bare | would split the Markdown cell
         rows.append(f"| `{name}` | {r.n} | {shown} | {wanted} | {'yes' if r.passed else 'no'} | {r.seconds:.0f} |")
-        save_grid(r.images[:64], out_dir / f"{grid_name(r.name)}.png", columns=8)
+        save_grid(r.images[:64], out_dir / f"{grid_name(r.name)}.png", columns=8, captions=r.asked[:64] or None)
     for r in results:
         for key, table in r.confusion.items():
             rows.extend(_confusion_markdown(r.name, key, table))

@@ -90,9 +90,8 @@ class Continuous:
             )
         for axis, number in zip(self.names, numbers):
             if not math.isfinite(number) or not self.low <= number <= self.high:
-                raise ConditionError(
-                    f"{concept}: {axis} must lie in [{self.low:g}, {self.high:g}]; got {number:g}"
-                )
+                named = axis if axis == concept else f"{concept}: {axis}"  # not "size: size must ..."
+                raise ConditionError(f"{named} must lie in [{self.low:g}, {self.high:g}]; got {number:g}")
         return [float(n) for n in numbers]
 
     def encode_label(self, label: Any) -> list[float]:

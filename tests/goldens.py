@@ -14,8 +14,9 @@ branch as it stood before the composition core was reorganised (issue 24): the s
 concepts on commit 06daabe, then whole on d403987 (which added them; every earlier digest came out the
 same), then on 47ca2e1 (residual concepts redesigned: their versions, samples and the eval record's
 ``residual_guidance`` changed, nothing else; residual inference and ``--residual-guidance`` added to the
-scenario; main at b8c8e9d, after the hostile-input work, gave every digest the same). ``tests/test_goldens.py``
-checks it. Floating-point kernels differ between CPU instruction sets, so the file
+scenario; main at b8c8e9d, after the hostile-input work, gave every digest the same), then on d286725 (CLI
+usability: versions record their ``loss_curve`` and eval grids are captioned; nothing else changed).
+``tests/test_goldens.py`` checks it. Floating-point kernels differ between CPU instruction sets, so the file
 records the torch version and CPU capability it was made with; elsewhere the check is skipped and says
 why. Regenerate it only on purpose: after a change meant to alter what users get (a new default, a fix),
 and say so in that commit.
@@ -104,9 +105,9 @@ def scenario(work: Path) -> dict[str, str]:
     digests: dict[str, str] = {}
     for name, *extra in CONCEPTS:
         run("add", name, *SOURCE, *TINY, *extra)
-        digests[f"show {name}"] = _json_digest(json.loads(run("show", name, "--json").output))
+        digests[f"show {name}"] = _json_digest(json.loads(run("show", name, "--json").stdout))
     digests["show color --energies"] = _json_digest(
-        json.loads(run("show", "color", "--energies", "-n", "16", "--device", "cpu", "--json").output))
+        json.loads(run("show", "color", "--energies", "-n", "16", "--device", "cpu", "--json").stdout))
     for index, (expression, *options) in enumerate(COMPOSITIONS):
         out = work / f"compose{index}"
         out.mkdir()  # the grid goes inside: a grid's directory must exist before sampling
@@ -115,7 +116,7 @@ def scenario(work: Path) -> dict[str, str]:
     image = work / "compose2" / "sample_00000.png"
     for name in INFERENCES:
         found = json.loads(run("infer", name, str(image), "--grid", "3", "--refine-steps", "2", "--device", "cpu",
-                               "--json").output)
+                               "--json").stdout)  # progress goes to stderr
         digests[f"infer {name}"] = _json_digest(found)
     evaluation = work / "eval"
     run("eval", "--protocol", "position & !color", "--protocol", "position | position", "-n", "4",

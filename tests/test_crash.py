@@ -158,4 +158,4 @@ def test_ctrl_c_during_training_exits_130_in_one_line_writes_nothing_and_resume_
     assert result.exit_code == 0, result.output
     shown = json.loads(CliRunner().invoke(cli, ["--registry", registry, "show", "shape", "--json"]).output)
     assert shown["version"] == 2 and shown["hyperparameters"]["resumed_from_iteration"] == iteration
-    assert not state.exists()
+    assert sorted(p.name for p in state.iterdir()) == ["shape@1-loss.png", "shape@2-loss.png"]  # checkpoint gone

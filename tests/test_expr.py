@@ -204,8 +204,8 @@ def test_one_tuple_prints_so_that_it_parses_back_as_a_tuple() -> None:
 @pytest.mark.parametrize(
     ("text", "message", "position"),
     [
-        ("", "empty expression", 0),
-        ("  \t ", "empty expression", 0),
+        ("", "empty expression; write a concept such as 'color=red'", 0),
+        ("  \t ", "empty expression; write a concept such as 'color=red'", 0),
         ("color & shape=cube", "expected '=' after concept name 'color', got '&'", 6),
         ("color", "unexpected end of expression, expected '=' after concept name 'color'", 5),
         ("a=1)", "unexpected ')' with no matching '('", 3),
@@ -215,8 +215,8 @@ def test_one_tuple_prints_so_that_it_parses_back_as_a_tuple() -> None:
         ("a=1 & ", "unexpected end of expression, expected a concept such as 'color=red'", 6),
         ("a=1 | | b=2", "expected a concept such as 'color=red', got '|'", 6),
         ("()", "expected a concept such as 'color=red', got ')'", 1),
-        ("(a=1 & b=2", "unexpected end of expression, expected ')' to close '(' at column 1", 10),
-        ("a=1 & (b=2 c=3)", "expected ')' to close '(' at column 7, got 'c'", 11),
+        ("(a=1 & b=2", "unexpected end of expression, expected ')' to close the '(' at column 1", 10),
+        ("a=1 & (b=2 c=3)", "expected ')' to close the '(' at column 7, got 'c'", 11),
         ("a=1 b=2", "unexpected 'b'; join terms with '&' or '|'", 4),
         ("0.5 a=1", "expected '*' after weight '0.5', got 'a'", 4),
         ("a@=1", "expected a version number or alias after '@', got '='", 2),
@@ -268,7 +268,7 @@ def test_weighted_nots_do_not_count_as_positive_terms() -> None:
     assert error_of("0.5*!a=1 & 2*!b=2").reason == NOT_PLACEMENT
 
 
-@pytest.mark.parametrize(("text", "position"), [("0*a=1", 0), ("-0.5*a=1", 0), ("a=1 & 1e999*b=2", 6)])
+@pytest.mark.parametrize(("text", "position"), [("0*a=1", 0), ("-0.5*a=1", 0)])
 def test_weight_that_is_not_positive_and_finite_is_refused_at_the_number(text: str, position: int) -> None:
     err = error_of(text)
     assert err.reason == BAD_WEIGHT
@@ -292,7 +292,18 @@ def test_validate_without_text_points_at_column_zero(tree: Node, message: str) -
 def test_error_draws_a_caret_under_the_offending_token() -> None:
     err = error_of("color & shape=cube")
     assert err.caret() == "  color & shape=cube\n        ^"
-    assert str(err).endswith("at column 7")
+    assert str(err).startswith("column 7: ")
+
+
+def test_messages_name_each_column_once_and_an_empty_expression_none() -> None:
+    assert str(error_of("(a=1 & b=2")) == (
+        "column 11: unexpected end of expression, expected ')' to close the '(' at column 1")
+    assert str(error_of("")) == "empty expression; write a concept such as 'color=red'"
+
+
+def test_a_weight_too_large_for_a_float_is_named_as_too_large_not_as_not_positive() -> None:
+    err = error_of("a=1 & 1e400*b=2")
+    assert (err.reason, err.position) == ("number 1e400 is too large", 6)
 
 
 # Properties

@@ -88,7 +88,7 @@ def test_cli_infers_a_trained_concept_from_png_files(run, add_tiny, tmp_path):
         paths.append(str(path))
     result = run("infer", "color", *paths, "--each", "--json", "--device", "cpu")
     assert result.exit_code == 0, result.output
-    rows = json.loads(result.output)
+    rows = json.loads(result.stdout)  # the progress bar and any warnings go to stderr
     assert len(rows) == 2 and all(row["value"] in ("red", "green", "blue", "yellow", "magenta", "cyan")
                                   for row in rows)
     assert rows[0]["concept"] == "color@1"
@@ -109,7 +109,7 @@ def test_cd_concepts_are_inferred_from_their_plain_energy(run, tmp_path):
     Image.fromarray(np.full((16, 16, 3), 128, dtype=np.uint8)).save(path)
     result = run("infer", "position", str(path), "--grid", "3", "--refine-steps", "2", "--json", "--device", "cpu")
     assert result.exit_code == 0, result.output
-    value = json.loads(result.output)[0]["value"]
+    value = json.loads(result.stdout)[0]["value"]
     assert len(value) == 2 and all(0.0 <= v <= 1.0 for v in value)
 
 

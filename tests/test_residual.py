@@ -272,7 +272,7 @@ def test_add_with_frozen_trains_a_residual_and_records_the_whole_lineage(run, tm
     assert "residual_guidance" not in json.loads((tmp_path / "plain" / "sample_00000.json").read_text())["sampler"]
     inferred = run("infer", "shape", str(tmp_path / "samples" / "sample_00000.png"), "--json", "--device", "cpu")
     assert inferred.exit_code == 0, inferred.output
-    assert json.loads(inferred.output)[0]["value"] in ("circle", "square", "triangle")
+    assert json.loads(inferred.stdout)[0]["value"] in ("circle", "square", "triangle")
 
 
 @pytest.mark.parametrize(("extra", "fragments"), [

@@ -138,7 +138,8 @@ def test_a_fault_stops_the_run_registers_nothing_and_resume_finishes_it(run, reg
     assert result.exit_code == 0, result.output
     shown = json.loads(run("show", "shape", "--json").output)
     assert shown["hyperparameters"]["resumed_from_iteration"] == 2
-    assert not list(registry_path.parent.glob("*.checkpoints/*"))  # removed once registered
+    left = [p.name for p in registry_path.parent.glob("*.checkpoints/*")]
+    assert left == ["shape@1-loss.png"]  # the checkpoint was removed once registered; the loss curve stays
 
 
 def test_a_run_resumed_after_its_source_failed_registers_the_weights_of_an_uninterrupted_run(run, registry_path,

@@ -558,8 +558,7 @@ class Registry:
                 numbers = session.scalars(
                     select(Version.number).where(Version.concept_id == concept.id).order_by(Version.number)
                 ).all()
-                span = f"{numbers[0]}-{numbers[-1]}" if numbers else "none"
-                raise UnknownConceptError(f"concept {concept.name!r} has no version {ref} (versions: {span})")
+                raise UnknownConceptError(f"concept {concept.name!r} has no version {ref} ({_holds(numbers)})")
             return version
         alias = session.get(Alias, (concept.id, str(ref)))
         if alias is None:
@@ -665,3 +664,12 @@ def _is_contention(exc: Exception) -> bool:
     if isinstance(exc, IntegrityError):
         return "uq_versions_concept_number" in message or "versions.concept_id, versions.number" in message
     return "locked" in message or "busy" in message or "could not serialize" in message
+
+
+def _holds(numbers: Sequence[int]) -> str:
+    """``it has version 1``, ``it has versions 1 to 3``, ``it has no versions``: what a reference may name."""
+    if not numbers:
+        return "it has no versions"
+    if len(numbers) == 1:
+        return f"it has version {numbers[0]}"
+    return f"it has versions {numbers[0]} to {numbers[-1]}"

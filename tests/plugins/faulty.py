@@ -23,7 +23,7 @@ from conceptlib.architectures import Architecture
 from conceptlib.hookspecs import hookimpl
 from conceptlib.schema import ConditionSchema
 from conceptlib.sources import Dataset, Progress
-from conceptlib_nets import build_small
+from conceptlib_nets import SMALL_CONFIG, build_small
 from conceptlib_scenes.source import ScenesSource
 
 
@@ -88,4 +88,4 @@ def conceptlib_sources() -> list[ScenesSource]:
 
 @hookimpl
 def conceptlib_architectures() -> list[Architecture]:
-    return [Architecture("faulty", build_faulty, {}, "The small network, failing when $FAULTY says so.")]
+    return [Architecture("faulty", build_faulty, SMALL_CONFIG, "The small network, failing when $FAULTY says so.")]
