@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 
+from conceptlib.annealed import evaluations
 from conceptlib.evaluation import evaluate_registry
 from conceptlib.plugins import PluginManager
 from conceptlib.registry import Registry
@@ -57,7 +58,7 @@ def grade(registry_path: Path, protocols: tuple[str, ...], variants: dict[str, S
                 run = evaluate_registry(registry, PluginManager(), [protocol], n, settings, seed=0, device=device)
                 result = run.results[0]
                 rows.append({"variant": name, "protocol": protocol, "n": result.n, "seconds": round(result.seconds, 1),
-                             "network_evaluations": settings.annealed.steps,
+                             "network_evaluations": evaluations(settings.annealed),
                              "metrics": {k: round(v, 4) for k, v in result.metrics.items()},
                              "sampler": settings.annealed.to_json()})
                 print(f"{name} | {protocol}: {rows[-1]['metrics']} in {result.seconds:.0f} s", flush=True)

@@ -49,7 +49,7 @@ from torch.nn import functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from conceptlib import batched, expr
-from conceptlib.annealed import annealed_sample, energy_scores
+from conceptlib.annealed import annealed_sample, energy_scores, evaluations
 from conceptlib.concepts import LoadedConcept, load_concept, state_to_numpy
 from conceptlib.energy import Term, compose, compose_noisy
 from conceptlib.langevin import langevin
@@ -639,8 +639,9 @@ def noisy(registry: Registry, plugins: PluginManager, device: torch.device, batc
             device)
     rows = []
     for path, t in interleaved(runs, rounds, device).items():
-        images = batch / (t["median_s"] / short.steps * full.steps)
-        rows.append({"path": path, "batch": batch, "levels": levels, "evaluations": full.steps, "guidance": guidance,
+        images = batch / (t["median_s"] / evaluations(short) * evaluations(full))
+        rows.append({"path": path, "batch": batch, "levels": levels, "evaluations": evaluations(full),
+                     "guidance": guidance,
                      "corrector_steps": full.corrector_steps,
                      "images_per_s": images, "peak_mib": t["peak_mib"]})
         log(f"noise-conditioned {path}: {images:.2f} img/s")
@@ -668,7 +669,7 @@ def shipped(plugins: PluginManager, device: torch.device, n: int, levels: int | 
             result = compose_images(registry, plugins, expression, n, settings, seed=0, device=device)
             seconds = result.provenance["seconds"]
             rows.append({"expression": expression, "concepts": len(expr.leaves(expr.parse(expression))),
-                         "batch": n, "levels": annealed.levels, "evaluations": annealed.steps,
+                         "batch": n, "levels": annealed.levels, "evaluations": evaluations(annealed),
                          "seconds": seconds, "images_per_s": n / seconds,
                          "sampler": result.provenance["sampler"]})
             log(f"shipped {expression}: {n / seconds:.2f} img/s")

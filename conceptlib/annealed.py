@@ -32,6 +32,14 @@ def karras_sigmas(config: AnnealedConfig, device: torch.device) -> torch.Tensor:
     return ((high + ramp * (low - high)) ** config.rho).float()
 
 
+def evaluations(config: AnnealedConfig, sigmas: torch.Tensor | None = None) -> int:
+    """Network evaluations per chain of :func:`annealed_sample`, for progress bars: one per level, and the
+    corrector steps of the levels that take them, counted on the float32 noise levels the sampler walks
+    (``sigmas``, by default :func:`karras_sigmas` on the CPU)."""
+    levels = (karras_sigmas(config, torch.device("cpu")) if sigmas is None else sigmas).tolist()
+    return config.levels + config.corrector_steps * sum(config.corrects(sigma) for sigma in levels)
+
+
 def score(energy: NoisyEnergyFn, x: torch.Tensor, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``(-grad_x E, E)`` at ``x``; the graph is freed (sampling needs no second derivative)."""
     x = x.detach().requires_grad_(True)
@@ -58,18 +66,18 @@ def annealed_sample(
     keep_freed_memory(device)
     sigmas = karras_sigmas(config, device)
     x = 0.5 + sigmas[0] * torch.randn((n, 3, image_size, image_size), generator=generator, device=device)
-    done = 0
+    done, total = 0, evaluations(config, sigmas)
 
     def tick() -> None:
         nonlocal done
         done += 1
         if on_step is not None:
-            on_step(done, config.steps)
+            on_step(done, total)
 
     for i in range(config.levels):
         sigma = sigmas[i]
         level = sigma.expand(n)
-        if config.corrector != "none":
+        if config.corrects(float(sigma)):
             for _ in range(config.corrector_steps):
                 x = _corrector_step(scores, x, level, config, generator)
                 tick()

@@ -24,7 +24,15 @@ from conceptlib.errors import ConceptError, ExpressionError, Interrupted, is_out
 from conceptlib.expr import GRAMMAR
 from conceptlib.limits import MAX_BATCH_SIZE, MAX_SEED
 from conceptlib.redaction import redact_text
-from conceptlib.settings import OBJECTIVES, TRAIN_CONFIGS, CdConfig, DsmConfig, SamplerSettings, TrainConfig
+from conceptlib.settings import (
+    OBJECTIVES,
+    RESIDUAL_CORRECTOR_ABOVE,
+    TRAIN_CONFIGS,
+    CdConfig,
+    DsmConfig,
+    SamplerSettings,
+    TrainConfig,
+)
 from conceptlib.terminal import SafeConsole, printable
 
 out = SafeConsole(soft_wrap=True)
@@ -310,6 +318,9 @@ def sampler_options(langevin: bool) -> Any:
         click.option("--corrector-step", default=annealed.corrector_step, show_default=True,
                      type=FiniteRange(0, min_open=True),
                      help="denoiser, dsm: corrector step as a fraction of sigma^2."),
+        click.option("--corrector-above", default=annealed.corrector_above, type=FiniteRange(0), metavar="SIGMA",
+                     help="denoiser, dsm: corrector steps only at noise levels at or above SIGMA [default: "
+                          f"{RESIDUAL_CORRECTOR_ABOVE:g} for residual concepts, else every level]."),
         click.option("--eta", default=annealed.eta, show_default=True, type=FiniteRange(0, 1),
                      help="denoiser, dsm: fresh noise per step down (1 Euler-ancestral, 0 deterministic)."),
         click.option("--guidance", default=guidance.scale, show_default=True, type=FiniteRange(0, min_open=True),
@@ -592,7 +603,7 @@ def show(ctx: click.Context, ref: str, as_json: bool, energies: bool, plot: Path
     curve = fields["metrics"].get("loss_curve")
     if curve:  # two hundred numbers say less than the picture: name it instead
         fields["metrics"] = {**fields["metrics"], "loss_curve": f"{len(curve['loss'])} points (--plot draws them)"}
-    shown = [v if isinstance(v, str) else json.dumps(v) for v in fields.values()]
+    shown = [printable(v if isinstance(v, str) else json.dumps(v)) for v in fields.values()]
     for line in records(list(fields), [shown], out.width):
         out.print(line, markup=False, highlight=False)
     if histograms is not None and energies:

@@ -19,6 +19,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from conceptlib.terminal import printable
+
 PADDING = 2
 """Characters a column adds beside its content in the table style below (one space each side)."""
 
@@ -31,6 +33,7 @@ def print_listing(console: Console, headers: Sequence[str], rows: Sequence[Seque
     narrowest width each may take; every other column keeps its natural width, never cut.
     """
     wrap = wrap or {}
+    rows = [[printable(str(cell)) for cell in row] for row in rows]  # registry text may hold escapes
     width = console.width
     natural = [max([len(h), *(_longest_line(row[i]) for row in rows)]) for i, h in enumerate(headers)]
     needed = sum(min(n, wrap.get(h, n)) + PADDING for h, n in zip(headers, natural))
@@ -104,7 +107,7 @@ def value_text(value: str | Sequence[float], digits: int) -> str:
 def print_warning(console: Console, message: str) -> None:
     """``warning: MESSAGE`` wrapped at words to the console's width (a terminal would cut words), later
     lines indented: a warning is read, not parsed, unlike the one-line ``error:`` a script may grep."""
-    lines = textwrap.wrap(f"warning: {message}", console.width, subsequent_indent="  ", break_long_words=False,
-                          break_on_hyphens=False)
-    for line in lines:  # one print per line: a SafeConsole shows a line break inside a string escaped
+    lines = textwrap.wrap(f"warning: {printable(message)}", console.width, subsequent_indent="  ",
+                          break_long_words=False, break_on_hyphens=False)
+    for line in lines:  # one print per line: a console that escapes line breaks in text must not see them
         console.print(line, markup=False, highlight=False, soft_wrap=True)

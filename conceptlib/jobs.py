@@ -333,7 +333,7 @@ def compose_images(
             "across ranks with torchrun"
         )
     batches = [np.zeros((0, image_size, image_size, 3), np.uint8)]
-    steps_per_batch = steps(prior, settings)
+    steps_per_batch = steps(prior, settings, chain)
     done_steps = 0
     total_steps = steps_per_batch * len(mine)
     started = time.perf_counter()

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from conceptlib.annealed import annealed_sample
+from conceptlib.annealed import annealed_sample, evaluations
 from conceptlib.concepts import LoadedConcept, prior_concept
 from conceptlib.energy import Term, compose
 from conceptlib.errors import ConceptError
@@ -48,7 +48,8 @@ def sample(
     """``n`` images ``(n, 3, H, W)`` in [0, 1] of ``node``, drawn from ``generator``.
 
     With a ``prior`` (noise-conditioned concepts, see :func:`sampling_prior`) the annealed sampler follows the
-    composed score, over the ``chain`` of residual concepts when there is one; without, Langevin dynamics the
+    composed score, over the ``chain`` of residual concepts when there is one (with that chain's corrector
+    default, :meth:`~conceptlib.settings.AnnealedConfig.for_composition`); without, Langevin dynamics the
     composed energy. ``terms`` conditions are ``(1, dim)`` (shared) or ``(n, dim)`` (per sample, as the
     evaluation protocols ask).
     """
@@ -59,23 +60,28 @@ def sample(
     drawn = None if names_prior(node, terms, prior) else draw_prior_conditions(prior, n, generator, device)
     branches = draw_branches(node, prior, n, generator, device)
     scores = composed_score(node, terms, prior, settings, drawn, branches, chain)
-    return annealed_sample(scores, n, image_size, settings.annealed, generator, device, on_step=on_step)
+    annealed = settings.annealed.for_composition(chain is not None)
+    return annealed_sample(scores, n, image_size, annealed, generator, device, on_step=on_step)
 
 
-def steps(prior: LoadedConcept | None, settings: SamplerSettings) -> int:
+def steps(prior: LoadedConcept | None, settings: SamplerSettings, chain: Chain | None = None) -> int:
     """Network evaluations per chain of :func:`sample`, for progress bars."""
-    return settings.annealed.steps if prior is not None else settings.langevin.steps
+    if prior is None:
+        return settings.langevin.steps
+    return evaluations(settings.annealed.for_composition(chain is not None))
 
 
 def sampler_record(node: Node, terms: Mapping[Leaf, Term], prior: LoadedConcept | None,
                    settings: SamplerSettings, chain: Chain | None = None) -> dict[str, Any]:
     """What a sidecar records of the sampler: every setting :func:`sample` used (``residual_guidance`` only
-    when a ``chain`` of residual concepts used it), and the prior it chose."""
+    when a ``chain`` of residual concepts used it; ``corrector_above`` only when set or a chain's default),
+    and the prior it chose."""
     if prior is None:
         return {"name": "langevin", **settings.langevin.to_json(), "or_temperature": settings.or_temperature}
     drawn = "from the expression or null" if names_prior(node, terms, prior) else "drawn per sample"
     guidance = settings.guidance.to_json(residual=chain is not None)
-    return {**settings.annealed.to_json(), **guidance, "prior": str(prior.version.ref),
+    annealed = settings.annealed.for_composition(chain is not None)
+    return {**annealed.to_json(), **guidance, "prior": str(prior.version.ref),
             "prior_condition": drawn, "or_temperature": settings.or_temperature}
 
 

@@ -15,7 +15,9 @@ concepts on commit 06daabe, then whole on d403987 (which added them; every earli
 same), then on 47ca2e1 (residual concepts redesigned: their versions, samples and the eval record's
 ``residual_guidance`` changed, nothing else; residual inference and ``--residual-guidance`` added to the
 scenario; main at b8c8e9d, after the hostile-input work, gave every digest the same), then on d286725 (CLI
-usability: versions record their ``loss_curve`` and eval grids are captioned; nothing else changed).
+usability: versions record their ``loss_curve`` and eval grids are captioned; nothing else changed), then on
+b433d09 (residual chains take Langevin correctors only at noise >= 0.05: residual samples and their sidecars
+changed, nothing else).
 ``tests/test_goldens.py`` checks it. Floating-point kernels differ between CPU instruction sets, so the file
 records the torch version and CPU capability it was made with; elsewhere the check is skipped and says
 why. Regenerate it only on purpose: after a change meant to alter what users get (a new default, a fix),

@@ -291,10 +291,12 @@ def test_a_denoiser_prior_composes_with_classifiers_and_refuses_mala(run, add_ti
     add_tiny("color", "--with", "position", "--objective", "classifier")
     out = tmp_path / "out"
     result = run("compose", "position=(0.3,0.7) & !color=red", "-n", "2", "--out-dir", str(out),
-                 "--classifier-guidance", "4", "--classifier-boost-max", "2", *TINY_SAMPLING)
+                 "--classifier-guidance", "4", "--classifier-boost-max", "2", "--corrector-above", "0.2",
+                 *TINY_SAMPLING)
     assert result.exit_code == 0, result.output
     sampler = sidecar(out)["sampler"]
     assert sampler["classifier_guidance"] == 4.0 and sampler["prior"] == "position@1"
+    assert sampler["corrector_above"] == 0.2  # set explicitly, so recorded (unset, only residual chains record it)
     assert sampler["classifier_boost_below"] == 0.3 and sampler["classifier_boost_max"] == 2.0
     assert sampler["classifier_temperature"] == 2.0  # the CLI's default reading of categorical classifiers
     refused = run("compose", "color=red", "-n", "2", "-o", str(tmp_path / "g.png"), "--corrector", "mala",
@@ -309,6 +311,13 @@ def test_a_denoiser_prior_composes_with_classifiers_and_refuses_mala(run, add_ti
 def test_a_classifier_reading_it_cannot_mean_is_refused_in_one_line(run, tmp_path, option, value, fragment):
     result = run("compose", "color=red", "-n", "2", "-o", str(tmp_path / "g.png"), option, value)
     assert_one_line_error(result, option, fragment)
+    assert not (tmp_path / "g.png").exists()
+
+
+@pytest.mark.parametrize("value", ["-0.1", "nan"])
+def test_a_corrector_floor_below_zero_or_not_a_number_is_refused_in_one_line(run, tmp_path, value):
+    result = run("compose", "color=red", "-n", "2", "-o", str(tmp_path / "g.png"), "--corrector-above", value)
+    assert_one_line_error(result, "--corrector-above")
     assert not (tmp_path / "g.png").exists()
 
 

@@ -18,7 +18,14 @@ from conceptlib.plugins import PluginManager
 from conceptlib.registry import VersionInfo, VersionRef
 from conceptlib.residual import TEMPLATE_SIGMA, ChainReader, TrainingTemplates, build_chain, frozen_conditions
 from conceptlib.scores import composed_score
-from conceptlib.settings import PLAIN, AnnealedConfig, Guidance, ResidualConfig, SamplerSettings
+from conceptlib.settings import (
+    PLAIN,
+    RESIDUAL_CORRECTOR_ABOVE,
+    AnnealedConfig,
+    Guidance,
+    ResidualConfig,
+    SamplerSettings,
+)
 from conceptlib.training import train_concept
 from tests.conftest import TINY_SAMPLING, TINY_SOURCE, assert_one_line_error
 
@@ -267,9 +274,11 @@ def test_add_with_frozen_trains_a_residual_and_records_the_whole_lineage(run, tm
     assert (tmp_path / "grid.png").stat().st_size > 0
     sidecar = json.loads((tmp_path / "samples" / "sample_00000.json").read_text())
     assert sidecar["sampler"]["residual_guidance"] == 1.0
+    assert sidecar["sampler"]["corrector_above"] == RESIDUAL_CORRECTOR_ABOVE  # a residual chain's default, recorded
     plain = run("compose", "position=(0.4,0.6)", "-n", "1", *TINY_SAMPLING, "--out-dir", str(tmp_path / "plain"))
     assert plain.exit_code == 0, plain.output  # the root alone: no residual concept, no residual guidance
-    assert "residual_guidance" not in json.loads((tmp_path / "plain" / "sample_00000.json").read_text())["sampler"]
+    plain_sampler = json.loads((tmp_path / "plain" / "sample_00000.json").read_text())["sampler"]
+    assert "residual_guidance" not in plain_sampler and "corrector_above" not in plain_sampler
     inferred = run("infer", "shape", str(tmp_path / "samples" / "sample_00000.png"), "--json", "--device", "cpu")
     assert inferred.exit_code == 0, inferred.output
     assert json.loads(inferred.stdout)[0]["value"] in ("circle", "square", "triangle")

@@ -50,7 +50,7 @@ def raising(error: BaseException):
     ids=["empty KeyError", "two lines", "RecursionError"],
 )
 def test_a_plugin_check_that_fails_in_any_way_is_one_line(error, shown):
-    architecture = Architecture("plugged", build_residual, {}, check_config=raising(error))
+    architecture = Architecture("plugged", build_residual, {"any": 0}, check_config=raising(error))
     with pytest.raises(ConceptError) as caught:
         architecture.config({"any": 1})
     assert str(caught.value) == f"architecture 'plugged' does not take this config: {shown}"
