@@ -40,17 +40,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from conceptlib.cli import option_defaults
 from conceptlib.concepts import load_concept
 from conceptlib.errors import ConceptError
-from conceptlib.evaluation import JUDGE_SEED_OFFSET, PROTOCOLS, SamplerSettings, Trial, sample_trial
+from conceptlib.evaluation import JUDGE_SEED_OFFSET, PROTOCOLS, Trial, sample_trial
 from conceptlib.expr import And, Leaf
 from conceptlib.imaging import save_grid
-from conceptlib.jobs import prior_concept
 from conceptlib.judge import load_or_train_judge
 from conceptlib.plugins import PluginManager
 from conceptlib.registry import Registry
-from conceptlib.residual import load_chain
+from conceptlib.sampling import sampling_prior
+from conceptlib.settings import SamplerSettings
 
 RESULTS = Path(__file__).parent / "results"
 SCORE = PROTOCOLS["position & shape & color"].score
@@ -146,8 +145,7 @@ def grade(registry: Registry, plugins: PluginManager, protocol: Protocol, stage:
     """Sample ``n`` images of the stage's row and judge them: accuracies, looks-real, seconds."""
     names = [name for name, _ in protocol.stages[: stage + 1]]
     concepts = {name: load_concept(registry, plugins, registry.resolve(name), device) for name in names}
-    prior = prior_concept(registry, plugins, list(concepts.values()), device)
-    chain = load_chain(registry, plugins, list(concepts.values()), device)
+    prior, chain = sampling_prior(registry, plugins, list(concepts.values()), device)
     rng = np.random.default_rng(seed * 1000 + stage)
     asked = trial(protocol, stage, n, rng)
     generator = torch.Generator(device=device).manual_seed(seed * 1000 + stage)
@@ -224,17 +222,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     log = RESULTS / f"continual-{tag}.log"
     RESULTS.mkdir(exist_ok=True)
     first = RESULTS / f"continual-{tag}-stage1-registry.db"
-    settings = SamplerSettings.from_options(option_defaults("eval"))
+    settings = SamplerSettings()  # what `concept eval` users get: its options default to these
     judge_params = {**protocol.params(2), "seed": JUDGE_SEED_OFFSET + split["train_seed"]}
     judge, judge_report = load_or_train_judge(protocol.source, judge_params, device=device, plugins=plugins)
     results: dict[str, Any] = {
         "source": args.source, "split": args.split, "n": args.n,
         "protocol": "; ".join(f"stage {i + 1}: {name} on {json.dumps(dict(protocol.params(i)))}"
                               for i, (name, _) in enumerate(protocol.stages)),
-        "sampler": {**settings.annealed.to_json(), "guidance": settings.guidance,
-                    "classifier_guidance": settings.classifier_guidance,
-                    **settings.classifier_boost.to_json(), "classifier_temperature": settings.classifier_temperature,
-                    "residual_guidance": settings.residual_guidance},
+        "sampler": {**settings.annealed.to_json(), **settings.guidance.to_json()},
         "judge": {"params": judge_params,
                   "held_out": judge_report.get("attributes", judge_report.get("held_out_test"))},
         "machine": {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),

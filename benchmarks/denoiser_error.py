@@ -22,9 +22,9 @@ import torch
 
 from conceptlib.concepts import load_concept
 from conceptlib.errors import ConceptError
+from conceptlib.imaging import images_to_tensor
 from conceptlib.plugins import PluginManager
 from conceptlib.registry import Registry
-from conceptlib.training import images_to_tensor
 
 RESULTS = Path(__file__).parent / "results"
 SIGMAS = (0.36, 0.2, 0.1, 0.05, 0.02)

@@ -35,9 +35,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from conceptlib.cli import DEFAULT_BATCH, DEFAULT_ITERATIONS, DEFAULT_SCHEDULE, option_defaults
 from conceptlib.concepts import LoadedConcept, load_concept
-from conceptlib.evaluation import JUDGE_SEED_OFFSET, SamplerSettings, Trial, sample_trial
+from conceptlib.evaluation import JUDGE_SEED_OFFSET, Trial, sample_trial
 from conceptlib.expr import And, Leaf
 from conceptlib.imaging import save_grid
 from conceptlib.judge import load_or_train_judge
@@ -45,8 +44,9 @@ from conceptlib.plugins import PluginManager
 from conceptlib.registry import Registry, VersionInfo
 from conceptlib.residual import load_chain
 from conceptlib.schema import Continuous
+from conceptlib.settings import DenoiserConfig, ResidualConfig, SamplerSettings
 from conceptlib.sources import Dataset
-from conceptlib.training import TrainConfig, train_concept
+from conceptlib.training import train_concept
 from conceptlib_scenes.render import in_corner, large_size
 
 RESULTS = Path(__file__).parent / "results"
@@ -67,7 +67,8 @@ def concept_command(registry: Path, *args: str) -> list[str]:
 
 def budget_args(objective: str, budget: float) -> list[str]:
     """``--iterations`` for a fraction of the CLI's default (none at the full budget)."""
-    return [] if budget == 1 else ["--iterations", str(max(100, round(DEFAULT_ITERATIONS[objective] * budget)))]
+    default = {"denoiser": DenoiserConfig, "residual": ResidualConfig}[objective].iterations
+    return [] if budget == 1 else ["--iterations", str(max(100, round(default * budget)))]
 
 
 def train_composed(base: Path, registry: Path, corner: float, log: Path, budget: float) -> None:
@@ -111,8 +112,7 @@ def train_joint(plugins: PluginManager, corner: float, config: dict[str, Any], s
     """The joint denoiser trained for as many iterations as fit in ``seconds`` (timed on a short run)."""
     unet = plugins.architecture("unet")
     dataset = joint_dataset(corner, plugins)
-    settings = TrainConfig(objective="denoiser", batch_size=DEFAULT_BATCH["denoiser"],
-                           schedule=DEFAULT_SCHEDULE["denoiser"], iterations=30)
+    settings = DenoiserConfig(iterations=30)  # what `concept add` gives a denoiser, but the iterations
     started = time.perf_counter()
     train_concept(unet, config, dataset, "placement", [], settings, device)
     per_iteration = (time.perf_counter() - started) / 30
@@ -196,7 +196,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     plugins = PluginManager()
-    settings = SamplerSettings.from_options(option_defaults("eval"))
+    settings = SamplerSettings()  # what `concept eval` users get: its options default to these
     out = RESULTS / "extrapolation"
     out.mkdir(parents=True, exist_ok=True)
     log = RESULTS / "extrapolation.log"

@@ -27,15 +27,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from conceptlib.cli import option_defaults
 from conceptlib.concepts import load_concept
-from conceptlib.evaluation import WITHIN, SamplerSettings, Trial, sample_trial
+from conceptlib.evaluation import WITHIN, Trial, sample_trial
 from conceptlib.expr import And, Leaf
 from conceptlib.imaging import save_grid
-from conceptlib.jobs import prior_concept
 from conceptlib.plugins import PluginManager
 from conceptlib.registry import Registry
-from conceptlib.residual import load_chain
+from conceptlib.sampling import sampling_prior
+from conceptlib.settings import SamplerSettings
 
 RESULTS = Path(__file__).parent / "results"
 TARGETS = {2: 0.90, 3: 0.75}
@@ -103,8 +102,7 @@ def all_present(mask: np.ndarray, asked: np.ndarray) -> tuple[bool, int]:
 def run_row(registry: Registry, plugins: PluginManager, concept: str, k: int, n: int, seed: int,
             settings: SamplerSettings, device: torch.device, source: str) -> tuple[dict[str, Any], np.ndarray]:
     loaded = load_concept(registry, plugins, registry.resolve(concept), device)
-    prior = prior_concept(registry, plugins, [loaded], device)
-    chain = load_chain(registry, plugins, [loaded], device)
+    prior, chain = sampling_prior(registry, plugins, [loaded], device)
     rng = np.random.default_rng(seed + k)
     positions = separated_positions(rng, n, k)
     leaves = tuple(Leaf(concept, float(i)) for i in range(k))
@@ -133,7 +131,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--tag", default=None, help="results name [default: the source]")
     args = parser.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    settings = SamplerSettings.from_options(option_defaults("eval"))
+    settings = SamplerSettings()  # what `concept eval` users get: its options default to these
     plugins = PluginManager()
     tag = args.tag or args.source
     rows = []

@@ -31,8 +31,9 @@ from speed import CONCEPTS, SAMPLER, cd_concepts  # this script's own folder is 
 
 from conceptlib import batched, expr
 from conceptlib.energy import Term, compose
+from conceptlib.langevin import langevin
 from conceptlib.plugins import PluginManager
-from conceptlib.sampling import LangevinConfig, langevin
+from conceptlib.settings import LangevinConfig
 
 ROOT = Path(__file__).resolve().parent
 

@@ -21,9 +21,11 @@ from pathlib import Path
 import torch
 
 from conceptlib.cli import option_defaults
-from conceptlib.evaluation import PROTOCOLS, SamplerSettings, evaluate_registry, write_report
+from conceptlib.evaluation import PROTOCOLS, evaluate_registry
 from conceptlib.plugins import PluginManager
 from conceptlib.registry import Registry
+from conceptlib.report import write_report
+from conceptlib.settings import SamplerSettings
 
 RESULTS = Path(__file__).parent / "results"
 CONTINUAL = [("position", []), ("shape", ["position"]), ("color", ["position", "shape"])]

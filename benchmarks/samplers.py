@@ -28,10 +28,11 @@ from typing import Any
 
 import torch
 
-from conceptlib.cli import option_defaults
-from conceptlib.evaluation import SamplerSettings, evaluate_registry
+from conceptlib.annealed import evaluations
+from conceptlib.evaluation import evaluate_registry
 from conceptlib.plugins import PluginManager
 from conceptlib.registry import Registry
+from conceptlib.settings import SamplerSettings
 
 ROOT = Path(__file__).parent
 RESULTS = ROOT / "results"
@@ -57,7 +58,7 @@ def grade(registry_path: Path, protocols: tuple[str, ...], variants: dict[str, S
                 run = evaluate_registry(registry, PluginManager(), [protocol], n, settings, seed=0, device=device)
                 result = run.results[0]
                 rows.append({"variant": name, "protocol": protocol, "n": result.n, "seconds": round(result.seconds, 1),
-                             "network_evaluations": settings.annealed.steps,
+                             "network_evaluations": evaluations(settings.annealed),
                              "metrics": {k: round(v, 4) for k, v in result.metrics.items()},
                              "sampler": settings.annealed.to_json()})
                 print(f"{name} | {protocol}: {rows[-1]['metrics']} in {result.seconds:.0f} s", flush=True)
@@ -102,7 +103,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    base = SamplerSettings.from_options(option_defaults("eval"))  # what `concept eval` users get
+    base = SamplerSettings()  # what `concept eval` users get: its options default to these
     data: dict[str, Any] = {"written": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "n": args.n, "device": str(device),
                             "threads": torch.get_num_threads(), "defaults": base.annealed.to_json(),
                             "shipped": [], "dsm": []}

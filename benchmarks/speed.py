@@ -49,15 +49,15 @@ from torch.nn import functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from conceptlib import batched, expr
-from conceptlib.cli import option_defaults
+from conceptlib.annealed import annealed_sample, energy_scores, evaluations
 from conceptlib.concepts import LoadedConcept, load_concept, state_to_numpy
-from conceptlib.diffusion import AnnealedConfig, annealed_sample, energy_scores
 from conceptlib.energy import Term, compose, compose_noisy
+from conceptlib.langevin import langevin
 from conceptlib.memory import MALLOC_ENV
 from conceptlib.plugins import PluginManager
 from conceptlib.registry import NewVersion, Registry
-from conceptlib.sampling import LangevinConfig, langevin
-from conceptlib.training import TrainConfig, train_concept
+from conceptlib.settings import AnnealedConfig, CdConfig, LangevinConfig, SamplerSettings
+from conceptlib.training import train_concept
 
 ROOT = Path(__file__).resolve().parent
 # (attribute, value in the expression): concept k of a k-concept expression is the k-th of these.
@@ -400,8 +400,7 @@ def training(plugins: PluginManager, concepts: Sequence[LoadedConcept], device: 
     for k in frozen_counts:
         frozen = list(concepts[1 : 1 + k])
         stamps: list[float] = []  # one per iteration; the first interval includes warming up
-        config = TrainConfig(objective="cd", iterations=iterations, batch_size=64, seed=0,
-                             langevin=LangevinConfig(steps=langevin_steps))
+        config = CdConfig(iterations=iterations, batch_size=64, seed=0, langevin=LangevinConfig(steps=langevin_steps))
         peak = peak_memory(partial(
             train_concept, architecture, architecture.config(), dataset, "position", frozen, config, device,
             on_iteration=lambda i, record, stamps=stamps: stamps.append(time.perf_counter())), device)
@@ -626,7 +625,7 @@ def noisy(registry: Registry, plugins: PluginManager, device: torch.device, batc
               for name in ("dsm_position", "cls_color", "cls_shape")}
     node = expr.parse("dsm_position=(0.3,0.7) & cls_color=red & cls_shape=square")
     short, full = AnnealedConfig(levels=2), AnnealedConfig(levels=levels)
-    guidance = float(option_defaults("compose")["guidance"])
+    guidance = SamplerSettings().guidance.scale  # the CLI's
     runs = {}
     for fast in (False, True):
         terms = {}
@@ -640,8 +639,9 @@ def noisy(registry: Registry, plugins: PluginManager, device: torch.device, batc
             device)
     rows = []
     for path, t in interleaved(runs, rounds, device).items():
-        images = batch / (t["median_s"] / short.steps * full.steps)
-        rows.append({"path": path, "batch": batch, "levels": levels, "evaluations": full.steps, "guidance": guidance,
+        images = batch / (t["median_s"] / evaluations(short) * evaluations(full))
+        rows.append({"path": path, "batch": batch, "levels": levels, "evaluations": evaluations(full),
+                     "guidance": guidance,
                      "corrector_steps": full.corrector_steps,
                      "images_per_s": images, "peak_mib": t["peak_mib"]})
         log(f"noise-conditioned {path}: {images:.2f} img/s")
@@ -657,25 +657,19 @@ def shipped(plugins: PluginManager, device: torch.device, n: int, levels: int | 
     weights excluded); a copy of the registry is opened, the shipped file is never touched.
     """
     from conceptlib.jobs import compose_images
-    from conceptlib.scores import ClassifierBoost
 
-    options = option_defaults("compose")
     annealed = AnnealedConfig(levels=levels) if levels else AnnealedConfig()  # = the CLI's (tests/test_cli.py)
+    settings = SamplerSettings(annealed=annealed, batch_size=n)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         copy_path = Path(tmp) / "registry.db"
         copy_path.write_bytes(SHIPPED.read_bytes())
         registry = Registry.open(f"sqlite:///{copy_path}")
         for expression in SHIPPED_EXPRESSIONS:
-            result = compose_images(registry, plugins, expression, n, seed=0, device=device, batch_size=n,
-                                    annealed=annealed, guidance=options["guidance"],
-                                    classifier_guidance=options["classifier_guidance"],
-                                    prior_guidance=options["prior_guidance"],
-                                    classifier_boost=ClassifierBoost.from_json(options),
-                                    classifier_temperature=options["classifier_temperature"])
+            result = compose_images(registry, plugins, expression, n, settings, seed=0, device=device)
             seconds = result.provenance["seconds"]
             rows.append({"expression": expression, "concepts": len(expr.leaves(expr.parse(expression))),
-                         "batch": n, "levels": annealed.levels, "evaluations": annealed.steps,
+                         "batch": n, "levels": annealed.levels, "evaluations": evaluations(annealed),
                          "seconds": seconds, "images_per_s": n / seconds,
                          "sampler": result.provenance["sampler"]})
             log(f"shipped {expression}: {n / seconds:.2f} img/s")

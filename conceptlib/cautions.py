@@ -122,13 +122,13 @@ def typicality(registry: Registry, plugins: PluginManager, concept: LoadedConcep
     """
     import torch
 
+    from conceptlib.concepts import prior_concept
     from conceptlib.histograms import HELD_OUT_SEED_OFFSET
+    from conceptlib.imaging import images_to_tensor
     from conceptlib.inference import InferenceConfig, image_energies
-    from conceptlib.jobs import prior_concept
-    from conceptlib.training import images_to_tensor
 
     device = images.device
-    noisy = bool(getattr(concept.model, "noise_conditioned", False))
+    noisy = concept.kind.noise_conditioned
     scorer = prior_concept(registry, plugins, [concept], device) if noisy else concept
     version = scorer.version
     source = plugins.source(version.source)

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from types import FrameType, TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -46,7 +46,9 @@ from conceptlib.errors import CheckpointError, Interrupted
 from conceptlib.files import atomic_write
 from conceptlib.limits import MAX_CHECKPOINT_BYTES, MAX_CHECKPOINT_JSON_BYTES, MAX_ITERATIONS
 from conceptlib.registry.engine import sqlite_path
-from conceptlib.sampling import ReplayBuffer
+
+if TYPE_CHECKING:
+    from conceptlib.training.replay import ReplayBuffer
 
 FORMAT_VERSION = 2
 """2: bound to its run (``run``); checkpoints of format 1 are refused (start again without --resume)."""

@@ -24,6 +24,15 @@ from conceptlib.errors import ConceptError, ExpressionError, Interrupted, is_out
 from conceptlib.expr import GRAMMAR
 from conceptlib.limits import MAX_BATCH_SIZE, MAX_SEED
 from conceptlib.redaction import redact_text
+from conceptlib.settings import (
+    OBJECTIVES,
+    RESIDUAL_CORRECTOR_ABOVE,
+    TRAIN_CONFIGS,
+    CdConfig,
+    DsmConfig,
+    SamplerSettings,
+    TrainConfig,
+)
 from conceptlib.terminal import SafeConsole, printable
 
 out = SafeConsole(soft_wrap=True)
@@ -167,14 +176,18 @@ def seed_option(what: str) -> Any:
 
 
 def batch_option(what: str) -> Any:
-    return click.option("--batch-size", default=64, show_default=True, type=click.IntRange(1, MAX_BATCH_SIZE),
+    return click.option("--batch-size", default=SamplerSettings.batch_size, show_default=True,
+                        type=click.IntRange(1, MAX_BATCH_SIZE),
                         help=f"{what} per network call: more is faster until memory runs out.")
 
 
 # ------------------------------------------------------------------- add
-DEFAULT_ITERATIONS = {"denoiser": 5500, "residual": 4000, "dsm": 1800, "classifier": 1500, "cd": 300}
-DEFAULT_BATCH = {"denoiser": 24, "residual": 24, "dsm": 48, "classifier": 64, "cd": 64}
-DEFAULT_SCHEDULE = {"denoiser": "cosine", "residual": "cosine"}
+CD, DSM, TRAIN = CdConfig(), DsmConfig(), {name: config() for name, config in TRAIN_CONFIGS.items()}
+"""The training defaults the options show: each objective's config (see conceptlib.settings)."""
+
+
+def per_objective(field: str) -> str:
+    return "[default: " + ", ".join(f"{getattr(config, field)} {name}" for name, config in TRAIN.items()) + "]"
 
 
 @cli.command()
@@ -184,8 +197,7 @@ DEFAULT_SCHEDULE = {"denoiser": "cosine", "residual": "cosine"}
 @click.option("--attribute", help="Source attribute to learn [default: NAME].")
 @click.option("--with", "frozen", multiple=True, metavar="OTHER[@V]",
               help="Registered concept to freeze and compose into the sampler, repeatable.")
-@click.option("--objective", default="auto", show_default=True,
-              type=click.Choice(["auto", "denoiser", "residual", "dsm", "classifier", "cd"]),
+@click.option("--objective", default="auto", show_default=True, type=click.Choice(["auto", *OBJECTIVES]),
               help="denoiser: a denoiser of whole scenes, composed by its score (the first concept); "
                    "residual: a correction to the --with concepts' composed denoiser, trained with them in its "
                    "loss, so it learns what they do not explain on this data (also what they never drew); "
@@ -198,20 +210,21 @@ DEFAULT_SCHEDULE = {"denoiser": "cosine", "residual": "cosine"}
               help="Energy-network architecture [default: unet for denoiser and dsm, residual, classifier, small "
                    "for cd].")
 @click.option("--arch-config", multiple=True, metavar="KEY=VALUE", help="Architecture setting, repeatable.")
-@click.option("--iterations", type=click.IntRange(1),
-              help="[default: 5500 denoiser, 4000 residual, 1800 dsm, 1500 classifier, 300 cd]")
-@click.option("--batch-size", type=click.IntRange(1, MAX_BATCH_SIZE),
-              help="[default: 24 denoiser and residual, 48 dsm, 64 classifier, 64 cd]")
-@click.option("--lr", default=1e-3, show_default=True, type=FiniteRange(0, min_open=True),
+@click.option("--iterations", type=click.IntRange(1), help=per_objective("iterations"))
+@click.option("--batch-size", type=click.IntRange(1, MAX_BATCH_SIZE), help=per_objective("batch_size"))
+@click.option("--lr", default=TrainConfig.lr, show_default=True, type=FiniteRange(0, min_open=True),
               help="Adam learning rate.")
-@click.option("--condition-dropout", default=0.2, show_default=True, type=FiniteRange(0, 1, max_open=True),
+@click.option("--condition-dropout", default=DSM.condition_dropout, show_default=True,
+              type=FiniteRange(0, 1, max_open=True),
               help="denoiser, residual, dsm: fraction of samples trained with the null condition.")
-@click.option("--l2", default=1.0, show_default=True, type=FiniteRange(0), help="cd: energy regulariser (eq. 2).")
-@click.option("--steps", default=20, show_default=True, type=click.IntRange(1),
+@click.option("--l2", default=CD.l2, show_default=True, type=FiniteRange(0),
+              help="cd: energy regulariser (eq. 2).")
+@click.option("--steps", default=CD.langevin.steps, show_default=True, type=click.IntRange(1),
               help="cd: Langevin steps per update.")
-@click.option("--step-size", default=100.0, show_default=True, type=FiniteRange(0, min_open=True),
+@click.option("--step-size", default=CD.langevin.step_size, show_default=True, type=FiniteRange(0, min_open=True),
               help="cd: Langevin step size.")
-@click.option("--noise", default=0.005, show_default=True, type=FiniteRange(0), help="cd: Langevin noise.")
+@click.option("--noise", default=CD.langevin.noise, show_default=True, type=FiniteRange(0),
+              help="cd: Langevin noise.")
 @seed_option("the initial weights and the batches drawn")
 @device_option
 @click.option("--description", default="", help="What this concept means (stored on first add).")
@@ -247,21 +260,18 @@ def add(ctx: click.Context, name: str, source_name: str, params: tuple[str, ...]
     from conceptlib.devices import resolve_device
     from conceptlib.jobs import AddRequest, add_concept
     from conceptlib.progress import job_progress
-    from conceptlib.sampling import LangevinConfig
-    from conceptlib.training import TrainConfig, resolve_objective
+    from conceptlib.settings import LangevinConfig, resolve_objective, train_config
 
     torch_device = ctx.with_resource(distributed.session(resolve_device(device)))
     ranks = distributed.current()
-    resolved = resolve_objective(objective, bool(frozen))
+    train: TrainConfig = train_config(resolve_objective(objective, bool(frozen)), {
+        "iterations": iterations, "batch_size": batch_size, "lr": lr, "seed": seed,
+        "condition_dropout": condition_dropout, "l2": l2,
+        "langevin": LangevinConfig(steps=steps, step_size=step_size, noise=noise)})
     request = AddRequest(
         name=name, source=source_name, params=parse_pairs(params, "--param"), attribute=attribute,
         frozen=frozen, architecture=architecture, architecture_config=parse_pairs(arch_config, "--arch-config"),
-        train=TrainConfig(objective=resolved, lr=lr, l2=l2, seed=seed,
-                          iterations=iterations or DEFAULT_ITERATIONS[resolved],
-                          batch_size=batch_size or DEFAULT_BATCH[resolved],
-                          condition_dropout=condition_dropout,
-                          schedule=DEFAULT_SCHEDULE.get(resolved, "constant"),
-                          langevin=LangevinConfig(steps=steps, step_size=step_size, noise=noise)),
+        train=train,
         device=torch_device, description=description, resume=resume,
         checkpoint_every=checkpoint_every, checkpoint_dir=checkpoint_dir, min_accuracy=min_accuracy,
     )
@@ -270,7 +280,7 @@ def add(ctx: click.Context, name: str, source_name: str, params: tuple[str, ...]
     with job_progress(err if ranks.is_main else quiet) as progress:
         version = add_concept(registry, plugins, request,
                               on_load=progress.phase("loading dataset"),
-                              on_iteration=progress.training(request.train.iterations))
+                              on_iteration=progress.training(train.iterations))
     if not ranks.is_main:
         return
     from conceptlib.plots import write_concept_figure
@@ -289,62 +299,80 @@ def add(ctx: click.Context, name: str, source_name: str, params: tuple[str, ...]
 
 
 # --------------------------------------------------------------- compose
-def annealed_options(command: Any) -> Any:
-    """The annealed sampler's options (compose and eval share them); passes ``annealed``, the guidances,
-    ``classifier_boost`` and ``classifier_temperature``."""
+SAMPLER = SamplerSettings()
+"""The sampling defaults the options show (see conceptlib.settings)."""
+
+
+def sampler_options(langevin: bool) -> Any:
+    """The sampler's options, gathered into one ``settings: SamplerSettings`` argument. compose and eval
+    share the annealed sampler's and the guidance; compose also takes Langevin's (cd concepts) and OR's."""
+    annealed, guidance = SAMPLER.annealed, SAMPLER.guidance
     options = [
-        click.option("--levels", default=40, show_default=True, type=click.IntRange(2),
+        click.option("--levels", default=annealed.levels, show_default=True, type=click.IntRange(2),
                      help="denoiser, dsm: noise levels of the annealed sampler."),
-        click.option("--corrector", default="ula", show_default=True, type=click.Choice(["none", "ula", "mala"]),
+        click.option("--corrector", default=annealed.corrector, show_default=True,
+                     type=click.Choice(["none", "ula", "mala"]),
                      help="denoiser, dsm: Langevin corrector per level (mala: Metropolis accept; dsm only)."),
-        click.option("--corrector-steps", default=4, show_default=True, type=click.IntRange(0),
-                     help="denoiser, dsm: Langevin corrector steps per level."),
-        click.option("--corrector-step", default=0.3, show_default=True, type=FiniteRange(0, min_open=True),
+        click.option("--corrector-steps", default=annealed.corrector_steps, show_default=True,
+                     type=click.IntRange(0), help="denoiser, dsm: Langevin corrector steps per level."),
+        click.option("--corrector-step", default=annealed.corrector_step, show_default=True,
+                     type=FiniteRange(0, min_open=True),
                      help="denoiser, dsm: corrector step as a fraction of sigma^2."),
-        click.option("--corrector-above", type=FiniteRange(0), metavar="SIGMA",
-                     help="denoiser, dsm: corrector steps only at noise levels at or above SIGMA [default: 0.05 "
-                          "for residual concepts, else every level]."),
-        click.option("--eta", default=1.0, show_default=True, type=FiniteRange(0, 1),
+        click.option("--corrector-above", default=annealed.corrector_above, type=FiniteRange(0), metavar="SIGMA",
+                     help="denoiser, dsm: corrector steps only at noise levels at or above SIGMA [default: "
+                          f"{RESIDUAL_CORRECTOR_ABOVE:g} for residual concepts, else every level]."),
+        click.option("--eta", default=annealed.eta, show_default=True, type=FiniteRange(0, 1),
                      help="denoiser, dsm: fresh noise per step down (1 Euler-ancestral, 0 deterministic)."),
-        click.option("--guidance", default=1.5, show_default=True, type=FiniteRange(0, min_open=True),
+        click.option("--guidance", default=guidance.scale, show_default=True, type=FiniteRange(0, min_open=True),
                      help="denoiser, dsm: scale of every concept's E(x|c) - E(x|null) (1 = plain product)."),
-        click.option("--classifier-guidance", default=3.0, show_default=True,
+        click.option("--classifier-guidance", default=guidance.classifier, show_default=True,
                      type=FiniteRange(0, min_open=True),
                      help="classifier concepts: scale of their -log p(c|x) (1 = plain product)."),
-        click.option("--classifier-boost-below", default=0.3, show_default=True,
+        click.option("--classifier-boost-below", default=guidance.boost.below, show_default=True,
                      type=FiniteRange(0, min_open=True),
                      help="denoiser prior: noise level below which classifier guidance grows as 1/sigma."),
-        click.option("--classifier-boost-max", default=8.0, show_default=True, type=FiniteRange(1),
+        click.option("--classifier-boost-max", default=guidance.boost.maximum, show_default=True,
+                     type=FiniteRange(1),
                      help="denoiser prior: the largest factor of that growth (1 = constant guidance)."),
-        click.option("--classifier-temperature", default=2.0, show_default=True,
+        click.option("--classifier-temperature", default=guidance.classifier_temperature, show_default=True,
                      type=FiniteRange(0, min_open=True),
                      help="denoiser prior: softmax temperature categorical classifier concepts are read at "
                           "(1 = as trained; warmer keeps pulling once they are sure)."),
-        click.option("--prior-guidance", default=1.0, show_default=True, type=FiniteRange(0, min_open=True),
+        click.option("--prior-guidance", default=guidance.prior, show_default=True,
+                     type=FiniteRange(0, min_open=True),
                      help="denoiser prior: guidance of its condition drawn per sample when the expression does "
                           "not name it (1 = sample p(x) exactly)."),
-        click.option("--residual-guidance", default=1.0, show_default=True, type=FiniteRange(0, min_open=True),
+        click.option("--residual-guidance", default=guidance.residual, show_default=True,
+                     type=FiniteRange(0, min_open=True),
                      help="residual concepts: scale of each leaf's difference to their chain's estimate (1 = the "
                           "chain's own conditional estimate)."),
     ]
+    if langevin:
+        options += [
+            click.option("--steps", default=SAMPLER.langevin.steps, show_default=True, type=click.IntRange(1),
+                         help="cd: Langevin steps."),
+            click.option("--step-size", default=SAMPLER.langevin.step_size, show_default=True,
+                         type=FiniteRange(0, min_open=True), help="cd: Langevin step size."),
+            click.option("--noise", default=SAMPLER.langevin.noise, show_default=True, type=FiniteRange(0),
+                         help="cd: Langevin noise."),
+            click.option("--init", default=SAMPLER.langevin.init, show_default=True,
+                         type=click.Choice(["noise", "gray"]), help="cd: chain start."),
+            click.option("--temperature", default=SAMPLER.or_temperature, show_default=True,
+                         type=FiniteRange(0, min_open=True), help="Temperature of OR (-T logsumexp(-E/T))."),
+        ]
+    options.append(batch_option("Samples"))
 
-    @functools.wraps(command)  # keeps the options declared below this decorator (click's __click_params__)
-    def build(**kwargs: Any) -> Any:
-        from conceptlib.diffusion import AnnealedConfig
-        from conceptlib.scores import ClassifierBoost
+    def decorate(command: Any) -> Any:
+        @functools.wraps(command)  # keeps the options declared below this decorator (click's __click_params__)
+        def build(**kwargs: Any) -> Any:
+            values = {name: kwargs.pop(name) for name in list(kwargs) if name in SamplerSettings.option_names()}
+            return command(settings=SamplerSettings.from_options(values), **kwargs)
 
-        kwargs["classifier_boost"] = ClassifierBoost(kwargs.pop("classifier_boost_below"),
-                                                     kwargs.pop("classifier_boost_max"))
-        kwargs["annealed"] = AnnealedConfig(
-            levels=kwargs.pop("levels"), corrector=kwargs.pop("corrector"),
-            corrector_steps=kwargs.pop("corrector_steps"), corrector_step=kwargs.pop("corrector_step"),
-            eta=kwargs.pop("eta"), corrector_above=kwargs.pop("corrector_above"),
-        )
-        return command(**kwargs)
+        for option in reversed(options):
+            build = option(build)
+        return build
 
-    for option in reversed(options):
-        build = option(build)
-    return build
+    return decorate
 
 
 @cli.command("compose", epilog=GRAMMAR)
@@ -354,23 +382,11 @@ def annealed_options(command: Any) -> Any:
 @click.option("--out-dir", type=click.Path(file_okay=False, path_type=Path),
               help="Also write each sample as a PNG plus a JSON sidecar.")
 @seed_option("the sampler's noise (the same seed gives the same images)")
-@annealed_options
-@click.option("--steps", default=40, show_default=True, type=click.IntRange(1), help="cd: Langevin steps.")
-@click.option("--step-size", default=100.0, show_default=True, type=FiniteRange(0, min_open=True),
-              help="cd: Langevin step size.")
-@click.option("--noise", default=0.005, show_default=True, type=FiniteRange(0), help="cd: Langevin noise.")
-@click.option("--init", default="noise", show_default=True, type=click.Choice(["noise", "gray"]),
-              help="cd: chain start.")
-@click.option("--temperature", default=1.0, show_default=True, type=FiniteRange(0, min_open=True),
-              help="Temperature of OR (-T logsumexp(-E/T)).")
-@batch_option("Samples")
+@sampler_options(langevin=True)
 @device_option
 @click.pass_context
 def compose_command(ctx: click.Context, expression: str, count: int, output: Path | None, out_dir: Path | None,
-                    seed: int, annealed: Any, guidance: float, classifier_guidance: float, prior_guidance: float,
-                    classifier_boost: Any, classifier_temperature: float, residual_guidance: float, steps: int,
-                    step_size: float, noise: float, init: str, temperature: float, batch_size: int,
-                    device: str) -> None:
+                    seed: int, settings: SamplerSettings, device: str) -> None:
     """Sample images from a composed EXPRESSION, e.g. "position=(0.3,0.7) & color=red & !shape=square".
 
     A condition outside the range a concept was trained on is sampled but warned about.
@@ -381,7 +397,6 @@ def compose_command(ctx: click.Context, expression: str, count: int, output: Pat
     from conceptlib.jobs import compose_images
     from conceptlib.outputs import check_compose_outputs, write_manifest, write_samples
     from conceptlib.progress import job_progress
-    from conceptlib.sampling import LangevinConfig
 
     if output is None and out_dir is None:
         raise click.UsageError("say where to write the samples: -o grid.png and/or --out-dir DIR")
@@ -389,18 +404,12 @@ def compose_command(ctx: click.Context, expression: str, count: int, output: Pat
     ranks = distributed.current()
     if output is not None and ranks.world_size > 1:
         raise click.UsageError("under torchrun each rank writes its own samples: use --out-dir DIR, not -o")
-    sampler = LangevinConfig(steps=steps, step_size=step_size, noise=noise, init=init)
     registry = open_registry(ctx)
     check_compose_outputs(output, out_dir, count, registry.files())
     plugins = plugin_manager(ctx)
     with job_progress(err if ranks.is_main else quiet) as progress:
-        result = compose_images(registry, plugins, expression, count, sampler, seed=seed,
-                                device=torch_device, or_temperature=temperature,
-                                batch_size=batch_size, on_step=progress.phase("sampling"),
-                                annealed=annealed, guidance=guidance, shard=(ranks.rank, ranks.world_size),
-                                classifier_guidance=classifier_guidance, prior_guidance=prior_guidance,
-                                classifier_boost=classifier_boost, classifier_temperature=classifier_temperature,
-                                residual_guidance=residual_guidance)
+        result = compose_images(registry, plugins, expression, count, settings, seed=seed, device=torch_device,
+                                shard=(ranks.rank, ranks.world_size), on_step=progress.phase("sampling"))
     for warning in result.warnings if ranks.is_main else ():
         print_warning(err, warning)
     if output is not None:
@@ -429,22 +438,20 @@ def compose_command(ctx: click.Context, expression: str, count: int, output: Pat
 @click.option("--judge-cache", type=click.Path(file_okay=False, path_type=Path),
               help="Judge cache [default: $CONCEPTLIB_CACHE or ~/.cache/conceptlib/judges].")
 @seed_option("the asked conditions and the sampler")
-@annealed_options
-@batch_option("Samples")
+@sampler_options(langevin=False)
 @device_option
 @click.option("--json", "as_json", is_flag=True, help="Print results.json's contents instead of the table.")
 @click.pass_context
 def eval_command(ctx: click.Context, protocols: tuple[str, ...], count: int, out_dir: Path, inference_n: int,
-                 judge_cache: Path | None, seed: int, annealed: Any, guidance: float, classifier_guidance: float,
-                 prior_guidance: float, classifier_boost: Any, classifier_temperature: float,
-                 residual_guidance: float, batch_size: int, device: str, as_json: bool) -> None:
+                 judge_cache: Path | None, seed: int, settings: SamplerSettings, device: str, as_json: bool) -> None:
     """Grade the registry's concepts with an independent judge (paper Tables 1-3).
 
     Writes results.md, results.json and one grid per protocol, each tile captioned with what was asked.
     """
     from conceptlib.devices import resolve_device
-    from conceptlib.evaluation import PROTOCOLS, SamplerSettings, evaluate_registry, write_report
+    from conceptlib.evaluation import PROTOCOLS, evaluate_registry
     from conceptlib.progress import job_progress
+    from conceptlib.report import write_report
 
     registry = open_registry(ctx)
     plugins = plugin_manager(ctx)
@@ -452,10 +459,6 @@ def eval_command(ctx: click.Context, protocols: tuple[str, ...], count: int, out
     names = list(protocols) or [name for name, p in PROTOCOLS.items() if set(p.concepts) <= known]
     if not names:
         raise click.UsageError("no protocol can run: the registry needs position, color or shape concepts")
-    settings = SamplerSettings(annealed=annealed, guidance=guidance, classifier_guidance=classifier_guidance,
-                               prior_guidance=prior_guidance, classifier_boost=classifier_boost,
-                               classifier_temperature=classifier_temperature, residual_guidance=residual_guidance,
-                               batch_size=batch_size)
     phases: dict[str, Any] = {}
     with job_progress(err) as progress:
         def on_phase(name: str, done: int, total: int) -> None:
@@ -499,13 +502,12 @@ def infer(ctx: click.Context, ref: str, images: tuple[Path, ...], grid: int, ref
     from conceptlib.cautions import typicality
     from conceptlib.concepts import load_concept
     from conceptlib.devices import resolve_device
-    from conceptlib.imaging import load_images
+    from conceptlib.imaging import images_to_tensor, load_images
     from conceptlib.inference import InferenceConfig, infer_each
     from conceptlib.inference import infer as infer_value
-    from conceptlib.jobs import split_ref
     from conceptlib.progress import job_progress
+    from conceptlib.registry import split_ref
     from conceptlib.residual import load_chain
-    from conceptlib.training import images_to_tensor
 
     name, version_ref = split_ref(ref)
     registry = open_registry(ctx)
@@ -583,7 +585,7 @@ def show(ctx: click.Context, ref: str, as_json: bool, energies: bool, plot: Path
     With --energies: the concept's energy on held-out images with their own condition, with a wrong one,
     and on noise, and how often the own condition ranks below the wrong one (0.5 is chance).
     """
-    from conceptlib.jobs import split_ref
+    from conceptlib.registry import split_ref
 
     name, version_ref = split_ref(ref)
     registry = open_registry(ctx)
@@ -690,7 +692,7 @@ def alias(ctx: click.Context, name: str, alias: str, version: str | None, delete
 @click.pass_context
 def export_command(ctx: click.Context, ref: str, output: Path) -> None:
     """Write a concept version, its schema, provenance and whole lineage to one file (no pickle)."""
-    from conceptlib.jobs import split_ref
+    from conceptlib.registry import split_ref
     from conceptlib.registry.transfer import export_concept
 
     name, version_ref = split_ref(ref)

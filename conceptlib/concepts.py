@@ -1,16 +1,19 @@
-"""Registered versions as frozen torch modules.
+"""Registered versions as frozen torch modules, each of a known kind.
 
 A version names its architecture and config; the architecture plugin rebuilds the network and the
-registry's verified safetensors weights fill it. Frozen concepts never get parameter gradients.
+registry's verified safetensors weights fill it. Frozen concepts never get parameter gradients. What a
+concept *is* (its :class:`ConceptKind`) is read from its network and objective once, here; composition and
+sampling ask ``concept.kind`` and never probe the network.
 """
 
 from __future__ import annotations
 
 import contextlib
+import enum
 import json
-from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -24,20 +27,93 @@ from conceptlib.registry import Registry, VersionInfo
 from conceptlib.schema import ConditionSchema
 
 
+class ConceptKind(enum.Enum):
+    """What a concept's network gives composition; the protocols in :mod:`conceptlib.architectures` say what
+    a network of each kind provides."""
+
+    ENERGY = "energy"
+    """``E(x | c)`` with no noise level (contrastive divergence): sampled by Langevin dynamics."""
+    NOISY_ENERGY = "noisy energy"
+    """``E(x, sigma | c)`` with a null condition (dsm): composed as energy ratios, its gradient a score."""
+    DENOISER = "denoiser"
+    """``D(x, sigma | c)`` with a null condition: its score ``(D - x) / sigma^2``, composed in score space."""
+    CLASSIFIER = "classifier"
+    """``-log p(c | x_sigma)``: already a ratio (no null energy); steers a prior, is never one."""
+    RESIDUAL = "residual"
+    """``R(x, sigma | c, context)``: its estimate less its lineage's, reading their estimate and template as
+    ``context`` (objective residual); composed through the whole chain it stacks on, each leaf the difference
+    it makes to the chain's estimate (:mod:`conceptlib.residual`, :func:`conceptlib.scores.chain_score`)."""
+
+    @property
+    def noise_conditioned(self) -> bool:
+        """Sampled by the annealed sampler with a prior counted once; composes only with its like."""
+        return self is not ConceptKind.ENERGY
+
+    @property
+    def denoises(self) -> bool:
+        """Gives a whole denoised estimate ``D(x)`` and is composed by its score, without an energy (a residual
+        gives a correction to one)."""
+        return self in DENOISING_KINDS
+
+    @property
+    def models_images(self) -> bool:
+        """Can be the prior: its null condition models whole images."""
+        return self is not ConceptKind.CLASSIFIER
+
+
+DENOISING_KINDS = frozenset({ConceptKind.DENOISER})
+DENOISING_OBJECTIVES = {"denoiser": ConceptKind.DENOISER, "residual": ConceptKind.RESIDUAL}
+"""Objectives that train a denoiser (``denoise(x, c, sigma, keep)``) rather than an energy: a network that
+denoises but was trained as an energy (dsm) is composed as one."""
+
+
+class Traits(NamedTuple):
+    """What composition needs to know of a network, read from it once (:func:`network_traits`)."""
+
+    kind: ConceptKind
+    categorical: bool = False
+    """A classifier over names: ``exp(-E)`` is a probability, so NOT can use ``1 - p``."""
+    complement: bool = False
+    """A categorical classifier whose condition may name several values (``membership``): its NOT is the
+    same network asked for every other value."""
+    tempered: bool = False
+    """A categorical classifier that takes a softmax ``temperature``."""
+
+
+def network_traits(model: nn.Module, objective: str | None) -> Traits:
+    """The one place a network's kind is read: its flags (``noise_conditioned``, ``ratio_only``, and a
+    classifier's ``categorical``, ``membership``, ``tempered``; absent means False) and the objective it
+    was trained by. A new kind is one more member of :class:`ConceptKind` and one more rule here."""
+    if not getattr(model, "noise_conditioned", False):
+        return Traits(ConceptKind.ENERGY)
+    if getattr(model, "ratio_only", False):
+        categorical = bool(getattr(model, "categorical", False))
+        return Traits(ConceptKind.CLASSIFIER, categorical, categorical and bool(getattr(model, "membership", False)),
+                      categorical and bool(getattr(model, "tempered", False)))
+    if objective in DENOISING_OBJECTIVES and callable(getattr(model, "denoise", None)):
+        return Traits(DENOISING_OBJECTIVES[objective])
+    return Traits(ConceptKind.NOISY_ENERGY)
+
+
 @dataclass
 class LoadedConcept:
+    """A registered version with its frozen network, and the network's :class:`Traits`."""
+
     version: VersionInfo
     model: nn.Module
+    traits: Traits = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.traits = network_traits(self.model, self.version.hyperparameters.get("objective"))
+
+    @property
+    def kind(self) -> ConceptKind:
+        return self.traits.kind
 
     def condition(self, value: object, device: torch.device) -> torch.Tensor:
         """The encoded condition ``(1, dim)`` for an expression value like ``red`` or ``(0.3,0.7)``."""
         vector = self.version.schema.encode(value, concept=self.version.concept)  # type: ignore[arg-type]
         return torch.tensor([vector], dtype=torch.float32, device=device)
-
-    @property
-    def is_denoiser(self) -> bool:
-        """Trained as a plain denoiser (objective denoiser): its score is ``(D - x) / sigma^2``, not ``-grad E``."""
-        return self.version.hyperparameters.get("objective") == "denoiser"
 
     def trained_range(self) -> tuple[np.ndarray, np.ndarray]:
         """Per-dimension bounds of the continuous conditions this concept was trained on.
@@ -68,6 +144,34 @@ def load_concept(
     model.to(device).eval().requires_grad_(False)
     prefer_channels_last(model, device)
     return LoadedConcept(version, model)
+
+
+def prior_concept(
+    registry: Registry, plugins: PluginManager, concepts: Sequence[LoadedConcept], device: torch.device
+) -> LoadedConcept:
+    """The concept whose null energy is the image prior: a root of the lineage (trained with nothing frozen).
+
+    A concept trained against frozen ones learned only what they did not explain, so its null energy is
+    a residual, not a prior; the prior comes from the first concept of its lineage.
+    """
+    for concept in concepts:
+        if not concept.version.lineage and concept.kind.models_images:
+            return concept
+    for concept in concepts:
+        ref = concept.version.lineage[0] if concept.version.lineage else None
+        while ref is not None:
+            version = registry.resolve(ref.concept, ref.number)
+            if not version.lineage:
+                root = load_concept(registry, plugins, version, device)
+                if root.kind.models_images:
+                    return root
+            ref = version.lineage[0] if version.lineage else None
+    names = ", ".join(sorted({c.version.concept for c in concepts}))
+    raise ConceptError(
+        f"no concept in this expression ({names}) or its lineage models whole images, which sampling needs as "
+        "the prior; add a concept trained with --objective denoiser (e.g. position) to the expression or train "
+        "these --with one"
+    )
 
 
 Layout = Mapping[str, tuple[np.dtype, tuple[int, ...]]]
@@ -139,7 +243,7 @@ def _build(plugins: PluginManager, architecture: str, schema: ConditionSchema, h
     chosen.check(config)
     try:
         with torch.device("meta") if meta else contextlib.nullcontext():
-            module = chosen.build(schema, image_size, config)
+            module = chosen.build_stored(schema, image_size, config)
         if not isinstance(module, nn.Module):
             raise TypeError(f"it returned a {type(module).__name__}, not a torch module")
         return module

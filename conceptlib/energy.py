@@ -1,29 +1,28 @@
 """An expression plus loaded concepts -> one batched energy function (paper eq. 4-10).
 
 AND is a sum of energies (a product of experts), OR is ``-T * logsumexp(-E / T)`` (a mixture; the
-temperature ``T`` matters when learned energies are small), NOT is the negated energy, weighted by
-``Weighted`` nodes. NOT only appears inside an AND with a positive term (checked by the parser),
-since a negated energy alone is not a normalisable distribution.
+temperature ``T`` matters when learned energies are small), NOT is the negated energy, and a weight scales
+it: :class:`Energies`, folded over the expression (:func:`conceptlib.expr.fold`). NOT only appears inside an
+AND with a positive term (checked by the parser), since a negated energy alone is not a distribution.
 
-Noise-conditioned concepts (trained by denoising score matching) each model a whole ``p(x | c)``, so
-a plain sum would count the image prior once per concept and the doubled prior drowns the objects
-(measured: 0.02 both-right against 0.54, LEARNING.md). For them the logic applies to each leaf's
-*ratio* ``E(x | c) - E(x | null)`` (= ``-log p(c | x)`` up to a constant) and the prior is added once:
-``E = E_prior(x) + F(ratios)``. A guidance scale ``w`` multiplies every ratio (classifier-free
-guidance; ``w = 1`` is the plain product).
+Noise-conditioned concepts each model a whole ``p(x | c)``, so a plain sum would count the image prior once
+per concept, and the doubled prior drowns the objects. For them the logic applies to each leaf's *ratio*
+``E(x | c) - E(x | null)`` (``-log p(c | x)`` up to a constant) and the prior is added once:
+``E = E_prior(x) + F(w * ratios)``, where ``w`` is the guidance scale (classifier-free guidance; ``w = 1`` is
+the plain product).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 
 import torch
 
 from conceptlib import batched
-from conceptlib.concepts import LoadedConcept
-from conceptlib.expr import And, Leaf, Node, Not, Or, Weighted
+from conceptlib.concepts import ConceptKind, LoadedConcept
+from conceptlib.expr import Leaf, Node, conjuncts, fold
 from conceptlib.registry import VersionRef
 
 EnergyFn = Callable[[torch.Tensor], torch.Tensor]
@@ -62,37 +61,40 @@ class Term:
     def with_null(self, x: torch.Tensor, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(E(x | c), E(x | null))`` at noise ``sigma``, in one batched call.
 
-        A classifier energy (``ratio_only``) is already ``-log p(c | x)``: its null energy is zero.
+        A classifier's energy is already ``-log p(c | x)``: its null energy is zero.
         """
         n = x.shape[0]
         c = self._conditions(n)
-        if getattr(self.concept.model, "ratio_only", False):
+        if self.concept.kind is ConceptKind.CLASSIFIER:
             return self._model(x, c, sigma), torch.zeros(n, device=x.device)
         keep = torch.cat([torch.ones(n, device=x.device), torch.zeros(n, device=x.device)])
         both = self._model(torch.cat([x, x]), torch.cat([c, c]), torch.cat([sigma, sigma]), keep)
         return both[:n], both[n:]
 
 
-def compose(node: Node, terms: dict[Leaf, Term], or_temperature: float = 1.0, fuse: bool = True) -> EnergyFn:
+def compose(node: Node, terms: Mapping[Leaf, Term], or_temperature: float = 1.0, fuse: bool = True) -> EnergyFn:
     """The energy ``E(x) -> (B,)`` of ``node``; ``terms`` maps every leaf to its network.
 
     With ``fuse``, when every leaf is a frozen network specialised to a condition shared by the batch, the
     whole expression is evaluated as one function, chunk by chunk (:func:`conceptlib.batched.evaluate`): one
     pass of the chunk threads per step instead of one per concept, each thread keeping its chunk through
     every network. Every operation in an expression is per sample, so chunking the whole is exact (the same
-    samples bit for bit); measured 1.1-1.25x faster at batch 64 with 3-5 concepts (benchmarks/speed.py).
+    samples bit for bit), and faster with several concepts (docs/speed.md).
     """
     specialised = {leaf: term._specialised for leaf, term in terms.items()} if fuse and all(
         term.fast for term in terms.values()) else {}
+    energies = Energies(or_temperature)
     if specialised and all(part is not None for part in specialised.values()):
-        whole = _combine(node, lambda leaf, x: specialised[leaf](x), or_temperature)  # type: ignore[misc]
+        def whole(x: torch.Tensor) -> torch.Tensor:
+            return fold(node, lambda leaf: specialised[leaf](x), energies)  # type: ignore[misc]
+
         return lambda x: batched.evaluate(whole, x)
-    return _combine(node, lambda leaf, x: terms[leaf](x), or_temperature)  # type: ignore[return-value]
+    return lambda x: fold(node, lambda leaf: terms[leaf](x), energies)
 
 
 def compose_noisy(
     node: Node,
-    terms: dict[Leaf, Term],
+    terms: Mapping[Leaf, Term],
     prior: LoadedConcept,
     guidance: float = 1.0,
     or_temperature: float = 1.0,
@@ -111,13 +113,14 @@ def compose_noisy(
     energy cancelling against the prior's: one network call saved per step, same energy.
     """
     direct = _plain_and_leaves(node) if guidance == 1.0 else set()
+    energies = Energies(or_temperature)
     prior_leaf = next((leaf for leaf in direct if terms[leaf].concept.version.ref == prior.version.ref), None)
     call = batched.evaluate if all(term.fast for term in terms.values()) else _plain_call
 
     def energy(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         nulls: dict[VersionRef, torch.Tensor] = {}
 
-        def ratio(leaf: Leaf, x: torch.Tensor) -> torch.Tensor:
+        def ratio(leaf: Leaf) -> torch.Tensor:
             term = terms[leaf]
             if leaf == prior_leaf:
                 return term._model(x, term._conditions(x.shape[0]), sigma)
@@ -125,7 +128,7 @@ def compose_noisy(
             nulls.setdefault(term.concept.version.ref, null)
             return guidance * (conditioned - null)
 
-        combined = _combine(node, ratio, or_temperature)(x)
+        combined = fold(node, ratio, energies)
         if prior_leaf is not None:
             return combined
         if prior_condition is not None:  # an implicit leaf of the prior's concept, guided like the others
@@ -147,60 +150,27 @@ def _plain_call(fn: Callable[..., torch.Tensor], *args: torch.Tensor) -> torch.T
     return fn(*args)
 
 
-def names_prior(node: Node, terms: dict[Leaf, Term], prior: LoadedConcept) -> bool:
-    """True when the expression asks for the prior's concept somewhere outside a NOT."""
-    return any(terms[leaf].concept.version.ref == prior.version.ref for leaf in _positive_leaves(node))
-
-
-def draw_prior_conditions(prior: LoadedConcept, n: int, generator: torch.Generator,
-                          device: torch.device) -> torch.Tensor:
-    """``n`` conditions of the prior concept, uniform over the range it was trained on."""
-    schema = prior.version.schema
-    if schema.kind == "categorical":
-        index = torch.randint(0, schema.dim, (n,), generator=generator, device=device)
-        return torch.eye(schema.dim, device=device)[index]
-    low, high = prior.trained_range()
-    low_t = torch.as_tensor(low, dtype=torch.float32, device=device)
-    high_t = torch.as_tensor(high, dtype=torch.float32, device=device)
-    return low_t + (high_t - low_t) * torch.rand((n, schema.dim), generator=generator, device=device)
-
-
-def _positive_leaves(node: Node) -> list[Leaf]:
-    if isinstance(node, Leaf):
-        return [node]
-    if isinstance(node, Not):
-        return []
-    if isinstance(node, (And, Or)):
-        return [leaf for term in node.terms for leaf in _positive_leaves(term)]
-    if isinstance(node, Weighted):
-        return _positive_leaves(node.term)
-    return []
-
-
 def _plain_and_leaves(node: Node) -> set[Leaf]:
     """The leaves of a leaf or of an AND of bare leaves; empty for anything with OR, NOT or weights."""
-    if isinstance(node, Leaf):
-        return {node}
-    if isinstance(node, And) and all(isinstance(t, Leaf) for t in node.terms):
-        return set(node.terms)  # type: ignore[arg-type]
-    return set()
+    terms = conjuncts(node)
+    return set(terms) if all(isinstance(t, Leaf) for t in terms) else set()  # type: ignore[arg-type]
 
 
-def _combine(node: Node, leaf_energy: Callable[[Leaf, torch.Tensor], torch.Tensor], temperature: float) -> EnergyFn:
-    if isinstance(node, Leaf):
-        return lambda x: leaf_energy(node, x)
-    if isinstance(node, And):
-        parts = [_combine(t, leaf_energy, temperature) for t in node.terms]
-        return lambda x: torch.stack([p(x) for p in parts]).sum(0)  # eq. 5: AND as a sum
-    if isinstance(node, Or):
-        parts = [_combine(t, leaf_energy, temperature) for t in node.terms]
-        # eq. 8: OR as -logsumexp(-E), tempered
-        return lambda x: -temperature * torch.logsumexp(torch.stack([-p(x) for p in parts]) / temperature, 0)
-    if isinstance(node, Not):
-        inner = _combine(node.term, leaf_energy, temperature)
-        return lambda x: -inner(x)  # eq. 10: NOT as a negated energy, grounded by its AND
-    if isinstance(node, Weighted):
-        inner = _combine(node.term, leaf_energy, temperature)
-        weight = node.weight
-        return lambda x: weight * inner(x)
-    raise TypeError(f"not an expression node: {node!r}")
+@dataclass(frozen=True)
+class Energies:
+    """The paper's logic on energies ``(B,)``: the :class:`conceptlib.expr.Algebra` of :func:`compose`."""
+
+    temperature: float = 1.0
+
+    def and_(self, terms: Sequence[torch.Tensor]) -> torch.Tensor:
+        return torch.stack(list(terms)).sum(0)  # eq. 5: AND as a sum
+
+    def or_(self, terms: Sequence[torch.Tensor]) -> torch.Tensor:
+        t = self.temperature  # eq. 8: OR as -logsumexp(-E), tempered
+        return -t * torch.logsumexp(torch.stack([-e for e in terms]) / t, 0)
+
+    def not_(self, term: torch.Tensor) -> torch.Tensor:
+        return -term  # eq. 10: NOT as a negated energy, grounded by its AND
+
+    def weighted(self, weight: float, term: torch.Tensor) -> torch.Tensor:
+        return weight * term

@@ -4,12 +4,11 @@ Each protocol draws random conditions per sample (a position in the source's ran
 samples every image from its own composed energy, and asks the judge (:mod:`conceptlib.judge`, trained
 on renders the concepts never saw: another seed of the same source) what it sees. Every protocol also
 reports how many samples *look real* to the judge, because a judge alone can be fooled by adversarial
-noise (LEARNING.md). Figures are on freshly generated samples, never on training images.
+noise (docs/design.md). Figures are on freshly generated samples, never on training images.
 """
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -20,20 +19,17 @@ import numpy as np
 import torch
 
 from conceptlib.concepts import LoadedConcept, load_concept
-from conceptlib.diffusion import AnnealedConfig, annealed_sample
-from conceptlib.energy import Term, compose, draw_prior_conditions, names_prior
+from conceptlib.energy import Term
 from conceptlib.errors import ConceptError
 from conceptlib.expr import And, Leaf, Node, Not, Or, replace_leaves, to_text
-from conceptlib.imaging import save_grid, to_uint8
+from conceptlib.imaging import images_to_tensor, to_uint8
 from conceptlib.inference import InferenceConfig, infer_each
-from conceptlib.jobs import prior_concept
 from conceptlib.plugins import PluginManager
 from conceptlib.registry import Registry
-from conceptlib.residual import Chain, load_chain
-from conceptlib.sampling import LangevinConfig, initial_images, langevin
+from conceptlib.residual import Chain
+from conceptlib.sampling import sample, sampling_prior
 from conceptlib.schema import Categorical, ConditionSchema, Value
-from conceptlib.scores import NO_BOOST, ClassifierBoost, composed_score, draw_branches
-from conceptlib.training import images_to_tensor
+from conceptlib.settings import SamplerSettings
 
 WITHIN = 0.1
 """A position is right when it lies within this distance (scene units) of the asked one (paper 3.2)."""
@@ -234,38 +230,6 @@ PROTOCOLS: dict[str, Protocol] = {p.name: p for p in [
 
 
 # -------------------------------------------------------------- sampling
-@dataclass(frozen=True)
-class SamplerSettings:
-    annealed: AnnealedConfig = field(default_factory=AnnealedConfig)
-    langevin: LangevinConfig = field(default_factory=LangevinConfig)
-    guidance: float = 1.0
-    classifier_guidance: float = 1.0
-    prior_guidance: float = 1.0
-    classifier_boost: ClassifierBoost = NO_BOOST
-    classifier_temperature: float = 1.0
-    residual_guidance: float = 1.0
-    or_temperature: float = 1.0
-    batch_size: int = 64
-
-    @classmethod
-    def from_options(cls, values: Mapping[str, Any]) -> SamplerSettings:
-        """From the annealed options under the CLI's names (``option_defaults("eval")``, parsed arguments):
-        what ``concept eval`` users get, for the benchmarks that grade it."""
-        annealed = AnnealedConfig(levels=int(values["levels"]), corrector=str(values["corrector"]),
-                                  corrector_steps=int(values["corrector_steps"]),
-                                  corrector_step=float(values["corrector_step"]), eta=float(values["eta"]),
-                                  corrector_above=_optional_float(values.get("corrector_above")))
-        return cls(annealed=annealed, guidance=float(values["guidance"]),
-                   classifier_guidance=float(values["classifier_guidance"]),
-                   prior_guidance=float(values["prior_guidance"]), classifier_boost=ClassifierBoost.from_json(values),
-                   classifier_temperature=float(values["classifier_temperature"]),
-                   residual_guidance=float(values.get("residual_guidance", 1.0)))
-
-
-def _optional_float(value: Any) -> float | None:
-    return None if value is None else float(value)
-
-
 def sample_trial(
     trial: Trial,
     concepts: Mapping[str, LoadedConcept],
@@ -278,29 +242,16 @@ def sample_trial(
 ) -> np.ndarray:
     """Images ``(n, H, W, 3)`` uint8, sample ``i`` drawn from the expression with its own conditions.
 
-    ``chain``: the residual concepts' chain, when the expression holds any (see :func:`load_chain`)."""
+    ``chain``: the residual concepts' chain, when the expression holds any (see :func:`sampling_prior`)."""
     n = len(next(iter(trial.conditions.values())))
     image_size = int(next(iter(concepts.values())).version.hyperparameters["image_size"])
     batches = []
     for start in range(0, n, settings.batch_size):
         part = slice(start, min(n, start + settings.batch_size))
-        count = part.stop - part.start
         terms = {leaf: Term(concepts[leaf.concept], torch.from_numpy(values[part]).to(device))
                  for leaf, values in trial.conditions.items()}
-        if prior is not None:
-            drawn = None if names_prior(trial.node, terms, prior) else draw_prior_conditions(prior, count, generator,
-                                                                                              device)
-            branches = draw_branches(trial.node, prior, count, generator, device)
-            scores = composed_score(trial.node, terms, prior, settings.guidance, settings.classifier_guidance,
-                                    settings.or_temperature, drawn, settings.annealed.corrector, branches,
-                                    settings.prior_guidance, settings.classifier_boost,
-                                    settings.classifier_temperature, chain, settings.residual_guidance)
-            annealed = settings.annealed.for_composition(chain is not None)
-            x = annealed_sample(scores, count, image_size, annealed, generator, device)
-        else:
-            plain = compose(trial.node, terms, settings.or_temperature)
-            start_images = initial_images(count, image_size, settings.langevin.init, generator, device)
-            x = langevin(plain, start_images, settings.langevin, generator)
+        x = sample(trial.node, terms, prior, part.stop - part.start, image_size, settings, generator, device,
+                   chain=chain)
         batches.append(to_uint8(x))
         if on_batch is not None:
             on_batch(part.stop)
@@ -323,11 +274,10 @@ def run_protocols(
     for name in names:
         protocol = PROTOCOLS[name]
         concepts = {c: load_concept(registry, plugins, registry.resolve(c), device) for c in protocol.concepts}
-        noisy = {bool(getattr(c.model, "noise_conditioned", False)) for c in concepts.values()}
-        if len(noisy) > 1:
-            raise ConceptError(f"protocol {name!r} mixes objectives; use concepts trained with one objective")
-        prior = prior_concept(registry, plugins, list(concepts.values()), device) if noisy.pop() else None
-        chain = load_chain(registry, plugins, list(concepts.values()), device)
+        try:
+            prior, chain = sampling_prior(registry, plugins, list(concepts.values()), device)
+        except ConceptError as exc:
+            raise type(exc)(f"protocol {name!r}: {exc}") from None
         params = concepts[protocol.concepts[0]].version.source_params
         rng = np.random.default_rng(seed)
         trial = protocol.make(rng, n, params)
@@ -373,47 +323,6 @@ def infer_positions(
     return {"mae": float(error.mean()), "within_0.1": float((np.linalg.norm(found - targets, axis=1) < WITHIN).mean())}
 
 
-# ---------------------------------------------------------------- report
-def grid_name(protocol: str) -> str:
-    """A file name that keeps the logic: ``!position & color`` -> ``not-position-and-color``."""
-    words = {"&": " and ", "|": " or ", "!": " not "}
-    text = "".join(words.get(ch, ch if ch.isalnum() else " ") for ch in protocol)
-    return "-".join(text.split())
-
-
-def write_report(results: Sequence[ProtocolResult], extra: Mapping[str, Any], out_dir: Path) -> tuple[Path, Path]:
-    """``results.md`` (a table), ``results.json`` and one sample grid per protocol under ``out_dir``."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    rows = ["| protocol | n | metrics | target | met | s |", "|---|---|---|---|---|---|"]
-    for r in results:
-        shown = ", ".join(f"{k} {v:.3f}" for k, v in r.metrics.items())
-        wanted = ", ".join(f"{k} {op} {v:g}" for k, (op, v) in r.targets.items())
-        name = r.name.replace("|", "\\|")  # a bare | would split the Markdown cell
-        rows.append(f"| `{name}` | {r.n} | {shown} | {wanted} | {'yes' if r.passed else 'no'} | {r.seconds:.0f} |")
-        save_grid(r.images[:64], out_dir / f"{grid_name(r.name)}.png", columns=8, captions=r.asked[:64] or None)
-    for r in results:
-        for key, table in r.confusion.items():
-            rows.extend(_confusion_markdown(r.name, key, table))
-    for key, value in extra.items():
-        rows.append(f"\n{key}: {json.dumps(value)}")
-    markdown = out_dir / "results.md"
-    markdown.write_text("\n".join(rows) + "\n")
-    payload = {"protocols": [r.to_json() for r in results], **extra}
-    data = out_dir / "results.json"
-    data.write_text(json.dumps(payload, indent=2) + "\n")
-    return markdown, data
-
-
-def _confusion_markdown(protocol: str, key: str, table: Mapping[str, Any]) -> list[str]:
-    asked = "forbidden" if key.startswith("not_") else "asked"
-    values = table["values"]
-    lines = [f"\n`{protocol}`, {key.removeprefix('not_')}: rows {asked}, columns judged\n",
-             "| | " + " | ".join(values) + " |", "|---" * (len(values) + 1) + "|"]
-    lines += [f"| {value} | " + " | ".join(str(count) for count in row) + " |"
-              for value, row in zip(values, table["matrix"])]
-    return lines
-
-
 # ----------------------------------------------------------- whole run
 def shared_params(versions: Sequence[Any], defaults: Mapping[str, Any]) -> dict[str, Any]:
     """The source params every version was trained with, the source's defaults where they differ.
@@ -424,7 +333,6 @@ def shared_params(versions: Sequence[Any], defaults: Mapping[str, Any]) -> dict[
     first = versions[0].source_params
     return {key: value if all(v.source_params.get(key) == value for v in versions) else defaults.get(key, value)
             for key, value in first.items()}
-
 
 
 @dataclass
@@ -465,10 +373,7 @@ def evaluate_registry(
     )
     extra: dict[str, Any] = {
         "judge_held_out": report.get("attributes", report.get("held_out_test")),
-        "sampler": {**settings.annealed.to_json(), "guidance": settings.guidance,
-                    "classifier_guidance": settings.classifier_guidance, "prior_guidance": settings.prior_guidance,
-                    **settings.classifier_boost.to_json(), "classifier_temperature": settings.classifier_temperature,
-                    "residual_guidance": settings.residual_guidance},
+        "sampler": {**settings.annealed.to_json(), **settings.guidance.to_json()},
         "seed": seed,
         "device": str(device),
     }

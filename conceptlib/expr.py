@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import NamedTuple, NoReturn
+from typing import NamedTuple, NoReturn, Protocol, TypeVar
 
 from conceptlib.errors import ExpressionError
 from conceptlib.limits import MAX_WEIGHT
@@ -141,26 +141,104 @@ def to_text(node: Node) -> str:
     return f"{float(node.weight)!r}*" + _grouped(node.term, (And, Or))
 
 
+T = TypeVar("T")
+
+
+class Algebra(Protocol[T]):
+    """What each operator makes of its terms' values: energies, a score and its energy, a list of leaves.
+
+    The composition of energies (:mod:`conceptlib.energy`), noisy energies and scores
+    (:mod:`conceptlib.scores`) are each one algebra folded over the same tree (:func:`fold`).
+    """
+
+    def and_(self, terms: Sequence[T]) -> T: ...
+
+    def or_(self, terms: Sequence[T]) -> T: ...
+
+    def not_(self, term: T) -> T: ...
+
+    def weighted(self, weight: float, term: T) -> T: ...
+
+
+def fold(node: Node, leaf: Callable[[Leaf], T], algebra: Algebra[T],
+         negated_leaf: Callable[[Leaf], T] | None = None) -> T:
+    """The value of ``node``: ``leaf(l)`` at every leaf, combined bottom-up by ``algebra``, terms in source order.
+
+    ``negated_leaf``, when given, answers a NOT directly over a leaf itself (a classifier asked for the
+    complement of its condition) instead of ``algebra.not_`` of the leaf's value.
+    """
+    if isinstance(node, Leaf):
+        return leaf(node)
+    if isinstance(node, And):
+        return algebra.and_([fold(term, leaf, algebra, negated_leaf) for term in node.terms])
+    if isinstance(node, Or):
+        return algebra.or_([fold(term, leaf, algebra, negated_leaf) for term in node.terms])
+    if isinstance(node, Not):
+        if negated_leaf is not None and isinstance(node.term, Leaf):
+            return negated_leaf(node.term)
+        return algebra.not_(fold(node.term, leaf, algebra, negated_leaf))
+    if isinstance(node, Weighted):
+        return algebra.weighted(node.weight, fold(node.term, leaf, algebra, negated_leaf))
+    raise TypeError(f"not an expression node: {node!r}")
+
+
+class _Rebuild:
+    """The tree itself (without source positions): :func:`map_leaves`' algebra."""
+
+    def and_(self, terms: Sequence[Node]) -> Node:
+        return And(tuple(terms))
+
+    def or_(self, terms: Sequence[Node]) -> Node:
+        return Or(tuple(terms))
+
+    def not_(self, term: Node) -> Node:
+        return Not(term)
+
+    def weighted(self, weight: float, term: Node) -> Node:
+        return Weighted(weight, term)
+
+
+def map_leaves(node: Node, replace: Callable[[Leaf], Node]) -> Node:
+    """``node`` with every leaf replaced by ``replace(leaf)`` (e.g. weighted); source positions are dropped."""
+    return fold(node, replace, _Rebuild())
+
+
+@dataclass(frozen=True)
+class _Collect:
+    """Leaves in source order; ``negated`` says whether the leaves under a NOT count."""
+
+    negated: bool
+
+    def and_(self, terms: Sequence[list[Leaf]]) -> list[Leaf]:
+        return [leaf for term in terms for leaf in term]
+
+    or_ = and_
+
+    def not_(self, term: list[Leaf]) -> list[Leaf]:
+        return term if self.negated else []
+
+    def weighted(self, weight: float, term: list[Leaf]) -> list[Leaf]:
+        return term
+
+
 def leaves(node: Node) -> list[Leaf]:
     """Every leaf of ``node`` in left-to-right (source) order."""
-    if isinstance(node, Leaf):
-        return [node]
-    if isinstance(node, (And, Or)):
-        return [leaf for term in node.terms for leaf in leaves(term)]
-    return leaves(node.term)
+    return fold(node, lambda leaf: [leaf], _Collect(negated=True))
+
+
+def positive_leaves(node: Node) -> list[Leaf]:
+    """The leaves the expression asks for: every leaf outside a NOT."""
+    return fold(node, lambda leaf: [leaf], _Collect(negated=False))
+
+
+def conjuncts(node: Node) -> tuple[Node, ...]:
+    """The terms of ``node`` when it is an AND, else ``node`` alone: what every sample must show."""
+    return node.terms if isinstance(node, And) else (node,)
 
 
 def replace_leaves(node: Node, replacement: Mapping[Leaf, Leaf]) -> Node:
     """``node`` with every leaf found in ``replacement`` swapped for its value (e.g. a condition filled in)."""
-    if isinstance(node, Leaf):
-        return replacement.get(node, node)
-    if isinstance(node, And):
-        return And(tuple(replace_leaves(term, replacement) for term in node.terms))
-    if isinstance(node, Or):
-        return Or(tuple(replace_leaves(term, replacement) for term in node.terms))
-    if isinstance(node, Not):
-        return Not(replace_leaves(node.term, replacement))
-    return Weighted(node.weight, replace_leaves(node.term, replacement))
+    return map_leaves(node, lambda leaf: replacement.get(leaf, leaf))
 
 
 def _grouped(node: Node, needs_parentheses: tuple[type, ...]) -> str:

@@ -15,9 +15,9 @@ import numpy as np
 import torch
 
 from conceptlib.concepts import LoadedConcept
+from conceptlib.imaging import images_to_tensor
 from conceptlib.inference import InferenceConfig, image_energies
 from conceptlib.sources import Dataset
-from conceptlib.training import images_to_tensor
 
 POPULATIONS = ("matched", "mismatched", "noise")
 HELD_OUT_SEED_OFFSET = 4000

@@ -23,7 +23,7 @@ Example::
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import pluggy
 
@@ -45,18 +45,11 @@ def conceptlib_sources() -> list[Source]:
 
 @hookspec
 def conceptlib_architectures() -> list[Architecture]:
-    """Energy-network architectures this plugin provides (``concept add --arch NAME``).
+    """Network architectures this plugin provides (``concept add --arch NAME``).
 
-    Versions record the architecture's name and config, so the plugin must stay installed for
-    concepts trained with it to load.
+    Each builds networks of one of the kinds in :mod:`conceptlib.architectures` (``EnergyNet``,
+    ``NoisyEnergyNet``, ``DenoiserNet``, ``ClassifierNet``), which say what the sampler calls and which class
+    attributes declare the kind. Versions record the architecture's name and config, so the plugin must stay
+    installed for concepts trained with it to load; ``Architecture.migrate`` upgrades configs an older
+    release of the plugin stored.
     """
-
-
-@hookspec
-def conceptlib_samplers() -> list[Any]:
-    """Samplers for composed energies (reserved: the core does not call this hook yet)."""
-
-
-@hookspec
-def conceptlib_judges() -> list[Any]:
-    """Judges, classifiers that score generated images (reserved: not called by the core yet)."""

@@ -11,6 +11,7 @@ import math
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont, UnidentifiedImageError
@@ -24,6 +25,13 @@ def to_uint8(images: np.ndarray | object) -> np.ndarray:
     """float ``(B, 3, H, W)`` in [0, 1] (tensor or array) -> uint8 ``(B, H, W, 3)``."""
     array = images.detach().cpu().numpy() if hasattr(images, "detach") else np.asarray(images)
     return (np.clip(array, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8).transpose(0, 2, 3, 1)
+
+
+def images_to_tensor(images: np.ndarray, device: Any) -> Any:
+    """uint8 ``(B, H, W, 3)`` -> float ``(B, 3, H, W)`` in [0, 1] on ``device``, the inverse of :func:`to_uint8`."""
+    import torch  # here, not above: reading and writing images needs no torch (``concept source sample``)
+
+    return torch.from_numpy(images).to(device).permute(0, 3, 1, 2).float().div_(255.0)
 
 
 def grid(images: np.ndarray, columns: int | None = None, scale: int = 2, pad: int = 2) -> Image.Image:

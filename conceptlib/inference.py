@@ -7,8 +7,9 @@ a continuous box), then, for continuous concepts, gradient refinement of the bes
 A noise-conditioned concept (objective dsm) is scored by its energy averaged over a few noise levels
 and fixed noise draws, ``E(x + sigma eps, sigma | c)``: the denoising view of ``-log p(x | c)`` used by
 diffusion classifiers; a plain denoiser (objective denoiser) by its denoising error
-``||x - D(x + sigma eps, sigma | c)||^2 / 2 sigma^2``, the same view without an energy network. The
-same draws are used for every candidate, so the comparison is paired.
+``||x - D(x + sigma eps, sigma | c)||^2 / 2 sigma^2``, the same view without an energy network; a residual
+concept by the denoising error of the whole chain it stacks on. The same draws are used for every
+candidate, so the comparison is paired.
 """
 
 from __future__ import annotations
@@ -82,7 +83,7 @@ def image_energies(
     """
     model = concept.model
     x = images.repeat(repeats, 1, 1, 1)
-    if not getattr(model, "noise_conditioned", False):
+    if not concept.kind.noise_conditioned:
         return model(x, conditions)
     generator = torch.Generator(device=images.device).manual_seed(config.seed)
     total = torch.zeros(x.shape[0], device=images.device)
@@ -98,7 +99,7 @@ def image_energies(
                 reader = ChainReader.at(chain, x + sigma * noise, s, differentiable=True, templates=templates)
                 error = x - reader.total({concept.version.concept: conditions})
                 total = total + error.pow(2).flatten(1).sum(1) / (2 * sigma**2)
-            elif concept.is_denoiser:  # its denoising error: the diffusion-classifier view of -log p(x | c)
+            elif concept.kind.denoises:  # its denoising error: the diffusion-classifier view of -log p(x | c)
                 error = x - model.denoise(x + sigma * noise, conditions, s, keep)
                 total = total + error.pow(2).flatten(1).sum(1) / (2 * sigma**2)
             elif null:

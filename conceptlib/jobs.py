@@ -1,7 +1,7 @@
-"""The library's entry points for whole jobs: add a concept, compose samples.
+"""The library's entry points for whole jobs: add a concept, compose samples, import a concept file.
 
-The CLI is a thin shell over these two functions, so notebooks and other programs get the same
-behaviour with one call each.
+The CLI is a thin shell over these functions, so notebooks and other programs get the same behaviour
+(and the same defaults) with one call each.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 import traceback
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,10 +25,10 @@ from conceptlib.concepts import (
     check_layout,
     expected_layout,
     load_concept,
+    prior_concept,
     state_to_numpy,
 )
-from conceptlib.diffusion import AnnealedConfig, annealed_sample
-from conceptlib.energy import Term, compose, draw_prior_conditions, names_prior
+from conceptlib.energy import Term
 from conceptlib.errors import (
     CheckpointError,
     ConceptError,
@@ -43,30 +43,16 @@ from conceptlib.limits import MAX_HELD_IMAGES_BYTES
 from conceptlib.names import check_name
 from conceptlib.plots import loss_curve
 from conceptlib.plugins import PluginManager
-from conceptlib.registry import NewVersion, Registry, VersionInfo, VersionRef
+from conceptlib.registry import NewVersion, Registry, VersionInfo, VersionRef, split_ref
 from conceptlib.registry.api import ImportResult
 from conceptlib.registry.blobs import Header
 from conceptlib.registry.transfer import ConceptFile, read_concept_file
-from conceptlib.residual import build_chain, lineage_closure, load_chain
-from conceptlib.sampling import LangevinConfig, initial_images, langevin
+from conceptlib.residual import build_chain, lineage_closure
+from conceptlib.sampling import sample, sampler_record, sampling_prior, steps
 from conceptlib.schema import ConditionSchema
-from conceptlib.scores import NO_BOOST, ClassifierBoost, composed_score, draw_branches
+from conceptlib.settings import SamplerSettings, TrainConfig, resolve_objective, train_config
 from conceptlib.sources import Progress, Source, canonical_hash
-from conceptlib.training import (
-    IterationCallback,
-    TrainConfig,
-    check_frozen_attributes,
-    resolve_objective,
-    train_concept,
-)
-
-
-def split_ref(text: str) -> tuple[str, str | None]:
-    """``name@ref`` -> (name, ref); ``name`` -> (name, None)."""
-    name, _, ref = text.partition("@")
-    if not name or (ref == "" and "@" in text):
-        raise ConceptError(f"bad concept reference {text!r}; write NAME, NAME@VERSION or NAME@ALIAS")
-    return name, ref or None
+from conceptlib.training import IterationCallback, check_frozen_attributes, train_concept
 
 
 @dataclass
@@ -77,9 +63,10 @@ class AddRequest:
     attribute: str | None = None
     frozen: Sequence[str] = ()
     architecture: str | None = None
-    """Default: ``unet`` for objectives denoiser and dsm, ``classifier`` for classifier, ``small`` for cd."""
+    """Default: the objective's (``TrainConfig.architecture``)."""
     architecture_config: Mapping[str, Any] = field(default_factory=dict)
-    train: TrainConfig = field(default_factory=TrainConfig)
+    train: TrainConfig | None = None
+    """Default: the objective ``auto`` picks (a denoiser alone, a residual with frozen concepts)."""
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     description: str = ""
     resume: bool = False
@@ -108,9 +95,8 @@ def add_concept(
     check_name(request.name)
     ranks = distributed.current()
     source = plugins.source(request.source)
-    objective = resolve_objective(request.train.objective, bool(request.frozen))
-    request = replace(request, train=replace(request.train, objective=objective))
-    architecture_name = request.architecture or DEFAULT_ARCHITECTURES.get(request.train.objective, "unet")
+    train = request.train or train_config(resolve_objective("auto", bool(request.frozen)), {})
+    architecture_name = request.architecture or train.architecture
     architecture = plugins.architecture(architecture_name)
     params = source.resolve_params(request.params)
     schemas = source.attributes(params)
@@ -120,17 +106,18 @@ def add_concept(
             f"source {request.source!r} has no attribute {attribute!r} (it labels: {', '.join(schemas)}); "
             "name the concept after one, or pass --attribute"
         )
-    if request.min_accuracy is not None and (objective != "classifier" or schemas[attribute].kind != "categorical"):
+    if request.min_accuracy is not None and (train.objective != "classifier"
+                                             or schemas[attribute].kind != "categorical"):
         raise ConceptError("--min-accuracy needs a held-out accuracy, which only categorical concepts trained "
                            f"with objective classifier report; {attribute!r} is {schemas[attribute].kind}, "
-                           f"objective {objective}")
+                           f"objective {train.objective}")
     frozen_versions = []
     for text in request.frozen:
         name, ref = split_ref(text)
         if name == request.name:
             raise ConceptError(f"--with {text}: a concept cannot be frozen into its own training")
         frozen_versions.append(registry.resolve(name, ref))
-    if objective == "residual":  # a residual reads its frozen concepts' whole composition: their lineage too
+    if train.objective == "residual":  # a residual reads its frozen concepts' whole composition: their lineage too
         frozen_versions = lineage_closure(registry, frozen_versions)
     _check_before_training(registry, request.name, attribute, schemas, params, frozen_versions, request.source)
     config = architecture.config(request.architecture_config)
@@ -138,17 +125,17 @@ def add_concept(
         "registry": registry.display_url, "name": request.name, "source": request.source, "params": params,
         "attribute": attribute, "frozen": [str(v.ref) for v in frozen_versions], "architecture": architecture_name,
         "architecture_config": config,
-        "train": {k: v for k, v in request.train.to_json().items() if k not in RESUMABLE_CHANGES},
+        "train": {k: v for k, v in train.to_json().items() if k not in RESUMABLE_CHANGES},
         **({"world_size": ranks.world_size} if ranks.active else {}),
     })
     directory = (request.checkpoint_dir or checkpoint_root(registry.url)) / run_key[:16]
     if ranks.active:  # each rank its own generators and replay buffer, so each its own checkpoint
         directory = directory / f"rank{ranks.rank}"
     bound = {"key": run_key, "frozen": {str(v.ref): v.weights_sha256 for v in frozen_versions}}
-    checkpoint = Checkpoint(directory, request.checkpoint_every, request.resume, request.train.iterations, run=bound)
+    checkpoint = Checkpoint(directory, request.checkpoint_every, request.resume, train.iterations, run=bound)
     resumed_from = checkpoint.saved
     frozen = [load_concept(registry, plugins, v, request.device) for v in frozen_versions]
-    if objective == "residual":
+    if train.objective == "residual":
         build_chain(frozen)
     dataset = _load(source, params, on_load)
     _check_image_size(frozen_versions, dataset.image_size)
@@ -156,7 +143,7 @@ def add_concept(
     with DeferredInterrupt() as interrupt:
         checkpoint.interrupt = interrupt
         result = _train(source, checkpoint, lambda: train_concept(
-            architecture, config, dataset, attribute, frozen, request.train, request.device, on_iteration, prior,
+            architecture, config, dataset, attribute, frozen, train, request.device, on_iteration, prior,
             checkpoint,
         ))
     if interrupt.pressed:
@@ -169,7 +156,7 @@ def add_concept(
     hyperparameters = {
         "image_size": dataset.image_size,
         "device": str(request.device),
-        **request.train.to_json(),
+        **train.to_json(),
         **({"resumed_from_iteration": resumed_from} if resumed_from is not None else {}),
         **(ranks.to_json() if ranks.active else {}),
     }
@@ -183,7 +170,7 @@ def add_concept(
         attribute=attribute,
         dataset_hash=dataset.hash,
         hyperparameters=hyperparameters,
-        seed=request.train.seed,
+        seed=train.seed,
         metrics={**result.metrics, "loss_curve": loss_curve(result.history)},
         lineage=[v.ref for v in frozen_versions],
         description=request.description,
@@ -204,8 +191,6 @@ def add_concept(
     return version if version is not None else registry.resolve(request.name, number)
 
 
-DEFAULT_ARCHITECTURES = {"denoiser": "unet", "residual": "residual", "dsm": "unet", "classifier": "classifier",
-                         "cd": "small"}
 RESUMABLE_CHANGES = ("iterations", "lr")
 """Settings a resumed run may change: train longer, or more gently after a divergence."""
 
@@ -299,34 +284,6 @@ def import_concept(registry: Registry, plugins: PluginManager, path: Path) -> tu
     return concept_file, registry.import_versions(concept_file.versions, concept_file.label)
 
 
-def prior_concept(
-    registry: Registry, plugins: PluginManager, concepts: Sequence[LoadedConcept], device: torch.device
-) -> LoadedConcept:
-    """The concept whose null energy is the image prior: a root of the lineage (trained with nothing frozen).
-
-    A concept trained against frozen ones learned only what they did not explain, so its null energy is
-    a residual, not a prior; the prior comes from the first concept of its lineage.
-    """
-    for concept in concepts:
-        if not concept.version.lineage and not getattr(concept.model, "ratio_only", False):
-            return concept
-    for concept in concepts:
-        ref = concept.version.lineage[0] if concept.version.lineage else None
-        while ref is not None:
-            version = registry.resolve(ref.concept, ref.number)
-            if not version.lineage:
-                root = load_concept(registry, plugins, version, device)
-                if not getattr(root.model, "ratio_only", False):
-                    return root
-            ref = version.lineage[0] if version.lineage else None
-    names = ", ".join(sorted({c.version.concept for c in concepts}))
-    raise ConceptError(
-        f"no concept in this expression ({names}) or its lineage models whole images, which sampling needs as "
-        "the prior; add a concept trained with --objective denoiser (e.g. position) to the expression or train "
-        "these --with one"
-    )
-
-
 @dataclass
 class Composition:
     images: np.ndarray
@@ -342,38 +299,80 @@ def compose_images(
     plugins: PluginManager,
     expression: str,
     n: int,
-    sampler: LangevinConfig | None = None,
+    settings: SamplerSettings | None = None,
     seed: int = 0,
     device: torch.device | None = None,
-    or_temperature: float = 1.0,
-    batch_size: int = 64,
-    on_step: Callable[[int, int], None] | None = None,
-    annealed: AnnealedConfig | None = None,
-    guidance: float = 1.0,
     shard: tuple[int, int] = (0, 1),
-    classifier_guidance: float = 1.0,
-    prior_guidance: float = 1.0,
-    classifier_boost: ClassifierBoost = NO_BOOST,
-    classifier_temperature: float = 1.0,
-    residual_guidance: float = 1.0,
+    on_step: Callable[[int, int], None] | None = None,
 ) -> Composition:
-    """Sample ``n`` images from the composed energy of ``expression``.
-
-    Noise-conditioned concepts (objectives denoiser, dsm, classifier) are sampled by the annealed sampler with the prior
-    counted once; contrastive-divergence concepts by Langevin dynamics. One expression cannot mix them.
+    """Sample ``n`` images of ``expression`` with ``settings`` (default: what ``concept compose`` uses).
 
     Batch ``b`` draws from its own random stream of ``seed``, so ``shard=(rank, ranks)`` (a contiguous
     run of batches) gives exactly the samples a single process draws at those indices, for any rank count.
     """
     if n < 1:
         raise ConceptError(f"-n must be at least 1; got {n}")
-    if or_temperature <= 0:
-        raise ConceptError(f"--temperature must be positive; got {or_temperature}")
-    if min(guidance, classifier_guidance, prior_guidance) <= 0:
-        raise ConceptError(f"--guidance, --classifier-guidance and --prior-guidance must be positive; got "
-                           f"{guidance}, {classifier_guidance}, {prior_guidance}")
+    settings = settings or SamplerSettings()
     device = device or torch.device("cpu")
     node = expr.parse(expression)
+    loaded, terms, cautions = _resolve(registry, plugins, node, device)
+    sizes = {int(c.version.hyperparameters["image_size"]) for c in loaded.values()}
+    if len(sizes) > 1:
+        raise ConceptError(f"the concepts in this expression work on different image sizes: {sorted(sizes)}")
+    image_size = sizes.pop()
+    prior, chain = sampling_prior(registry, plugins, list(loaded.values()), device)
+    rank, ranks = shard
+    batch_size = settings.batch_size
+    batch_count = (n + batch_size - 1) // batch_size
+    mine = range(batch_count * rank // ranks, batch_count * (rank + 1) // ranks)
+    held = min(n, len(mine) * batch_size) * 3 * image_size**2
+    if held > MAX_HELD_IMAGES_BYTES:
+        raise ConceptError(
+            f"-n {n} would hold {held / 2**30:.1f} GiB of {image_size}px images before writing them (at most "
+            f"{MAX_HELD_IMAGES_BYTES / 2**30:.0f} GiB per process); draw fewer per run, or share them out "
+            "across ranks with torchrun"
+        )
+    batches = [np.zeros((0, image_size, image_size, 3), np.uint8)]
+    steps_per_batch = steps(prior, settings, chain)
+    done_steps = 0
+    total_steps = steps_per_batch * len(mine)
+    started = time.perf_counter()
+    for batch in mine:
+        count = min(batch_size, n - batch * batch_size)
+
+        def step(done: int, _total: int, offset: int = done_steps) -> None:
+            if on_step is not None:
+                on_step(offset + done, total_steps)
+
+        generator = torch.Generator(device=device).manual_seed(distributed.stream_seed(seed, batch))
+        images = sample(node, terms, prior, count, image_size, settings, generator, device, on_step=step, chain=chain)
+        if not bool(torch.isfinite(images).all()):
+            raise ConceptError(
+                f"sampling diverged: batch {batch} came out NaN or infinite, so nothing was written; lower the "
+                "expression's weights, --guidance or --step-size"
+            )
+        batches.append(to_uint8(images))
+        done_steps += steps_per_batch
+    versions = {v.concept: v.number for v in loaded}
+    provenance = {
+        "expression": expr.to_text(node),
+        "versions": {str(ref): loaded[ref].version.weights_sha256 for ref in loaded},
+        "sampler": sampler_record(node, terms, prior, settings, chain),
+        "seed": seed,
+        "n": n,
+        "batch_size": batch_size,
+        "image_size": image_size,
+        "device": str(device),
+        "seconds": round(time.perf_counter() - started, 3),
+    }
+    return Composition(np.concatenate(batches), provenance, cautions + _lineage_warnings(loaded, versions),
+                       mine.start * batch_size)
+
+
+def _resolve(registry: Registry, plugins: PluginManager, node: expr.Node, device: torch.device,
+             ) -> tuple[dict[VersionRef, LoadedConcept], dict[expr.Leaf, Term], list[str]]:
+    """Every leaf's version loaded once, and its value encoded: the expression made concrete; with the
+    cautions its values earn (outside the range a concept was trained on), each once."""
     loaded: dict[VersionRef, LoadedConcept] = {}
     terms: dict[expr.Leaf, Term] = {}
     cautions: list[str] = []
@@ -389,91 +388,7 @@ def compose_images(
         caution = outside_trained_range(concept, leaf.value, expr.to_text(leaf))
         if caution is not None and caution not in cautions:
             cautions.append(caution)
-    sizes = {int(c.version.hyperparameters["image_size"]) for c in loaded.values()}
-    if len(sizes) > 1:
-        raise ConceptError(f"the concepts in this expression work on different image sizes: {sorted(sizes)}")
-    image_size = sizes.pop()
-    noisy = {bool(getattr(c.model, "noise_conditioned", False)) for c in loaded.values()}
-    if len(noisy) > 1:
-        raise ConceptError(
-            "this expression mixes concepts trained by denoising score matching and by contrastive "
-            "divergence, whose energies do not compose; use versions trained with one objective"
-        )
-    if noisy.pop():
-        annealed = annealed or AnnealedConfig()
-        prior = prior_concept(registry, plugins, list(loaded.values()), device)
-        chain = load_chain(registry, plugins, list(loaded.values()), device)
-        annealed = annealed.for_composition(chain is not None)
-        latent = not names_prior(node, terms, prior)
-        steps_per_batch = annealed.steps
-        settings = {**annealed.to_json(), "guidance": guidance, "classifier_guidance": classifier_guidance,
-                    "prior_guidance": prior_guidance, **classifier_boost.to_json(),
-                    "classifier_temperature": classifier_temperature,
-                    **({"residual_guidance": residual_guidance} if chain is not None else {}),
-                    "prior": str(prior.version.ref),
-                    "prior_condition": "drawn per sample" if latent else "from the expression or null"}
-
-        def draw(count: int, step: Callable[[int, int], None], generator: torch.Generator) -> torch.Tensor:
-            drawn = draw_prior_conditions(prior, count, generator, device) if latent else None
-            branches = draw_branches(node, prior, count, generator, device)
-            scores = composed_score(node, terms, prior, guidance, classifier_guidance, or_temperature, drawn,
-                                    annealed.corrector, branches, prior_guidance, classifier_boost,
-                                    classifier_temperature, chain, residual_guidance)
-            return annealed_sample(scores, count, image_size, annealed, generator, device, on_step=step)
-    else:
-        sampler = sampler or LangevinConfig()
-        energy = compose(node, terms, or_temperature)
-        steps_per_batch = sampler.steps
-        settings = {"name": "langevin", **sampler.to_json()}
-
-        def draw(count: int, step: Callable[[int, int], None], generator: torch.Generator) -> torch.Tensor:
-            x = initial_images(count, image_size, sampler.init, generator, device)
-            return langevin(energy, x, sampler, generator, on_step=step)
-
-    rank, ranks = shard
-    batch_count = (n + batch_size - 1) // batch_size
-    mine = range(batch_count * rank // ranks, batch_count * (rank + 1) // ranks)
-    held = min(n, len(mine) * batch_size) * 3 * image_size**2
-    if held > MAX_HELD_IMAGES_BYTES:
-        raise ConceptError(
-            f"-n {n} would hold {held / 2**30:.1f} GiB of {image_size}px images before writing them (at most "
-            f"{MAX_HELD_IMAGES_BYTES / 2**30:.0f} GiB per process); draw fewer per run, or share them out "
-            "across ranks with torchrun"
-        )
-    batches = [np.zeros((0, image_size, image_size, 3), np.uint8)]
-    done_steps = 0
-    total_steps = steps_per_batch * len(mine)
-    started = time.perf_counter()
-    for batch in mine:
-        count = min(batch_size, n - batch * batch_size)
-
-        def step(done: int, _total: int, offset: int = done_steps) -> None:
-            if on_step is not None:
-                on_step(offset + done, total_steps)
-
-        generator = torch.Generator(device=device).manual_seed(distributed.stream_seed(seed, batch))
-        images = draw(count, step, generator)
-        if not bool(torch.isfinite(images).all()):
-            raise ConceptError(
-                f"sampling diverged: batch {batch} came out NaN or infinite, so nothing was written; lower the "
-                "expression's weights, --guidance or --step-size"
-            )
-        batches.append(to_uint8(images))
-        done_steps += steps_per_batch
-    versions = {v.concept: v.number for v in loaded}
-    provenance = {
-        "expression": expr.to_text(node),
-        "versions": {str(ref): loaded[ref].version.weights_sha256 for ref in loaded},
-        "sampler": {**settings, "or_temperature": or_temperature},
-        "seed": seed,
-        "n": n,
-        "batch_size": batch_size,
-        "image_size": image_size,
-        "device": str(device),
-        "seconds": round(time.perf_counter() - started, 3),
-    }
-    return Composition(np.concatenate(batches), provenance, cautions + _lineage_warnings(loaded, versions),
-                       mine.start * batch_size)
+    return loaded, terms, cautions
 
 
 def _lineage_warnings(loaded: Mapping[VersionRef, LoadedConcept], versions: Mapping[str, int]) -> list[str]:

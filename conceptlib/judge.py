@@ -43,9 +43,9 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from conceptlib.files import atomic_write
-from conceptlib.schema import ConditionSchema, Continuous, schema_from_json
+from conceptlib.imaging import images_to_tensor
+from conceptlib.schema import ConditionSchema, is_image_point, schema_from_json
 from conceptlib.sources import Dataset, Progress, canonical_hash
-from conceptlib.training import images_to_tensor
 
 JUDGE_VERSION = 1
 """Bump on any change to the network, training or calibration: it enters every cache key."""
@@ -74,10 +74,6 @@ EpochCallback = Callable[[int, dict[str, float]], None]
 
 def _conv(cin: int, cout: int) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
-
-
-def _is_spatial(schema: ConditionSchema) -> bool:
-    return isinstance(schema, Continuous) and schema.spatial and schema.dim == 2
 
 
 class _Regression(nn.Module):
@@ -122,7 +118,7 @@ class Judge(nn.Module):
         self.deep = nn.Sequential(_conv(c2, c3), _conv(c3, c3))  # 1/4
         self.feature_dim = 2 * c3  # global max and average pooling
         self.trunk = nn.Sequential(nn.Linear(self.feature_dim, 128), nn.ReLU(inplace=True))
-        self.spatial = [a for a, s in self.schemas.items() if _is_spatial(s)]
+        self.spatial = [a for a, s in self.schemas.items() if is_image_point(s)]
         self.heads = nn.ModuleDict(
             {
                 a: nn.Linear(128, s.dim) if s.kind == "categorical" else _Regression(128, s.dim)
@@ -337,7 +333,7 @@ def evaluate(judge: Judge, dataset: Dataset, index: np.ndarray) -> dict[str, dic
             continue
         error = guess.reshape(len(index), -1) - truth.reshape(len(index), -1)
         report[attribute] = {"mae": float(np.abs(error).mean())}
-        if _is_spatial(schema):
+        if is_image_point(schema):
             report[attribute][f"within_{WITHIN:g}"] = float((np.linalg.norm(error, axis=1) <= WITHIN).mean())
     return report
 

@@ -61,8 +61,8 @@ class Continuous:
     """A point in a box: ``names`` are its axes, each in ``[low, high]``.
 
     ``spatial`` marks the first two axes as a point on the image plane ((x, y), 0..1 left-to-right,
-    top-to-bottom), so that architectures can render it as a map instead of a bare vector (measured: position
-    fed as a Gaussian bump map learns, fed as constant planes it does not).
+    top-to-bottom), so that architectures can render it as a map instead of a bare vector (position fed as a
+    Gaussian bump map learns, fed as constant planes it does not: docs/design.md).
     """
 
     names: tuple[str, ...]
@@ -114,6 +114,15 @@ class Continuous:
 
 
 ConditionSchema = Union[Categorical, Continuous]
+
+
+def is_image_point(schema: ConditionSchema, more_axes: bool = False) -> bool:
+    """A 2-D point on the image plane (``spatial``): networks and the judge draw or read it as a map. With
+    ``more_axes``, also a longer point whose first two axes are one (``(x, y, size)``: the U-Net draws
+    ``(x, y)`` as a map and reads the rest as a vector)."""
+    point = schema.dim >= 2 if more_axes else schema.dim == 2
+    return isinstance(schema, Continuous) and schema.spatial and point
+
 
 
 MAX_VALUES = 4096

@@ -11,9 +11,10 @@ from torch import nn
 from conceptlib import batched, expr
 from conceptlib.concepts import LoadedConcept
 from conceptlib.energy import Term, compose, compose_noisy
+from conceptlib.langevin import langevin
 from conceptlib.plugins import PluginManager
 from conceptlib.registry import VersionRef
-from conceptlib.sampling import LangevinConfig, langevin
+from conceptlib.settings import LangevinConfig
 
 TINY = {"channels": [8, 8, 8], "embed": 16}
 SIZE = 16
@@ -33,7 +34,8 @@ def frozen(plugins: PluginManager, architecture: str, attribute: str, seed: int 
     with torch.no_grad():
         for p in model.parameters():
             p.copy_(torch.randn(p.shape) * 0.2)
-    version = SimpleNamespace(ref=VersionRef(f"{attribute}-{architecture}", seed), schema=schema, concept=attribute)
+    version = SimpleNamespace(ref=VersionRef(f"{attribute}-{architecture}", seed), schema=schema, concept=attribute,
+                              hyperparameters={})
     return LoadedConcept(version, model.eval().requires_grad_(False))  # type: ignore[arg-type]
 
 
@@ -74,7 +76,7 @@ def test_specialised_small_net_hand_written_gradient_equals_autograd_at_full_dep
         for p in model.parameters():
             p.copy_(torch.randn(p.shape) * 0.2)
     model.requires_grad_(False)
-    c = LoadedConcept(SimpleNamespace(schema=schema, concept=attribute), model).condition(  # type: ignore[arg-type]
+    c = LoadedConcept(SimpleNamespace(schema=schema, concept=attribute, hyperparameters={}), model).condition(  # type: ignore[arg-type]
         VALUES[attribute], torch.device("cpu"))
     specialised = model.for_condition(c)
     x = torch.rand((5, 3, size, size), generator=torch.Generator().manual_seed(2))

@@ -76,27 +76,33 @@ def test_compose_sidecar_records_expression_sampler_and_seed(run, add_tiny, tmp_
 
 
 @pytest.mark.parametrize("command", ["compose", "eval"])
-def test_sampler_options_default_to_the_annealed_config(command):
-    """The CLI spells its defaults out (it must not import torch to show --help); they must not drift."""
+def test_sampler_options_default_to_the_library_settings(command):
+    """The CLI's defaults are read from SamplerSettings, so a notebook calling the library with defaults samples
+    what `concept compose` does; its options' names are the ones SamplerSettings reads and sidecars record."""
     from conceptlib.cli import option_defaults
-    from conceptlib.diffusion import AnnealedConfig
-    from conceptlib.evaluation import SamplerSettings
+    from conceptlib.settings import AnnealedConfig, ClassifierBoost, Guidance, SamplerSettings
 
     defaults = option_defaults(command)
     config = AnnealedConfig()
     for field in ("levels", "corrector", "corrector_steps", "corrector_step", "eta"):
         assert defaults[field] == getattr(config, field), field
-    assert defaults["prior_guidance"] == SamplerSettings().prior_guidance
-    # the library's default is no boost (a plain product); the CLI's is the measured one, and it must build
-    from conceptlib.scores import ClassifierBoost
-
-    boost = ClassifierBoost.from_json(defaults)
-    assert boost.to_json() == {name: defaults[name] for name in boost.to_json()}
-    # what the benchmarks grade: the settings `concept eval` users get, built from these same names
     settings = SamplerSettings.from_options(defaults)
-    assert settings.annealed == config and settings.classifier_boost == boost
-    assert (settings.guidance, settings.classifier_guidance, settings.classifier_temperature) == (
+    assert settings == SamplerSettings()
+    assert settings.guidance.to_json() == {name: defaults[name] for name in Guidance().to_json()}
+    assert settings.guidance.boost == ClassifierBoost() and settings.annealed == config
+    assert (settings.guidance.scale, settings.guidance.classifier, settings.guidance.classifier_temperature) == (
         defaults["guidance"], defaults["classifier_guidance"], defaults["classifier_temperature"])
+
+
+def test_training_options_default_to_the_objectives_configs():
+    from conceptlib.cli import option_defaults
+    from conceptlib.settings import CdConfig, DsmConfig
+
+    defaults = option_defaults("add")
+    cd = CdConfig()
+    assert (defaults["l2"], defaults["steps"], defaults["step_size"], defaults["noise"], defaults["lr"]) == (
+        cd.l2, cd.langevin.steps, cd.langevin.step_size, cd.langevin.noise, cd.lr)
+    assert defaults["condition_dropout"] == DsmConfig().condition_dropout
 
 
 def test_compose_with_the_same_seed_gives_the_same_images(run, add_tiny, tmp_path):
@@ -285,10 +291,12 @@ def test_a_denoiser_prior_composes_with_classifiers_and_refuses_mala(run, add_ti
     add_tiny("color", "--with", "position", "--objective", "classifier")
     out = tmp_path / "out"
     result = run("compose", "position=(0.3,0.7) & !color=red", "-n", "2", "--out-dir", str(out),
-                 "--classifier-guidance", "4", "--classifier-boost-max", "2", *TINY_SAMPLING)
+                 "--classifier-guidance", "4", "--classifier-boost-max", "2", "--corrector-above", "0.2",
+                 *TINY_SAMPLING)
     assert result.exit_code == 0, result.output
     sampler = sidecar(out)["sampler"]
     assert sampler["classifier_guidance"] == 4.0 and sampler["prior"] == "position@1"
+    assert sampler["corrector_above"] == 0.2  # set explicitly, so recorded (unset, only residual chains record it)
     assert sampler["classifier_boost_below"] == 0.3 and sampler["classifier_boost_max"] == 2.0
     assert sampler["classifier_temperature"] == 2.0  # the CLI's default reading of categorical classifiers
     refused = run("compose", "color=red", "-n", "2", "-o", str(tmp_path / "g.png"), "--corrector", "mala",
@@ -303,6 +311,13 @@ def test_a_denoiser_prior_composes_with_classifiers_and_refuses_mala(run, add_ti
 def test_a_classifier_reading_it_cannot_mean_is_refused_in_one_line(run, tmp_path, option, value, fragment):
     result = run("compose", "color=red", "-n", "2", "-o", str(tmp_path / "g.png"), option, value)
     assert_one_line_error(result, option, fragment)
+    assert not (tmp_path / "g.png").exists()
+
+
+@pytest.mark.parametrize("value", ["-0.1", "nan"])
+def test_a_corrector_floor_below_zero_or_not_a_number_is_refused_in_one_line(run, tmp_path, value):
+    result = run("compose", "color=red", "-n", "2", "-o", str(tmp_path / "g.png"), "--corrector-above", value)
+    assert_one_line_error(result, "--corrector-above")
     assert not (tmp_path / "g.png").exists()
 
 

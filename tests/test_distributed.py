@@ -20,11 +20,11 @@ import torch
 from click.testing import CliRunner
 
 from conceptlib.cli import cli
-from conceptlib.diffusion import AnnealedConfig
 from conceptlib.distributed import TIMEOUT_ENV, TRACE_ENV
 from conceptlib.jobs import compose_images
 from conceptlib.plugins import PluginManager
 from conceptlib.registry import Registry
+from conceptlib.settings import AnnealedConfig, SamplerSettings
 from tests.conftest import TINY_SAMPLING, TINY_SOURCE, TINY_TRAINING, assert_one_line_error
 from tests.reliability import fork, run_cli, wait
 
@@ -139,8 +139,8 @@ def test_the_samples_do_not_depend_on_the_rank_count(trained):
     registry, plugins = Registry.open(str(root / "registry.db")), PluginManager()
 
     def shard(rank: int, ranks: int):
-        return compose_images(registry, plugins, "position=(0.3,0.7)", 5, seed=3, batch_size=2,
-                              annealed=AnnealedConfig(levels=3), shard=(rank, ranks))
+        settings = SamplerSettings(annealed=AnnealedConfig(levels=3), batch_size=2)
+        return compose_images(registry, plugins, "position=(0.3,0.7)", 5, settings, seed=3, shard=(rank, ranks))
 
     whole = shard(0, 1)
     parts = [shard(rank, 3) for rank in range(3)]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -13,7 +14,10 @@ from conceptlib.concepts import LoadedConcept
 from conceptlib.energy import Term, compose, compose_noisy
 from conceptlib.errors import ConceptError
 from conceptlib.expr import And, Leaf, Not
-from conceptlib.sampling import LangevinConfig, ReplayBuffer, langevin
+from conceptlib.langevin import langevin
+from conceptlib.sampling import draw_prior_conditions, names_prior
+from conceptlib.settings import LangevinConfig
+from conceptlib.training.replay import ReplayBuffer
 
 
 class Constant(nn.Module):
@@ -24,7 +28,8 @@ class Constant(nn.Module):
 
 
 def terms_for(node: expr.Node) -> dict[expr.Leaf, Term]:
-    concept = LoadedConcept(version=None, model=Constant())  # type: ignore[arg-type]
+    version = SimpleNamespace(hyperparameters={"objective": "cd"})
+    concept = LoadedConcept(version=version, model=Constant())  # type: ignore[arg-type]
     return {leaf: Term(concept, torch.tensor([[float(leaf.value)]])) for leaf in expr.leaves(node)}
 
 
@@ -149,8 +154,6 @@ def test_noisy_guidance_scales_each_ratio_and_not_applies_to_the_ratio():
 
 
 def test_the_prior_is_named_only_by_positive_leaves():
-    from conceptlib.energy import names_prior
-
     a, b = noisy_concept("a", 1.0), noisy_concept("b", 5.0)
     la, lb = Leaf("a", 0.5), Leaf("b", 0.2)
     terms = {la: Term(a, torch.tensor([[0.5]])), lb: Term(b, torch.tensor([[0.2]]))}
@@ -160,8 +163,6 @@ def test_the_prior_is_named_only_by_positive_leaves():
 
 
 def test_a_drawn_prior_condition_replaces_the_null_energy():
-    from conceptlib.energy import draw_prior_conditions
-
     a, b = noisy_concept("a", 1.0), noisy_concept("b", 5.0)
     lb = Leaf("b", 0.2)
     terms = {lb: Term(b, torch.tensor([[0.2]]))}

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 from conceptlib import evaluation
-from conceptlib.evaluation import PROTOCOLS, ProtocolResult, write_report
+from conceptlib.evaluation import PROTOCOLS, ProtocolResult
 from conceptlib.expr import Leaf
+from conceptlib.report import write_report
 
 
 def test_every_protocol_draws_conditions_in_the_sources_range():
@@ -73,7 +74,7 @@ def test_a_result_passes_only_when_every_target_is_met(tmp_path):
 
 
 def test_every_protocol_gets_its_own_grid_and_an_or_keeps_its_markdown_cell(tmp_path):
-    from conceptlib.evaluation import grid_name
+    from conceptlib.report import grid_name
 
     names = [grid_name(p) for p in PROTOCOLS]
     assert len(set(names)) == len(names)  # '!position & color' and 'position & color' once shared a file
@@ -131,9 +132,11 @@ def test_an_unknown_protocol_is_a_one_line_error(run, add_tiny, monkeypatch):
 def test_sample_trial_gives_one_image_per_condition(plugins_and_tiny_concepts):
     concepts, prior = plugins_and_tiny_concepts
     trial = PROTOCOLS["position & color"].make(np.random.default_rng(0), 5, {})
-    settings = evaluation.SamplerSettings(annealed=evaluation.AnnealedConfig(levels=2, corrector="none"),
-                                          batch_size=2)
     import torch
+
+    from conceptlib.settings import AnnealedConfig, SamplerSettings
+
+    settings = SamplerSettings(annealed=AnnealedConfig(levels=2, corrector="none"), batch_size=2)
 
     images = evaluation.sample_trial(trial, concepts, prior, settings, torch.Generator().manual_seed(0),
                                      torch.device("cpu"))

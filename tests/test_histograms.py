@@ -38,7 +38,7 @@ class BrightnessEnergy(nn.Module):
 
 
 def concept_of(model: nn.Module) -> LoadedConcept:
-    return LoadedConcept(SimpleNamespace(attribute="gray"), model)  # type: ignore[arg-type]
+    return LoadedConcept(SimpleNamespace(attribute="gray", hyperparameters={}), model)  # type: ignore[arg-type]
 
 
 def test_a_concept_that_reads_its_attribute_ranks_the_own_condition_lowest():

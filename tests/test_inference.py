@@ -127,7 +127,8 @@ def test_inference_stays_inside_the_range_the_concept_was_trained_on():
             return -c.sum(1) + 0 * x.mean((1, 2, 3))
 
     version = SimpleNamespace(schema=Continuous(names=("x", "y"), low=0.0, high=1.0), attribute="position",
-                              metrics={"condition_low": [0.2, 0.3], "condition_high": [0.8, 0.7]}, source_params={})
+                              metrics={"condition_low": [0.2, 0.3], "condition_high": [0.8, 0.7]}, source_params={},
+                              hyperparameters={})
     found = infer(LoadedConcept(version, Downhill()), torch.zeros(1, 3, 8, 8), InferenceConfig(grid=5)).value
     assert found == pytest.approx((0.8, 0.7))
 

@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from conceptlib import judge as judge_module
+from conceptlib.imaging import images_to_tensor
 from conceptlib.judge import (
     Judge,
     default_cache_dir,
@@ -28,7 +29,6 @@ from conceptlib.judge import (
 )
 from conceptlib.plugins import PluginManager
 from conceptlib.sources import Dataset
-from conceptlib.training import images_to_tensor
 
 PARAMS = {"n": 1500, "image_size": 32, "seed": 3}
 EPOCHS = 2

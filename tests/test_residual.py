@@ -10,7 +10,6 @@ import pytest
 import torch
 
 from conceptlib.concepts import LoadedConcept
-from conceptlib.diffusion import RESIDUAL_CORRECTOR_ABOVE
 from conceptlib.energy import Term
 from conceptlib.errors import ConceptError, TrainingError
 from conceptlib.expr import And, Leaf, Not
@@ -19,11 +18,20 @@ from conceptlib.plugins import PluginManager
 from conceptlib.registry import VersionInfo, VersionRef
 from conceptlib.residual import TEMPLATE_SIGMA, ChainReader, TrainingTemplates, build_chain, frozen_conditions
 from conceptlib.scores import composed_score
-from conceptlib.training import TrainConfig, train_concept
+from conceptlib.settings import (
+    PLAIN,
+    RESIDUAL_CORRECTOR_ABOVE,
+    AnnealedConfig,
+    Guidance,
+    ResidualConfig,
+    SamplerSettings,
+)
+from conceptlib.training import train_concept
 from tests.conftest import TINY_SAMPLING, TINY_SOURCE, assert_one_line_error
 
 CPU = torch.device("cpu")
 TINY_NET = {"channels": [8, 8, 8], "embed": 16, "refine": 4}
+UNGUIDED = SamplerSettings(guidance=PLAIN)
 
 
 @pytest.fixture(scope="module")
@@ -56,8 +64,8 @@ def concept(plugins, dataset, attribute: str, objective: str, seed: int = 0,
     return LoadedConcept(version, model.eval().requires_grad_(False))
 
 
-def tiny(iterations: int = 3, seed: int = 0) -> TrainConfig:
-    return TrainConfig(objective="residual", iterations=iterations, batch_size=8, seed=seed)
+def tiny(iterations: int = 3, seed: int = 0) -> ResidualConfig:
+    return ResidualConfig(iterations=iterations, batch_size=8, seed=seed)
 
 
 def test_a_residual_network_returns_its_estimate_less_the_frozen_one(plugins, dataset):
@@ -149,7 +157,7 @@ def test_a_plain_and_at_guidance_one_follows_the_chain_at_the_named_conditions(p
     leaves = (Leaf("position", 0.0), Leaf("shape", 0.0))
     p, s = torch.tensor([[0.3, 0.6]]), torch.tensor([[0.0, 0.0, 1.0]])
     terms = {leaves[0]: Term(position, p), leaves[1]: Term(shape, s)}
-    score = composed_score(And(leaves), terms, position, chain=chain)
+    score = composed_score(And(leaves), terms, position, UNGUIDED, chain=chain)
     x, sigma = torch.rand(3, 3, 16, 16), torch.full((3,), 0.25)
     got, _ = score(x, sigma)
     expected = ChainReader.at(chain, x, sigma).total({"position": p, "shape": s})
@@ -178,7 +186,8 @@ def test_guidance_adds_each_leafs_difference_to_the_chain_given_the_others(plugi
     p, s = torch.tensor([[0.3, 0.6]]), torch.tensor([[0.0, 1.0, 0.0]])
     terms = {leaves[0]: Term(position, p), leaves[1]: Term(shape, s)}
     x, sigma = torch.rand(2, 3, 16, 16), torch.full((2,), 0.3)
-    got, _ = composed_score(And(leaves), terms, position, chain=chain, residual_guidance=2.0)(x, sigma)
+    got, _ = composed_score(And(leaves), terms, position, replace(UNGUIDED, guidance=replace(PLAIN, residual=2.0)),
+                            chain=chain)(x, sigma)
     reader = ChainReader.at(chain, x, sigma)
     joint = reader.total({"position": p, "shape": s})
     without = [reader.total({"position": None, "shape": s}), reader.total({"position": p, "shape": None})]
@@ -194,7 +203,7 @@ def test_a_negated_residual_leaf_pushes_away_from_what_naming_it_adds(plugins, d
     p, s = torch.tensor([[0.3, 0.6]]), torch.tensor([[1.0, 0.0, 0.0]])
     terms = {pos: Term(position, p), shp: Term(shape, s)}
     x, sigma = torch.rand(2, 3, 16, 16), torch.full((2,), 0.3)
-    got, _ = composed_score(And((pos, Not(shp))), terms, position, chain=chain)(x, sigma)
+    got, _ = composed_score(And((pos, Not(shp))), terms, position, UNGUIDED, chain=chain)(x, sigma)
     reader = ChainReader.at(chain, x, sigma)
     unnamed = reader.total({"position": p, "shape": None})
     expected = unnamed - (reader.total({"position": p, "shape": s}) - unnamed)
@@ -208,7 +217,8 @@ def test_an_expression_without_the_root_reads_the_chain_at_the_drawn_root_condit
     leaf = Leaf("shape", 0.0)
     s, drawn = torch.tensor([[0.0, 0.0, 1.0]]), torch.tensor([[0.7, 0.2], [0.4, 0.4]])
     x, sigma = torch.rand(2, 3, 16, 16), torch.full((2,), 0.3)
-    got, _ = composed_score(leaf, {leaf: Term(shape, s)}, position, prior_condition=drawn, chain=chain)(x, sigma)
+    got, _ = composed_score(leaf, {leaf: Term(shape, s)}, position, UNGUIDED, prior_condition=drawn,
+                            chain=chain)(x, sigma)
     expected = ChainReader.at(chain, x, sigma).total({"position": drawn, "shape": s})
     assert torch.allclose(got, (expected - x) / sigma[:, None, None, None] ** 2, rtol=1e-4, atol=1e-3)
 
@@ -218,10 +228,19 @@ def test_a_residual_composes_only_with_its_chain_and_never_with_mala(plugins, da
     shape = concept(plugins, dataset, "shape", "residual", lineage=(VersionRef("position", 1),))
     leaf = Leaf("shape", 0.0)
     with pytest.raises(ConceptError, match="MALA"):
-        composed_score(leaf, {leaf: Term(shape, torch.eye(3)[:1])}, position, corrector="mala")
+        composed_score(leaf, {leaf: Term(shape, torch.eye(3)[:1])}, position,
+                       replace(UNGUIDED, annealed=AnnealedConfig(corrector="mala")))
     orphan = replace(shape, version=replace(shape.version, lineage=(VersionRef("position", 2),)))
     with pytest.raises(ConceptError, match="trained with position@2 frozen"):
-        composed_score(leaf, {leaf: Term(orphan, torch.eye(3)[:1])}, position)
+        composed_score(leaf, {leaf: Term(orphan, torch.eye(3)[:1])}, position, UNGUIDED)
+
+
+def test_residual_guidance_must_be_positive_and_defaults_to_the_chains_own_estimate():
+    with pytest.raises(ConceptError, match="--residual-guidance must be a finite number above 0"):
+        Guidance(residual=0.0)
+    recorded = Guidance(residual=2.0).to_json()
+    assert Guidance.from_json(recorded).residual == 2.0
+    assert Guidance.from_json(Guidance().to_json(residual=False)).residual == 1.0  # a sidecar without residuals
 
 
 def test_a_continuous_residual_is_inferred_through_its_chain_and_refined_by_gradient(plugins, dataset):
@@ -253,8 +272,13 @@ def test_add_with_frozen_trains_a_residual_and_records_the_whole_lineage(run, tm
                    "-o", str(tmp_path / "grid.png"), "--out-dir", str(tmp_path / "samples"))
     assert composed.exit_code == 0, composed.output
     assert (tmp_path / "grid.png").stat().st_size > 0
-    sampler = json.loads((tmp_path / "samples" / "sample_00000.json").read_text())["sampler"]
-    assert sampler["corrector_above"] == RESIDUAL_CORRECTOR_ABOVE  # a residual chain's default, recorded
+    sidecar = json.loads((tmp_path / "samples" / "sample_00000.json").read_text())
+    assert sidecar["sampler"]["residual_guidance"] == 1.0
+    assert sidecar["sampler"]["corrector_above"] == RESIDUAL_CORRECTOR_ABOVE  # a residual chain's default, recorded
+    plain = run("compose", "position=(0.4,0.6)", "-n", "1", *TINY_SAMPLING, "--out-dir", str(tmp_path / "plain"))
+    assert plain.exit_code == 0, plain.output  # the root alone: no residual concept, no residual guidance
+    plain_sampler = json.loads((tmp_path / "plain" / "sample_00000.json").read_text())["sampler"]
+    assert "residual_guidance" not in plain_sampler and "corrector_above" not in plain_sampler
     inferred = run("infer", "shape", str(tmp_path / "samples" / "sample_00000.png"), "--json", "--device", "cpu")
     assert inferred.exit_code == 0, inferred.output
     assert json.loads(inferred.stdout)[0]["value"] in ("circle", "square", "triangle")

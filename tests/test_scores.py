@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 from torch import nn
 
+from conceptlib.annealed import energy_scores
 from conceptlib.concepts import LoadedConcept
-from conceptlib.diffusion import energy_scores
 from conceptlib.energy import Term, compose_noisy
 from conceptlib.errors import ConceptError
 from conceptlib.expr import And, Leaf, Not, Or, Weighted
 from conceptlib.registry import VersionInfo
 from conceptlib.schema import Continuous
-from conceptlib.scores import CLASSIFIER_SIGMA, ClassifierBoost, composed_score
+from conceptlib.scores import CLASSIFIER_SIGMA, composed_score
+from conceptlib.settings import PLAIN, AnnealedConfig, ClassifierBoost, SamplerSettings
 
 
 class ToyDenoiser(nn.Module):
@@ -54,6 +57,12 @@ def concept(name: str, model: nn.Module, objective: str) -> LoadedConcept:
     return LoadedConcept(version, model)
 
 
+def options(or_temperature: float = 1.0, corrector: str = "ula", **guidance: object) -> SamplerSettings:
+    """The plain product (guidance 1, no boost, classifier temperature 1) with ``guidance`` fields changed."""
+    return SamplerSettings(annealed=AnnealedConfig(corrector=corrector), guidance=replace(PLAIN, **guidance),
+                           or_temperature=or_temperature)
+
+
 N = 3
 X = torch.randn(N, 1, 2, 2, generator=torch.Generator().manual_seed(0))
 SIGMA = torch.full((N,), 0.3)
@@ -89,7 +98,7 @@ def classifier_grad(color: LoadedConcept, prior: LoadedConcept, reading: float |
 
 def test_a_named_prior_is_classifier_free_guidance(toys):
     prior, _, _, leaves, terms = toys
-    score, energy = composed_score(leaves["pos"], terms, prior, guidance=2.0)(X, SIGMA)
+    score, energy = composed_score(leaves["pos"], terms, prior, options(scale=2.0))(X, SIGMA)
     expected = (d(prior, None) + 2.0 * (d(prior, 0.4) - d(prior, None)) - X) / S2
     assert energy is None
     assert torch.allclose(score, expected, atol=1e-5)
@@ -98,7 +107,7 @@ def test_a_named_prior_is_classifier_free_guidance(toys):
 def test_a_classifier_reads_the_prior_estimate_at_the_named_condition(toys):
     prior, _, color, leaves, terms = toys
     node = And((leaves["pos"], leaves["color"]))
-    score, _ = composed_score(node, terms, prior, guidance=2.0, classifier_guidance=3.0)(X, SIGMA)
+    score, _ = composed_score(node, terms, prior, options(scale=2.0, classifier=3.0))(X, SIGMA)
     guided = (d(prior, None) + 2.0 * (d(prior, 0.4) - d(prior, None)) - X) / S2
     assert torch.allclose(score, guided - 3.0 * classifier_grad(color, prior, 0.4, 0.6), atol=1e-5)
 
@@ -108,8 +117,8 @@ def test_a_drawn_prior_condition_is_followed_at_its_own_guidance_and_read_by_the
     """The drawn condition is not asked for: ``guidance`` (2 here) must not sharpen it, ``prior_guidance`` does."""
     prior, _, color, leaves, terms = toys
     drawn = torch.tensor([[0.1], [0.5], [0.8]])
-    score, _ = composed_score(leaves["color"], terms, prior, guidance=2.0, classifier_guidance=3.0,
-                              prior_condition=drawn, prior_guidance=prior_guidance)(X, SIGMA)
+    settings = options(scale=2.0, classifier=3.0, prior=prior_guidance)
+    score, _ = composed_score(leaves["color"], terms, prior, settings, prior_condition=drawn)(X, SIGMA)
     at_drawn = prior.model.denoise(X, drawn, SIGMA, ONES)
     base = d(prior, None) + prior_guidance * (at_drawn - d(prior, None))
     x = X.clone().requires_grad_(True)
@@ -124,8 +133,8 @@ def test_beside_a_not_of_the_prior_the_drawn_condition_follows_the_guidance_of_t
     prior, _, color, leaves, terms = toys
     drawn = torch.tensor([[0.1], [0.5], [0.8]])
     node = And((Not(leaves["pos2"]), leaves["color"]))
-    score, _ = composed_score(node, terms, prior, guidance=2.0, classifier_guidance=3.0, prior_condition=drawn,
-                              prior_guidance=1.0)(X, SIGMA)
+    settings = options(scale=2.0, classifier=3.0, prior=1.0)
+    score, _ = composed_score(node, terms, prior, settings, prior_condition=drawn)(X, SIGMA)
     at_drawn, null = prior.model.denoise(X, drawn, SIGMA, ONES), d(prior, None)
     drawn_leaf = null + 2.0 * (at_drawn - null)
     negated = -2.0 * (d(prior, 0.9) - null)  # NOT of the guided ratio w (s(x | c) - s(x | null))
@@ -138,7 +147,7 @@ def test_beside_a_not_of_the_prior_the_drawn_condition_follows_the_guidance_of_t
 
 def test_without_a_prior_condition_the_classifier_reads_the_null_estimate(toys):
     prior, _, color, leaves, terms = toys
-    score, _ = composed_score(leaves["color"], terms, prior, classifier_guidance=2.0)(X, SIGMA)
+    score, _ = composed_score(leaves["color"], terms, prior, options(classifier=2.0))(X, SIGMA)
     expected = (d(prior, None) - X) / S2 - 2.0 * classifier_grad(color, prior, None, 0.6)
     assert torch.allclose(score, expected, atol=1e-5)
 
@@ -149,9 +158,8 @@ def test_a_classifier_boost_scales_classifier_guidance_by_below_over_sigma_up_to
     prior, _, color, leaves, terms = toys
     node = And((leaves["pos"], leaves["color"]))
     level = torch.full((N,), sigma)
-    boosted, _ = composed_score(node, terms, prior, classifier_guidance=2.0,
-                                classifier_boost=ClassifierBoost(0.3, 8.0))(X, level)
-    plain, _ = composed_score(node, terms, prior, classifier_guidance=2.0)(X, level)
+    boosted, _ = composed_score(node, terms, prior, options(classifier=2.0, boost=ClassifierBoost(0.3, 8.0)))(X, level)
+    plain, _ = composed_score(node, terms, prior, options(classifier=2.0))(X, level)
     x = X.clone().requires_grad_(True)
     estimate = prior.model.denoise(x, torch.full((N, 1), 0.4), level, ONES)
     (grad,) = torch.autograd.grad(color.model(estimate, torch.full((N, 1), 0.6), torch.full((N,), CLASSIFIER_SIGMA))
@@ -170,8 +178,8 @@ def test_a_boosted_not_of_a_categorical_classifier_scales_like_its_leaf(toys):
     leaf = Leaf("shape", "a")
     terms = {**terms, leaf: Term(shape, torch.tensor([[1.0, 0.0]]))}
     level = torch.full((N,), 0.05)
-    score, _ = composed_score(And((leaves["pos"], Not(leaf))), terms, prior, classifier_guidance=3.0,
-                              classifier_boost=ClassifierBoost(0.3, 4.0))(X, level)
+    settings = options(classifier=3.0, boost=ClassifierBoost(0.3, 4.0))
+    score, _ = composed_score(And((leaves["pos"], Not(leaf))), terms, prior, settings)(X, level)
     x = X.clone().requires_grad_(True)
     estimate = prior.model.denoise(x, torch.full((N, 1), 0.4), level, ONES)
     (grad,) = torch.autograd.grad(model(estimate, torch.tensor([[0.0, 1.0]]).expand(N, -1)).sum(), x)
@@ -188,7 +196,7 @@ def test_a_classifier_boost_refuses_settings_it_cannot_mean(below, most):
 def test_or_mixes_the_modes_by_their_denoising_energies(toys):
     prior, _, _, leaves, terms = toys
     node = Or((leaves["pos"], leaves["pos2"]))
-    score, _ = composed_score(node, terms, prior, guidance=1.5, or_temperature=0.5)(X, SIGMA)
+    score, _ = composed_score(node, terms, prior, options(scale=1.5, or_temperature=0.5))(X, SIGMA)
     null = d(prior, None)
     energies, grads = [], []
     for value in (0.4, 0.9):
@@ -205,7 +213,7 @@ def test_or_mixes_the_modes_by_their_denoising_energies(toys):
 def test_not_and_weights_act_on_a_denoiser_leaf(toys):
     prior, other, _, leaves, terms = toys
     node = And((leaves["pos"], Not(Weighted(0.5, leaves["size"]))))
-    score, _ = composed_score(node, terms, prior)(X, SIGMA)
+    score, _ = composed_score(node, terms, prior, options())(X, SIGMA)
     expected = (d(prior, 0.4) - X) / S2 - 0.5 * (d(other, 0.2) - d(other, None)) / S2
     assert torch.allclose(score, expected, atol=1e-5)
 
@@ -213,7 +221,7 @@ def test_not_and_weights_act_on_a_denoiser_leaf(toys):
 def test_mala_is_refused_for_a_denoiser_prior(toys):
     prior, _, _, leaves, terms = toys
     with pytest.raises(ConceptError, match="MALA corrector needs an energy"):
-        composed_score(leaves["pos"], terms, prior, corrector="mala")
+        composed_score(leaves["pos"], terms, prior, options(corrector="mala"))
 
 
 def test_an_energy_prior_scales_classifier_leaves_by_their_own_guidance(toys):
@@ -221,7 +229,7 @@ def test_an_energy_prior_scales_classifier_leaves_by_their_own_guidance(toys):
     energy_prior = concept("pos", ToyDenoiser(1.0), "dsm")
     mixed_terms = {leaves["pos"]: Term(energy_prior, torch.tensor([[0.4]])), leaves["color"]: terms[leaves["color"]]}
     node = And((leaves["pos"], leaves["color"]))
-    score, energy = composed_score(node, mixed_terms, energy_prior, guidance=2.0, classifier_guidance=5.0)(X, SIGMA)
+    score, energy = composed_score(node, mixed_terms, energy_prior, options(scale=2.0, classifier=5.0))(X, SIGMA)
     reference = energy_scores(compose_noisy(And((leaves["pos"], Weighted(2.5, leaves["color"]))), mixed_terms,
                                             energy_prior, 2.0))(X, SIGMA)
     assert energy is not None
@@ -229,12 +237,12 @@ def test_an_energy_prior_scales_classifier_leaves_by_their_own_guidance(toys):
 
 
 def test_drawn_branches_make_each_sample_follow_one_part_of_a_top_level_or(toys):
-    from conceptlib.scores import draw_branches
+    from conceptlib.sampling import draw_branches
 
     prior, _, _, leaves, terms = toys
     node = Or((leaves["pos"], leaves["pos2"]))
     branches = torch.tensor([1, 0, 1])
-    score, _ = composed_score(node, terms, prior, guidance=1.5, branches=branches)(X, SIGMA)
+    score, _ = composed_score(node, terms, prior, options(scale=1.5), branches=branches)(X, SIGMA)
     null = d(prior, None)
     parts = [(null - X) / S2 + 1.5 * (d(prior, value) - null) / S2 for value in (0.4, 0.9)]
     for i, b in enumerate(branches.tolist()):
@@ -265,7 +273,7 @@ def test_not_of_a_categorical_classifier_is_the_classifier_of_the_complement(toy
     leaf = Leaf("shape", "b")
     terms = {**terms, leaf: Term(shape, torch.tensor([[0.0, 1.0]]))}
     node = And((leaves["pos"], Not(leaf)))
-    score, _ = composed_score(node, terms, prior, classifier_guidance=3.0)(X, SIGMA)
+    score, _ = composed_score(node, terms, prior, options(classifier=3.0))(X, SIGMA)
     x = X.clone().requires_grad_(True)
     estimate = prior.model.denoise(x, torch.full((N, 1), 0.4), SIGMA, ONES)
     p = torch.exp(-shape.model(estimate, torch.tensor([[0.0, 1.0]]).expand(N, -1)))
@@ -301,7 +309,7 @@ def test_not_of_a_sure_categorical_classifier_still_pushes_away(toys, membership
     shape = concept("shape", model, "classifier")
     leaf = Leaf("shape", "a")
     terms = {**terms, leaf: Term(shape, torch.tensor([[1.0, 0.0]]))}
-    score, _ = composed_score(And((leaves["pos"], Not(leaf))), terms, prior, classifier_guidance=3.0)(X, SIGMA)
+    score, _ = composed_score(And((leaves["pos"], Not(leaf))), terms, prior, options(classifier=3.0))(X, SIGMA)
     x = X.clone().requires_grad_(True)
     estimate = prior.model.denoise(x, torch.full((N, 1), 0.4), SIGMA, ONES)
     not_a = model(estimate, torch.tensor([[0.0, 1.0]]).expand(N, -1))
@@ -317,7 +325,7 @@ def test_not_of_a_sure_categorical_classifier_still_pushes_away(toys, membership
 def test_not_of_a_continuous_classifier_negates_its_energy(toys):
     prior, _, color, leaves, terms = toys
     node = And((leaves["pos"], Not(leaves["color"])))
-    score, _ = composed_score(node, terms, prior, classifier_guidance=2.0)(X, SIGMA)
+    score, _ = composed_score(node, terms, prior, options(classifier=2.0))(X, SIGMA)
     expected = (d(prior, 0.4) - X) / S2 + 2.0 * classifier_grad(color, prior, 0.4, 0.6)
     assert torch.allclose(score, expected, atol=1e-5)
 
@@ -348,8 +356,8 @@ def test_a_warmer_categorical_classifier_keeps_pulling_once_it_is_sure(toys):
     prior_only = (d(prior, 0.4) - X) / S2
     pulls = {}
     for temperature in (1.0, 2.0):
-        score, _ = composed_score(node, terms, prior, classifier_guidance=3.0,
-                                  classifier_temperature=temperature)(X, SIGMA)
+        settings = options(classifier=3.0, classifier_temperature=temperature)
+        score, _ = composed_score(node, terms, prior, settings)(X, SIGMA)
         x = X.clone().requires_grad_(True)
         estimate = prior.model.denoise(x, torch.full((N, 1), 0.4), SIGMA, ONES)
         energy = model(estimate, torch.tensor([[1.0, 0.0]]).expand(N, -1), temperature=temperature)
@@ -362,20 +370,20 @@ def test_a_warmer_categorical_classifier_keeps_pulling_once_it_is_sure(toys):
 def test_a_classifier_temperature_leaves_continuous_classifiers_alone(toys):
     prior, _, _, leaves, terms = toys
     node = And((leaves["pos"], leaves["color"]))
-    warm, _ = composed_score(node, terms, prior, classifier_guidance=2.0, classifier_temperature=2.0)(X, SIGMA)
-    plain, _ = composed_score(node, terms, prior, classifier_guidance=2.0)(X, SIGMA)
+    warm, _ = composed_score(node, terms, prior, options(classifier=2.0, classifier_temperature=2.0))(X, SIGMA)
+    plain, _ = composed_score(node, terms, prior, options(classifier=2.0))(X, SIGMA)
     assert torch.equal(warm, plain)
 
 
 def test_a_classifier_that_takes_no_temperature_is_refused_only_when_one_is_asked(toys):
     prior, leaves, leaf, terms = tempered_terms(toys, ToyMembership())
     node = And((leaves["pos"], leaf))
-    composed_score(node, terms, prior, classifier_temperature=1.0)(X, SIGMA)
+    composed_score(node, terms, prior, options(classifier_temperature=1.0))(X, SIGMA)
     with pytest.raises(ConceptError, match=r"shape@1 \(toy\) cannot be read at a softmax temperature; "
                                            r"use --classifier-temperature 1"):
-        composed_score(node, terms, prior, classifier_temperature=2.0)
+        composed_score(node, terms, prior, options(classifier_temperature=2.0))
     with pytest.raises(ConceptError, match="--classifier-temperature must be positive"):
-        composed_score(node, terms, prior, classifier_temperature=0.0)
+        composed_score(node, terms, prior, options(classifier_temperature=0.0))
 
 
 def test_the_shipped_classifier_net_reads_its_logits_at_the_temperature():

@@ -7,12 +7,22 @@ import pytest
 import torch
 
 from conceptlib.concepts import LoadedConcept
-from conceptlib.diffusion import denoising_loss
 from conceptlib.errors import TrainingError
+from conceptlib.imaging import images_to_tensor
 from conceptlib.plugins import PluginManager
 from conceptlib.registry import VersionInfo
-from conceptlib.sampling import LangevinConfig
-from conceptlib.training import TrainConfig, check_frozen_attributes, images_to_tensor, train_concept
+from conceptlib.settings import (
+    CdConfig,
+    DenoiserConfig,
+    DsmConfig,
+    LangevinConfig,
+    NoiseConfig,
+    TrainConfig,
+    train_config,
+)
+from conceptlib.training import check_frozen_attributes, train_concept
+from conceptlib.training.dsm import denoising_loss
+from conceptlib.training.loop import draw_noise_levels
 
 CPU = torch.device("cpu")
 TINY_NET = {"channels": [8, 8, 8], "embed": 16}
@@ -32,10 +42,9 @@ def dataset(plugins):
 ARCHITECTURES = {"cd": "small", "dsm": "unet"}
 
 
-def tiny_config(**overrides) -> TrainConfig:
-    settings = {"objective": "cd", "iterations": 4, "batch_size": 8, "langevin": LangevinConfig(steps=2),
-                **overrides}
-    return TrainConfig(**settings)
+def tiny_config(objective: str = "cd", **overrides) -> TrainConfig:
+    """``objective``'s config, tiny; settings another objective has are ignored, as the CLI's are."""
+    return train_config(objective, {"iterations": 4, "batch_size": 8, "langevin": LangevinConfig(steps=2), **overrides})
 
 
 def frozen_concept(plugins, dataset, attribute: str, architecture: str = "small") -> LoadedConcept:
@@ -115,10 +124,24 @@ def test_dsm_refuses_frozen_concepts_trained_by_cd(plugins, dataset):
 
 
 def test_dsm_hyperparameters_leave_out_the_other_objectives_settings():
-    recorded = TrainConfig(objective="dsm").to_json()
+    recorded = DsmConfig().to_json()
     assert "condition_dropout" in recorded and "langevin" not in recorded
-    assert "langevin" in TrainConfig(objective="cd").to_json()
-    assert "langevin" not in TrainConfig(objective="denoiser").to_json()
+    assert "langevin" in CdConfig().to_json()
+    assert "langevin" not in DenoiserConfig().to_json()
+    assert list(recorded)[:5] == ["objective", "iterations", "batch_size", "lr", "seed"]
+
+
+def test_training_noise_stays_in_range():
+    drawn = draw_noise_levels(NoiseConfig(), 10_000, torch.Generator().manual_seed(0), torch.device("cpu"))
+    assert float(drawn.min()) >= NoiseConfig.sigma_min * 0.999 and float(drawn.max()) <= NoiseConfig.sigma_max
+
+
+def test_a_perfect_score_has_zero_denoising_loss_and_a_wrong_one_does_not():
+    generator = torch.Generator().manual_seed(0)
+    noise = torch.randn(8, 3, 4, 4, generator=generator)
+    sigma = torch.full((8,), 0.3)
+    assert float(denoising_loss(-noise / 0.3, sigma, noise, 0.25)) == pytest.approx(0.0, abs=1e-10)
+    assert float(denoising_loss(torch.zeros_like(noise), sigma, noise, 0.25)) > 0.5
 
 
 def test_divergence_raises_a_training_error(plugins, dataset):
@@ -212,7 +235,7 @@ def test_denoiser_learns_to_denoise_and_returns_the_averaged_weights(plugins, da
 
 
 def test_the_cosine_schedule_decays_the_learning_rate_to_zero(plugins, dataset):
-    from conceptlib.training import _clipped_step
+    from conceptlib.training.loop import clipped_step
 
     model = torch.nn.Linear(2, 1)
     ema = torch.nn.Linear(2, 1)
@@ -220,7 +243,7 @@ def test_the_cosine_schedule_decays_the_learning_rate_to_zero(plugins, dataset):
     config = tiny_config(objective="denoiser", iterations=10, warmup=2, lr=1.0, schedule="cosine")
     rates = []
     for iteration in range(1, 11):
-        _clipped_step(model(torch.ones(1, 2)).sum(), model, ema, optimizer, config, iteration, [], None)
+        clipped_step(model(torch.ones(1, 2)).sum(), model, ema, optimizer, config, iteration, [], None)
         rates.append(optimizer.param_groups[0]["lr"])
     assert rates[0] == pytest.approx(0.5 * 0.5 * (1 + np.cos(np.pi * 0.1)))  # half warmed up, slightly decayed
     assert rates[4] == pytest.approx(0.5 * (1 + np.cos(np.pi * 0.5)))

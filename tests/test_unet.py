@@ -42,7 +42,9 @@ def test_the_refinement_learns_from_the_denoising_loss():
 
 
 def test_a_stored_config_without_refine_rebuilds_the_network_those_weights_came_from():
-    old = build({"channels": [8, 8, 8], "embed": 16, "patch": 2, "bump_sigma": 0.08, "sigma_data": 0.25})
+    stored = {"channels": [8, 8, 8], "embed": 16, "patch": 2, "bump_sigma": 0.08, "sigma_data": 0.25}
+    torch.manual_seed(0)
+    old = PluginManager().architecture("unet").build_stored(POSITION, 16, stored)
     assert old.refine is None
     assert not any(name.startswith("refine") for name in old.state_dict())
     weights = build({**TINY, "refine": 0}).state_dict()

@@ -7,6 +7,7 @@ from conceptlib.registry.api import (
     Registry,
     VersionInfo,
     VersionRef,
+    split_ref,
 )
 
-__all__ = ["ConceptInfo", "EventInfo", "NewVersion", "Registry", "VersionInfo", "VersionRef"]
+__all__ = ["ConceptInfo", "EventInfo", "NewVersion", "Registry", "VersionInfo", "VersionRef", "split_ref"]

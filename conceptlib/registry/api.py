@@ -56,6 +56,15 @@ class VersionRef:
         return f"{self.concept}@{self.number}"
 
 
+def split_ref(text: str) -> tuple[str, str | None]:
+    """``name@ref`` -> (name, ref); ``name`` -> (name, None). The ref (a number or an alias) is resolved by
+    :meth:`Registry.resolve`."""
+    name, _, ref = text.partition("@")
+    if not name or (ref == "" and "@" in text):
+        raise ConceptError(f"bad concept reference {text!r}; write NAME, NAME@VERSION or NAME@ALIAS")
+    return name, ref or None
+
+
 @dataclass(frozen=True)
 class VersionInfo:
     concept: str

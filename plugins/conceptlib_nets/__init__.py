@@ -39,8 +39,12 @@ def build_classifier(schema: ConditionSchema, image_size: int, config: Mapping[s
 def build_unet(schema: ConditionSchema, image_size: int, config: Mapping[str, Any]):
     from conceptlib_nets.unet import DenoisingEnergyNet
 
-    # A stored config without "refine" predates it: those weights have no refinement layers.
-    return DenoisingEnergyNet(schema, image_size, {**UNET_CONFIG, "refine": 0, **config})
+    return DenoisingEnergyNet(schema, image_size, {**UNET_CONFIG, **config})
+
+
+def migrate_unet(stored: Mapping[str, Any]) -> dict[str, Any]:
+    """A config stored before ``refine`` existed: those weights have no refinement layers."""
+    return {"refine": 0, **stored}
 
 
 RESIDUAL_CONFIG: dict[str, Any] = {**UNET_CONFIG, "context": 6, "residual": True}
@@ -88,6 +92,7 @@ def conceptlib_architectures() -> list[Architecture]:
             default_config=UNET_CONFIG,
             check_config=check_unet,
             description="noise-conditioned U-Net denoiser as an energy, null condition (objectives denoiser, dsm)",
+            migrate=migrate_unet,
         ),
         Architecture(
             name="residual",

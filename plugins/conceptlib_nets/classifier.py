@@ -2,23 +2,20 @@
 
 Why: a concept learned on top of frozen ones only has to say what they do not (paper 3.3). Since an
 image fixes every attribute, ``p(x | c_1..c_k) = p(x | c_1..c_{k-1}) * p(c_k | x) / p(c_k)``: the new
-factor is a classifier of the new attribute. Learned as a classifier (cross-entropy on noisy images) it
-trains in minutes on this CPU, where the same ratio learned through denoising score matching stayed
-near chance after 20 minutes (measured: color inferred right 0.18-0.30, chance 0.17). Its energy is
-already a ratio (``E(x | null) = 0``), so it composes with the prior counted once.
+factor is a classifier of the new attribute, which learns in minutes where the same ratio learned through
+denoising score matching stayed near chance (docs/design.md). Its energy is already a ratio
+(``E(x | null) = 0``), so it composes with the prior counted once.
 
 Categorical conditions get a softmax over their names, and the energy is ``-log sum_j c_j p_j``: for a
 one-hot ``c`` the plain ``-log p(c | x)``, for several names the probability that the image shows one of
 them, so NOT is the classifier of the complement ``1 - c``, computed from the logits (``1 - p`` rounds to 0
 and loses its gradient exactly where the image shows the forbidden name). Continuous conditions get a
-Gaussian with a predicted mean and spread. Max pooling keeps small objects visible (a judge with average
-pooling read shape at 0.61, LEARNING.md). No batch norm: the energy of one image must not depend on the
-rest of the batch.
+Gaussian with a predicted mean and spread. Max pooling keeps small objects visible (average pooling alone
+lost them). No batch norm: the energy of one image must not depend on the rest of the batch.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -27,7 +24,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from conceptlib.schema import ConditionSchema
-from conceptlib_nets.unet import FiLMConv, shared_rows
+from conceptlib_nets.layers import FiLMConv, NoiseEmbedding, noise_frequencies, shared_rows
 
 
 class NoisyClassifierEnergy(nn.Module):
@@ -52,8 +49,8 @@ class NoisyClassifierEnergy(nn.Module):
         self.categorical = schema.kind == "categorical"
         self.dim = schema.dim
         self.sigma_data = float(config["sigma_data"])
-        self.register_buffer("frequencies", torch.randn(embed // 2, generator=torch.Generator().manual_seed(0)) * 4)
-        self.noise_embed = nn.Sequential(nn.Linear(embed, embed), nn.SiLU(), nn.Linear(embed, embed))
+        self.register_buffer("frequencies", noise_frequencies(embed))
+        self.noise_embed = NoiseEmbedding(embed)
         blocks, c_in = [], 3
         for i, width in enumerate(channels):
             blocks.append(FiLMConv(c_in, width, embed, stride=1 if i == 0 else 2))
@@ -93,8 +90,7 @@ class NoisyClassifierEnergy(nn.Module):
         """The noise level's embedding; computed once and broadcast when the batch shares one level."""
         if sigma.shape[0] > 1 and shared_rows(sigma):
             return self.embedding(sigma[:1]).expand(sigma.shape[0], -1)
-        angles = (torch.log(sigma) / 4)[:, None] * self.frequencies[None, :] * 2 * math.pi
-        return self.noise_embed(torch.cat([angles.cos(), angles.sin()], dim=1))
+        return self.noise_embed(sigma, self.frequencies)
 
 
 def _membership_energy(log_p: torch.Tensor, c: torch.Tensor) -> torch.Tensor:

@@ -10,7 +10,7 @@ residual block as a per-channel scale and shift (FiLM) from an embedding of ``c`
 
 One addition of this project: a spatial condition (a point on the image plane) is also drawn as a
 Gaussian bump map and fed as a fourth input channel, as in the ``small`` net, where position fed only
-as a vector did not learn on this project's CPU (LEARNING.md); ``bump_sigma=0`` turns it off.
+as a vector did not learn on a 2-core CPU (docs/design.md); ``bump_sigma=0`` turns it off.
 
 These are GPU-sized networks (paper64 holds 1.8 million parameters, paper128 42 million); on a CPU, ``small`` is the
 practical choice. Use them with ``--objective cd``: the energy is ``E(x | c)`` with no noise level.
@@ -28,9 +28,9 @@ from torch.nn import functional as F
 from torch.nn.utils.parametrizations import spectral_norm
 
 from conceptlib.errors import ConceptError
-from conceptlib.schema import ConditionSchema
+from conceptlib.schema import ConditionSchema, is_image_point
 from conceptlib_nets.configs import POOLS
-from conceptlib_nets.small import bump_map
+from conceptlib_nets.layers import bump_map, modulate
 
 
 class FiLMResBlock(nn.Module):
@@ -47,9 +47,9 @@ class FiLMResBlock(nn.Module):
         self.down = down
 
     def forward(self, h: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
-        scale1, shift1, scale2, shift2 = (t[:, :, None, None] for t in self.film(e).chunk(4, dim=1))
-        out = F.silu(self.conv1(h) * (1 + scale1) + shift1)
-        out = F.silu(self.conv2(out) * (1 + scale2) + shift2 + self.skip(h))
+        scale1, shift1, scale2, shift2 = self.film(e).chunk(4, dim=1)
+        out = F.silu(modulate(self.conv1(h), scale1, shift1))
+        out = F.silu(modulate(self.conv2(out), scale2, shift2) + self.skip(h))
         return F.avg_pool2d(out, 2) if self.down else out
 
 
@@ -72,8 +72,7 @@ class PaperEnergyNet(nn.Module):
         self.pool = config["pool"]
         self.image_size = image_size
         self.bump_sigma = float(config["bump_sigma"])
-        spatial = schema.kind == "continuous" and getattr(schema, "spatial", False) and schema.dim == 2
-        self.spatial = spatial and self.bump_sigma > 0
+        self.spatial = is_image_point(schema) and self.bump_sigma > 0
         self.embed = nn.Sequential(nn.Linear(schema.dim, embed), nn.SiLU(), nn.Linear(embed, embed))
         self.stem = spectral_norm(nn.Conv2d(3 + int(self.spatial), channels[0], 3, padding=1))
         blocks = [FiLMResBlock(c_in, c_out, embed, down=True) for c_in, c_out in pairwise(channels)]

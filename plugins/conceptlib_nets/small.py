@@ -1,6 +1,6 @@
 """A small, fast conditional energy network for 32x32 and 64x64 scenes.
 
-Three choices measured on this project's CPU (LEARNING.md) shape it:
+Three choices, each measured on a 2-core CPU (docs/design.md), shape it:
 - Kaiming init and a zero-initialised output layer, so the input gradient is not ~1e-4 per pixel at
   the start (PyTorch's default init shrank image differences ~800x through the layers);
 - spatial conditions (a point on the image plane) enter as a Gaussian bump map, an extra input
@@ -19,33 +19,8 @@ from torch import nn
 from torch.autograd.function import FunctionCtx, once_differentiable
 from torch.nn import functional as F
 
-from conceptlib.schema import ConditionSchema
-
-
-def bump_map(points: torch.Tensor, size: int, sigma: float) -> torch.Tensor:
-    """Gaussian bumps ``(B, 1, size, size)`` centred at ``points`` ((x, y) in [0, 1])."""
-    axis = (torch.arange(size, device=points.device, dtype=points.dtype) + 0.5) / size
-    dx = (axis[None, None, :] - points[:, 0, None, None]) ** 2
-    dy = (axis[None, :, None] - points[:, 1, None, None]) ** 2
-    return torch.exp(-(dx + dy) / (2 * sigma**2)).unsqueeze(1)
-
-
-class FiLMBlock(nn.Module):
-    """conv -> FiLM(condition) -> Swish; stride 2 halves the resolution."""
-
-    def __init__(self, c_in: int, c_out: int, embed: int, stride: int) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1)
-        self.film = nn.Linear(embed, 2 * c_out)
-        nn.init.kaiming_normal_(self.conv.weight, nonlinearity="relu")
-        nn.init.zeros_(self.conv.bias)
-        nn.init.zeros_(self.film.weight)
-        nn.init.zeros_(self.film.bias)
-
-    def forward(self, h: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
-        scale, shift = self.film(e).chunk(2, dim=1)
-        h = self.conv(h) * (1 + scale[:, :, None, None]) + shift[:, :, None, None]
-        return F.silu(h)
+from conceptlib.schema import ConditionSchema, is_image_point
+from conceptlib_nets.layers import FiLMConv, bump_map
 
 
 class SmallEnergyNet(nn.Module):
@@ -55,15 +30,15 @@ class SmallEnergyNet(nn.Module):
         embed = int(config["embed"])
         self.image_size = image_size
         self.cond_dim = schema.dim
-        self.spatial = schema.kind == "continuous" and getattr(schema, "spatial", False) and schema.dim == 2
+        self.spatial = is_image_point(schema)
         self.bump_sigma = float(config["bump_sigma"])
         self.embed = nn.Sequential(nn.Linear(schema.dim, embed), nn.SiLU(), nn.Linear(embed, embed))
         downsamplings = max(1, int(math.log2(image_size // 8)))
-        blocks = [FiLMBlock(3 + int(self.spatial), channels[0], embed, stride=1)]
+        blocks = [FiLMConv(3 + int(self.spatial), channels[0], embed, stride=1, kaiming=True)]
         for i in range(downsamplings):
             c_in = channels[min(i, len(channels) - 1)]
             c_out = channels[min(i + 1, len(channels) - 1)]
-            blocks.append(FiLMBlock(c_in, c_out, embed, stride=2))
+            blocks.append(FiLMConv(c_in, c_out, embed, stride=2, kaiming=True))
         self.blocks = nn.ModuleList(blocks)
         side = image_size // 2**downsamplings
         self.out = nn.Linear(channels[-1] * side * side, 1)
@@ -86,7 +61,7 @@ class SmallEnergyNet(nn.Module):
         Everything that depends only on ``c`` is done once here instead of at every Langevin step:
         FiLM's scale and shift are folded into each convolution's weights and bias, the input's
         ``2x - 1`` into the first convolution, and the bump map is rendered once. What remains per
-        step is three convolutions and three SiLUs (measured 1.2-1.7x faster than ``forward``).
+        step is three convolutions and three SiLUs (faster than ``forward``: docs/speed.md).
         """
         e = self.embed(c)
         layers = []

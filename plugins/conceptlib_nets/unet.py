@@ -12,7 +12,6 @@ composition count the prior once: ``E_prior + sum_i w_i (E_i(x | c_i) - E_i(x | 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -20,52 +19,25 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from conceptlib.schema import ConditionSchema
-from conceptlib_nets.small import bump_map
-
-
-class FiLMConv(nn.Module):
-    """conv -> FiLM(embedding) -> SiLU. Plain blocks: on this CPU the cost of a training step is the
-    convolutions run three times (forward, input gradient, its parameter gradient), so every layer counts."""
-
-    def __init__(self, c_in: int, c_out: int, embed: int, stride: int = 1) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1)
-        self.film = nn.Linear(embed, 2 * c_out)
-        nn.init.zeros_(self.film.weight)
-        nn.init.zeros_(self.film.bias)
-
-    def forward(self, h: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
-        if e.stride(0) == 0 and not self.conv.weight.requires_grad:  # one embedding for the batch: fold FiLM
-            scale, shift = self.film(e[:1]).chunk(2, dim=1)
-            gain = 1 + scale[0]
-            weight = (self.conv.weight * gain[:, None, None, None]).contiguous(memory_format=_layout(self.conv.weight))
-            return F.silu(F.conv2d(h, weight, self.conv.bias * gain + shift[0], self.conv.stride, self.conv.padding))
-        scale, shift = self.film(e).chunk(2, dim=1)
-        return F.silu(self.conv(h) * (1 + scale[:, :, None, None]) + shift[:, :, None, None])
-
-
-def _layout(weight: torch.Tensor) -> torch.memory_format:
-    return torch.channels_last if weight.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
-
-
-def shared_rows(*tensors: torch.Tensor) -> bool:
-    """True when every tensor has the same value in every row (sampling: one noise level, one condition).
-
-    Networks then compute their embedding once and broadcast it (stride 0), which lets frozen
-    :class:`FiLMConv` blocks fold FiLM into their convolutions instead of two passes over activations.
-    """
-    return all(t.shape[0] == 1 or torch.equal(t, t[:1].expand_as(t)) for t in tensors)
+from conceptlib.schema import ConditionSchema, is_image_point
+from conceptlib_nets.layers import (
+    FiLMConv,
+    NoiseEmbedding,
+    bump_map,
+    edm_denoise,
+    noise_frequencies,
+    shared_rows,
+)
 
 
 class DenoisingEnergyNet(nn.Module):
     """U-Net denoiser wrapped as an energy; call ``model(x, c, sigma, keep)`` -> ``(B,)``.
 
     The U-Net works on 2x2 pixel patches (space-to-depth): a 32x32 scene is a 16x16 grid of 12 channels,
-    which cut a training step from 0.56 s to 0.31 s at batch 48 with more capacity (measured here).
-    ``refine`` channels (config; 0 = none) add one FiLM convolution at full resolution over the trunk's
-    estimate and the input: the patch trunk left noise inside objects that the sampling chain kept as
-    speckle, and ragged outlines decide shape (README, "Measured quality").
+    which nearly halved a training step with more capacity. ``refine`` channels (config; 0 = none) add one
+    FiLM convolution at full resolution over the trunk's estimate and the input: the patch trunk left noise
+    inside objects that the sampling chain kept as speckle, and ragged outlines decide shape
+    (docs/design.md has both measurements).
     """
 
     noise_conditioned = True
@@ -80,8 +52,7 @@ class DenoisingEnergyNet(nn.Module):
         self.image_size = image_size
         self.sigma_data = float(config["sigma_data"])
         self.bump_sigma = float(config["bump_sigma"])
-        # a spatial condition's first two axes are a point on the image plane, drawn as a bump map
-        self.spatial = schema.kind == "continuous" and getattr(schema, "spatial", False) and schema.dim >= 2
+        self.spatial = is_image_point(schema, more_axes=True)
         self.context = int(config.get("context", 0))
         """Channels read beside ``x``: a residual concept reads its frozen concepts' estimate of ``x`` and their
         template (see conceptlib.residual), so it sees what and where they draw even at high noise."""
@@ -90,8 +61,8 @@ class DenoisingEnergyNet(nn.Module):
         own estimate: ``D - context``. The frozen concepts enter as inputs, not as a term of ``D``: asked about
         data they never saw (a magenta-only prior on a green circle) they err by ~0.03 RMS even at the lowest
         noise, which a correction added to them would have to cancel exactly (measured: stripes and speckle)."""
-        self.register_buffer("frequencies", torch.randn(embed // 2, generator=torch.Generator().manual_seed(0)) * 4)
-        self.noise_embed = nn.Sequential(nn.Linear(embed, embed), nn.SiLU(), nn.Linear(embed, embed))
+        self.register_buffer("frequencies", noise_frequencies(embed))
+        self.noise_embed = NoiseEmbedding(embed)
         self.condition_embed = nn.Sequential(nn.Linear(schema.dim, embed), nn.SiLU(), nn.Linear(embed, embed))
         self.null = nn.Parameter(torch.zeros(embed))
         c_in = (3 + self.context + int(self.spatial)) * self.patch**2
@@ -101,7 +72,7 @@ class DenoisingEnergyNet(nn.Module):
         self.up1 = FiLMConv(c2 + c1, c1, embed)
         self.up0 = FiLMConv(c1 + c0, c0, embed)
         self.head = nn.Conv2d(c0, 3 * self.patch**2, 3, padding=1)
-        refine = int(config.get("refine", 0))
+        refine = int(config["refine"])
         self.refine = None
         if refine:
             # zero-initialised output: a new network starts as the trunk alone
@@ -113,28 +84,27 @@ class DenoisingEnergyNet(nn.Module):
     def embedding(self, c: torch.Tensor, sigma: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
         if sigma.shape[0] > 1 and shared_rows(c, sigma, keep):
             return self.embedding(c[:1], sigma[:1], keep[:1]).expand(sigma.shape[0], -1)
-        angles = (torch.log(sigma) / 4)[:, None] * self.frequencies[None, :] * 2 * math.pi
-        noise = self.noise_embed(torch.cat([angles.cos(), angles.sin()], dim=1))
+        noise = self.noise_embed(sigma, self.frequencies)
         k = keep[:, None]
         return noise + k * self.condition_embed(c) + (1 - k) * self.null[None, :]
 
     def denoise(self, x: torch.Tensor, c: torch.Tensor, sigma: torch.Tensor, keep: torch.Tensor,
                 context: torch.Tensor | None = None) -> torch.Tensor:
-        """``D(x, sigma, c)``: the network's estimate of the clean image (EDM preconditioning).
+        """``D(x, sigma, c)``: the network's estimate of the clean image.
 
         A residual network (config ``residual``) reads ``context`` (the frozen concepts' estimate and template)
         and returns the correction ``D - context[:, :3]`` its estimate makes to theirs.
         """
-        s = sigma[:, None, None, None]
-        total = s**2 + self.sigma_data**2
-        c_skip = self.sigma_data**2 / total
-        c_out = s * self.sigma_data / total.sqrt()
-        c_in = 1 / total.sqrt()
-        h = (x - 0.5) * c_in
+        if self.context and (context is None or context.shape[1] != self.context):
+            raise ValueError(f"this network reads a context of {self.context} channels beside x")
+        estimate = edm_denoise(x, sigma, self.sigma_data, lambda h: self._trunk(h, c, sigma, keep, context))
+        return estimate - context[:, :3] if self.residual else estimate  # type: ignore[index]
+
+    def _trunk(self, h: torch.Tensor, c: torch.Tensor, sigma: torch.Tensor, keep: torch.Tensor,
+               context: torch.Tensor | None) -> torch.Tensor:
+        """The U-Net on the preconditioned input ``h``: what :func:`edm_denoise` scales into the estimate."""
         if self.context:
-            if context is None or context.shape[1] != self.context:
-                raise ValueError(f"this network reads a context of {self.context} channels beside x")
-            h = torch.cat([h, (context - 0.5) / self.sigma_data], dim=1)
+            h = torch.cat([h, (context - 0.5) / self.sigma_data], dim=1)  # type: ignore[operator]
         if self.spatial:
             bumps = bump_map(c, self.image_size, self.bump_sigma) * keep[:, None, None, None]
             h = torch.cat([h, bumps * 2 - 1], dim=1)
@@ -154,8 +124,7 @@ class DenoisingEnergyNet(nn.Module):
         out = F.pixel_shuffle(self.head(h), self.patch)
         if self.refine is not None:
             out = out + self.refine[1](self.refine[0](torch.cat([out, pixels], dim=1), e))
-        estimate = 0.5 + c_skip * (x - 0.5) + c_out * out
-        return estimate - context[:, :3] if self.residual else estimate
+        return out
 
     def forward(
         self, x: torch.Tensor, c: torch.Tensor, sigma: torch.Tensor | None = None, keep: torch.Tensor | None = None

@@ -19,12 +19,11 @@ from typing import Any
 import pytest
 import torch
 
-from conceptlib import jobs
+from conceptlib import sampling
 from conceptlib.cli import FiniteRange
 from conceptlib.errors import ConceptError
-from conceptlib.expr import Leaf
 from conceptlib.plugins import PluginManager
-from conceptlib.scores import composed_score
+from conceptlib.settings import Guidance
 from conceptlib_scenes.source import ScenesSource
 from tests.conftest import TINY_SAMPLING, assert_one_line_error
 from tests.hostile import corpus
@@ -84,7 +83,7 @@ def test_a_weight_that_overflows_the_energies_is_refused_at_the_number(run, trai
 
 
 def test_a_sampler_that_diverges_writes_nothing(run, trained, tmp_path, monkeypatch):
-    monkeypatch.setattr(jobs, "langevin", lambda energy, x, *args, **kwargs: x * float("nan"))
+    monkeypatch.setattr(sampling, "langevin", lambda energy, x, *args, **kwargs: x * float("nan"))
     result = run(*COMPOSE, "-o", str(tmp_path / "g.png"), "--out-dir", str(tmp_path / "out"))
     assert_one_line_error(result, "sampling diverged", "nothing was written")
     assert not (tmp_path / "g.png").exists() and not (tmp_path / "out").exists()
@@ -98,7 +97,7 @@ def test_a_sampler_that_diverges_writes_nothing(run, trained, tmp_path, monkeypa
 )
 def test_a_request_beyond_the_bounds_is_refused_before_sampling(run, trained, tmp_path, monkeypatch, arguments,
                                                                fragment):
-    monkeypatch.setattr(jobs, "langevin", reached)
+    monkeypatch.setattr(sampling, "langevin", reached)
     result = run(*COMPOSE, "--out-dir", str(tmp_path / "out"), *arguments)
     assert_one_line_error(result, fragment)
     assert not (tmp_path / "out").exists()
@@ -108,8 +107,8 @@ def test_a_request_beyond_the_bounds_is_refused_before_sampling(run, trained, tm
 @pytest.mark.parametrize("option", ["--residual-guidance", "--guidance", "--prior-guidance"])
 def test_a_guidance_that_is_not_a_finite_positive_number_is_refused_before_sampling(run, trained, tmp_path,
                                                                                     monkeypatch, option, value):
-    monkeypatch.setattr(jobs, "langevin", reached)
-    monkeypatch.setattr(jobs, "annealed_sample", reached)
+    monkeypatch.setattr(sampling, "langevin", reached)
+    monkeypatch.setattr(sampling, "annealed_sample", reached)
     result = run(*COMPOSE, "--out-dir", str(tmp_path / "out"), option, value)
     assert_one_line_error(result, option)
     assert not (tmp_path / "out").exists()
@@ -118,7 +117,7 @@ def test_a_guidance_that_is_not_a_finite_positive_number_is_refused_before_sampl
 def test_the_library_refuses_a_residual_guidance_that_is_not_a_finite_positive_number():
     for value in (float("nan"), float("inf"), 0.0, -2.0):
         with pytest.raises(ConceptError, match="--residual-guidance must be a finite number above 0"):
-            composed_score(Leaf("color", "red"), {}, None, residual_guidance=value)  # refused before anything is read
+            Guidance(residual=value)  # the settings every sampler call takes: refused before anything is read
 
 
 @pytest.mark.parametrize("value", ["nan", "inf"])

@@ -1,19 +1,13 @@
-"""Annealed sampling and the denoising loss, checked against a Gaussian whose scores are known exactly."""
+"""The annealed sampler, checked against a Gaussian whose scores are known exactly."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from conceptlib.diffusion import (
-    RESIDUAL_CORRECTOR_ABOVE,
-    AnnealedConfig,
-    NoiseConfig,
-    annealed_sample,
-    denoising_loss,
-    energy_scores,
-)
+from conceptlib.annealed import annealed_sample, energy_scores, evaluations, karras_sigmas
 from conceptlib.errors import ConceptError
+from conceptlib.settings import RESIDUAL_CORRECTOR_ABOVE, AnnealedConfig
 
 MEAN, STD = 0.6, 0.05
 
@@ -34,23 +28,10 @@ def test_annealed_sampling_recovers_a_known_gaussian(corrector):
 
 
 def test_noise_levels_run_from_high_to_low():
-    sigmas = AnnealedConfig(levels=10, sigma_min=0.01, sigma_max=1.0).sigmas(torch.device("cpu"))
+    sigmas = karras_sigmas(AnnealedConfig(levels=10, sigma_min=0.01, sigma_max=1.0), torch.device("cpu"))
     assert len(sigmas) == 10
     assert float(sigmas[0]) == pytest.approx(1.0) and float(sigmas[-1]) == pytest.approx(0.01)
     assert bool((sigmas[1:] < sigmas[:-1]).all())
-
-
-def test_training_noise_stays_in_range():
-    drawn = NoiseConfig().draw(10_000, torch.Generator().manual_seed(0), torch.device("cpu"))
-    assert float(drawn.min()) >= NoiseConfig.sigma_min * 0.999 and float(drawn.max()) <= NoiseConfig.sigma_max
-
-
-def test_a_perfect_score_has_zero_denoising_loss_and_a_wrong_one_does_not():
-    generator = torch.Generator().manual_seed(0)
-    noise = torch.randn(8, 3, 4, 4, generator=generator)
-    sigma = torch.full((8,), 0.3)
-    assert float(denoising_loss(-noise / 0.3, sigma, noise, 0.25)) == pytest.approx(0.0, abs=1e-10)
-    assert float(denoising_loss(torch.zeros_like(noise), sigma, noise, 0.25)) > 0.5
 
 
 @pytest.mark.parametrize("settings", [{"levels": 1}, {"corrector": "hmc"}, {"sigma_min": 2.0},
@@ -63,21 +44,21 @@ def test_bad_sampler_settings_are_refused(settings):
 
 def test_corrector_steps_are_taken_only_at_levels_at_or_above_corrector_above():
     config = AnnealedConfig(levels=10, sigma_min=0.01, sigma_max=1.0, corrector_steps=3, corrector_above=0.1)
-    sigmas = config.sigmas(torch.device("cpu"))
+    sigmas = karras_sigmas(config, torch.device("cpu"))
     corrected = int((sigmas >= 0.1).sum())
     assert 0 < corrected < 10
-    evaluations, ticks = [], []
+    calls, ticks = [], []
 
     def counting(x: torch.Tensor, sigma: torch.Tensor) -> tuple[torch.Tensor, None]:
-        evaluations.append(float(sigma[0]))
+        calls.append(float(sigma[0]))
         return -(x - MEAN) / (STD**2 + sigma[:, None, None, None] ** 2), None
 
     annealed_sample(counting, 4, 2, config, torch.Generator().manual_seed(0), torch.device("cpu"),
                     on_step=lambda done, total: ticks.append((done, total)))
-    below = [s for s in evaluations if s < 0.1]
+    below = [s for s in calls if s < 0.1]
     assert len(below) == 10 - corrected  # one denoising step per level below, no corrector there
-    assert len(evaluations) == config.steps == 10 + 3 * corrected
-    assert ticks[-1] == (config.steps, config.steps)  # the progress bar ends full
+    assert len(calls) == evaluations(config) == 10 + 3 * corrected
+    assert ticks[-1] == (len(calls), len(calls))  # the progress bar ends full
 
 
 def test_residual_chains_default_to_correctors_above_a_floor_and_keep_an_explicit_choice():

@@ -1,0 +1,51 @@
+"""The evaluation report: ``results.md`` (a table and confusion matrices), ``results.json`` and sample grids."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from conceptlib.evaluation import ProtocolResult
+from conceptlib.imaging import save_grid
+
+
+def grid_name(protocol: str) -> str:
+    """A file name that keeps the logic: ``!position & color`` -> ``not-position-and-color``."""
+    words = {"&": " and ", "|": " or ", "!": " not "}
+    text = "".join(words.get(ch, ch if ch.isalnum() else " ") for ch in protocol)
+    return "-".join(text.split())
+
+
+def write_report(results: Sequence[ProtocolResult], extra: Mapping[str, Any], out_dir: Path) -> tuple[Path, Path]:
+    """``results.md`` (a table), ``results.json`` and one sample grid per protocol under ``out_dir``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = ["| protocol | n | metrics | target | met | s |", "|---|---|---|---|---|---|"]
+    for r in results:
+        shown = ", ".join(f"{k} {v:.3f}" for k, v in r.metrics.items())
+        wanted = ", ".join(f"{k} {op} {v:g}" for k, (op, v) in r.targets.items())
+        name = r.name.replace("|", "\\|")  # a bare | would split the Markdown cell
+        rows.append(f"| `{name}` | {r.n} | {shown} | {wanted} | {'yes' if r.passed else 'no'} | {r.seconds:.0f} |")
+        save_grid(r.images[:64], out_dir / f"{grid_name(r.name)}.png", columns=8, captions=r.asked[:64] or None)
+    for r in results:
+        for key, table in r.confusion.items():
+            rows.extend(_confusion_markdown(r.name, key, table))
+    for key, value in extra.items():
+        rows.append(f"\n{key}: {json.dumps(value)}")
+    markdown = out_dir / "results.md"
+    markdown.write_text("\n".join(rows) + "\n")
+    payload = {"protocols": [r.to_json() for r in results], **extra}
+    data = out_dir / "results.json"
+    data.write_text(json.dumps(payload, indent=2) + "\n")
+    return markdown, data
+
+
+def _confusion_markdown(protocol: str, key: str, table: Mapping[str, Any]) -> list[str]:
+    asked = "forbidden" if key.startswith("not_") else "asked"
+    values = table["values"]
+    lines = [f"\n`{protocol}`, {key.removeprefix('not_')}: rows {asked}, columns judged\n",
+             "| | " + " | ".join(values) + " |", "|---" * (len(values) + 1) + "|"]
+    lines += [f"| {value} | " + " | ".join(str(count) for count in row) + " |"
+              for value, row in zip(values, table["matrix"])]
+    return lines
