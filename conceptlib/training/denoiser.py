@@ -34,7 +34,7 @@ def train_denoiser(run: Run) -> TrainResult:
     if run.frozen:
         raise TrainingError(
             "objective denoiser models whole images, so it is the first concept of a lineage; a concept added "
-            "--with frozen ones learns its factor with --objective classifier"
+            "--with frozen ones is a residual (the default) or, for guidance only, --objective classifier"
         )
 
     def refusal(kind: ConceptKind) -> str | None:
