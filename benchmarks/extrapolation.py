@@ -55,6 +55,9 @@ BASE = {"image_size": 32, **SIZES}
 POSITION = {**BASE, "size_low": large_size(BASE)}
 """The position concept sees large objects only, everywhere."""
 JOINT = Continuous(names=("x", "y", "size"), low=0.0, high=1.0, spatial=True)
+SIZE_SCHEMA_HIGH = 0.5
+"""The scenes size schema spans 0..0.5; the joint model's third axis is ``size / 0.5`` so that its Fourier
+features (``condition_frequencies``) see a radius exactly as the size concept's do."""
 
 
 def corner_params(corner: float) -> dict[str, Any]:
@@ -82,10 +85,11 @@ def train_composed(base: Path, registry: Path, corner: float, log: Path, budget:
 
 
 def joint_dataset(corner: float, plugins: PluginManager) -> Dataset:
-    """The corner data with one more attribute, ``placement`` = (x, y, size)."""
+    """The corner data with one more attribute, ``placement`` = (x, y, size / 0.5)."""
     source = plugins.source("scenes")
     data = source.load(source.resolve_params(corner_params(corner)))
-    labels = {**data.labels, "placement": np.concatenate([data.labels["position"], data.labels["size"]], axis=1)}
+    placement = np.concatenate([data.labels["position"], data.labels["size"] / SIZE_SCHEMA_HIGH], axis=1)
+    labels = {**data.labels, "placement": placement}
     return Dataset(data.images, labels, {**data.schemas, "placement": JOINT}, data.hash)
 
 
@@ -237,7 +241,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                                           device, chain=chain)
                 else:
                     leaf = Leaf("placement", 0.0)
-                    trial = Trial(leaf, {leaf: np.concatenate([positions, sizes], axis=1)}, {})
+                    trial = Trial(leaf, {leaf: np.concatenate([positions, sizes / SIZE_SCHEMA_HIGH], axis=1)}, {})
                     images = sample_trial(trial, {"placement": joint}, joint, settings, generator, device)
                 label = "unseen" if unseen else "seen"
                 row[label] = grade(images, positions, sizes, judge)

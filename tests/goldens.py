@@ -17,7 +17,9 @@ same), then on 47ca2e1 (residual concepts redesigned: their versions, samples an
 scenario; main at b8c8e9d, after the hostile-input work, gave every digest the same), then on d286725 (CLI
 usability: versions record their ``loss_curve`` and eval grids are captioned; nothing else changed), then on
 b433d09 (residual chains take Langevin correctors only at noise >= 0.05: residual samples and their sidecars
-changed, nothing else).
+changed, nothing else), then with scalar conditions as Fourier features (U-Net config
+``condition_frequencies``: ``show`` and the sidecars, which record the architecture config, changed; no
+image, energy or inference number did, the scenario having no scalar-conditioned U-Net).
 ``tests/test_goldens.py`` checks it. Floating-point kernels differ between CPU instruction sets, so the file
 records the torch version and CPU capability it was made with; elsewhere the check is skipped and says
 why. Regenerate it only on purpose: after a change meant to alter what users get (a new default, a fix),

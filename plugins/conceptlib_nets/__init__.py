@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 SMALL_CONFIG: dict[str, Any] = {"channels": [32, 64, 64], "embed": 128, "bump_sigma": 0.08}
 UNET_CONFIG: dict[str, Any] = {
     "channels": [48, 64, 64], "embed": 128, "patch": 2, "bump_sigma": 0.08, "sigma_data": 0.25, "refine": 16,
+    "condition_frequencies": 4,
 }
 
 
@@ -43,8 +44,14 @@ def build_unet(schema: ConditionSchema, image_size: int, config: Mapping[str, An
 
 
 def migrate_unet(stored: Mapping[str, Any]) -> dict[str, Any]:
-    """A config stored before ``refine`` existed: those weights have no refinement layers."""
-    return {"refine": 0, **stored}
+    """A config stored before ``refine`` existed: those weights have no refinement layers; before
+    ``condition_frequencies``: they read scalar conditions raw."""
+    return {"refine": 0, "condition_frequencies": 0, **stored}
+
+
+def migrate_residual(stored: Mapping[str, Any]) -> dict[str, Any]:
+    """A config stored before ``condition_frequencies`` existed: those weights read scalar conditions raw."""
+    return {"condition_frequencies": 0, **stored}
 
 
 RESIDUAL_CONFIG: dict[str, Any] = {**UNET_CONFIG, "context": 6, "residual": True}
@@ -100,6 +107,7 @@ def conceptlib_architectures() -> list[Architecture]:
             default_config=RESIDUAL_CONFIG,
             check_config=check_residual,
             description="U-Net correction to frozen denoisers, reading their estimate (objective residual)",
+            migrate=migrate_residual,
         ),
         Architecture(
             name="classifier",

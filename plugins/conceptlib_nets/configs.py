@@ -51,6 +51,7 @@ def check_unet(config: Mapping[str, Any]) -> None:
     _integer(config, "embed", 2, MAX_WIDTH)
     _integer(config, "patch", 1, 8)
     _integer({"refine": 0, **config}, "refine", 0, MAX_WIDTH)
+    _integer({"condition_frequencies": 0, **config}, "condition_frequencies", 0, 16)
     _number(config, "bump_sigma", 0.0, 10.0)
     _number(config, "sigma_data", 1e-6, 100.0)
 

@@ -21,6 +21,7 @@ from torch.nn import functional as F
 
 from conceptlib.schema import ConditionSchema, is_image_point
 from conceptlib_nets.layers import (
+    ConditionFeatures,
     FiLMConv,
     NoiseEmbedding,
     bump_map,
@@ -63,7 +64,9 @@ class DenoisingEnergyNet(nn.Module):
         noise, which a correction added to them would have to cancel exactly (measured: stripes and speckle)."""
         self.register_buffer("frequencies", noise_frequencies(embed))
         self.noise_embed = NoiseEmbedding(embed)
-        self.condition_embed = nn.Sequential(nn.Linear(schema.dim, embed), nn.SiLU(), nn.Linear(embed, embed))
+        self.condition_features = ConditionFeatures(schema, int(config.get("condition_frequencies", 0)))
+        self.condition_embed = nn.Sequential(nn.Linear(self.condition_features.dim, embed), nn.SiLU(),
+                                             nn.Linear(embed, embed))
         self.null = nn.Parameter(torch.zeros(embed))
         c_in = (3 + self.context + int(self.spatial)) * self.patch**2
         self.down0 = nn.ModuleList([FiLMConv(c_in, c0, embed), FiLMConv(c0, c0, embed)])
@@ -86,7 +89,7 @@ class DenoisingEnergyNet(nn.Module):
             return self.embedding(c[:1], sigma[:1], keep[:1]).expand(sigma.shape[0], -1)
         noise = self.noise_embed(sigma, self.frequencies)
         k = keep[:, None]
-        return noise + k * self.condition_embed(c) + (1 - k) * self.null[None, :]
+        return noise + k * self.condition_embed(self.condition_features(c)) + (1 - k) * self.null[None, :]
 
     def denoise(self, x: torch.Tensor, c: torch.Tensor, sigma: torch.Tensor, keep: torch.Tensor,
                 context: torch.Tensor | None = None) -> torch.Tensor:
