@@ -202,7 +202,7 @@ def test_an_error_found_before_work_starts_shows_no_progress_bar(run):
 
 def test_an_unknown_architecture_setting_is_refused_with_the_known_ones(run):
     result = run("add", "shape", *TINY_SOURCE, *TINY_TRAINING, "--arch-config", "bogus=1")
-    assert_one_line_error(result, "has no setting 'bogus'", "channels, embed")
+    assert_one_line_error(result, "has no setting 'bogus'", "channels, condition_frequencies, embed")
     assert "no registry at" in run("list", "--json").output  # refused before the registry was created
 
 
