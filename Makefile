@@ -65,10 +65,17 @@ bench-continual: $(BIN)/.installed-mujoco
 bench-extrapolation: install
 	$(BIN)/python benchmarks/extrapolation.py --corners 0.01,0.1,1
 
-# Multi-object scenes from the position concept stage 1 of bench-continual learned (run that first).
-bench-multi-object: install
+# Multi-object scenes from the position concept stage 1 of bench-continual learned (run that first), and
+# from a position concept of the mujoco `cube` variant (one green cube among clutter), trained here once.
+CUBE_REGISTRY := benchmarks/results/multi-object-mujoco-cube-registry.db
+bench-multi-object: $(BIN)/.installed-mujoco
 	$(BIN)/python benchmarks/multi_object.py --tag scenes \
 	  --registry benchmarks/results/continual-scenes-report-residual-registry.db
+	test -f $(CUBE_REGISTRY) || $(BIN)/concept --registry $(CUBE_REGISTRY) add position --source mujoco \
+	  --param variant=cube --param image_size=32 --seed 1 --device auto
+	$(BIN)/python benchmarks/multi_object.py --source mujoco --tag mujoco-cube -n 100 --registry $(CUBE_REGISTRY)
+	$(BIN)/python benchmarks/multi_object.py --source mujoco --tag mujoco-cube-guidance4 -n 100 --guidance 4 \
+	  --registry $(CUBE_REGISTRY)
 
 clean:
 	rm -rf $(VENV) $(PEERS) out .pytest_cache .hypothesis

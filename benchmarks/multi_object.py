@@ -7,7 +7,8 @@ components of its object pixels (the scenes background is exactly gray and its o
 component whose centre lies within 0.1 of it. No judge is involved: the judges were trained on one-object
 images and would read one position.
 
-Run: ``.venv/bin/python benchmarks/multi_object.py --registry REG [--source scenes|mujoco] [-n 100]``.
+Run: ``.venv/bin/python benchmarks/multi_object.py --registry REG [--source scenes|mujoco] [-n 100]
+[--guidance G]``.
 Results: ``benchmarks/results/multi_object-SOURCE.md`` / ``.json`` and grids under
 ``benchmarks/results/multi_object/``.
 """
@@ -21,6 +22,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -129,9 +131,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("-n", type=int, default=100)
     parser.add_argument("--seed", type=int, default=1, help="conditions and noise (0 was used to tune)")
     parser.add_argument("--tag", default=None, help="results name [default: the source]")
+    parser.add_argument("--guidance", type=float, default=None,
+                        help="the sampler's --guidance (each factor's weight) [default: the CLI's]; choose it on "
+                             "--seed 0")
     args = parser.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     settings = SamplerSettings()  # what `concept eval` users get: its options default to these
+    if args.guidance is not None:
+        settings = replace(settings, guidance=replace(settings.guidance, scale=args.guidance))
     plugins = PluginManager()
     tag = args.tag or args.source
     rows = []
@@ -150,7 +157,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         finally:
             registry.close()
     payload = {"rows": rows, "registry": str(args.registry), "concept": args.concept, "source": args.source,
-               "seed": args.seed, "apart": APART, "within": WITHIN,
+               "seed": args.seed, "apart": APART, "within": WITHIN, "guidance": settings.guidance.scale,
                "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])])}
     (RESULTS / f"multi_object-{tag}.json").write_text(json.dumps(payload, indent=2) + "\n")
     lines = [f"# Multi-object scenes from one position concept ({args.source})", "",
@@ -160,7 +167,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         lines.append(f"| {row['objects']} | {row['n']} | {row['all_present']:.3f} | >= {row['target']} | "
                      f"{'yes' if row['all_present'] >= row['target'] else 'no'} | {row['objects_drawn']} | "
                      f"{row['seconds']} |")
-    lines += ["", f"Positions at least {APART} apart; an object is a connected component of >= {MIN_PIXELS} object "
+    lines += ["", f"Sampler guidance {settings.guidance.scale:g}. "
+              f"Positions at least {APART} apart; an object is a connected component of >= {MIN_PIXELS} object "
               f"pixels whose centre lies within {WITHIN} of the asked position. Command: `{payload['command']}`", ""]
     (RESULTS / f"multi_object-{tag}.md").write_text("\n".join(lines))
     print("\n".join(lines))
