@@ -151,8 +151,8 @@ def grade(registry: Registry, plugins: PluginManager, protocol: Protocol, stage:
     generator = torch.Generator(device=device).manual_seed(seed * 1000 + stage)
     started = time.perf_counter()
     images = sample_trial(asked, concepts, prior, settings, generator, device, chain=chain)
-    corrector_above = settings.annealed.for_composition(chain is not None).corrector_above
     seconds = time.perf_counter() - started
+    corrector_above = settings.annealed.for_composition(chain is not None).corrector_above
     predicted = judge.predict(images)
     metrics = SCORE(predicted, asked.targets)
     metrics["looks_real"] = float(np.mean(judge.realism(images)))

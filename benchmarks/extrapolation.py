@@ -55,9 +55,6 @@ BASE = {"image_size": 32, **SIZES}
 POSITION = {**BASE, "size_low": large_size(BASE)}
 """The position concept sees large objects only, everywhere."""
 JOINT = Continuous(names=("x", "y", "size"), low=0.0, high=1.0, spatial=True)
-SIZE_SCHEMA_HIGH = 0.5
-"""The scenes size schema spans 0..0.5; the joint model's third axis is ``size / 0.5`` so that its Fourier
-features (``condition_frequencies``) see a radius exactly as the size concept's do."""
 
 
 def corner_params(corner: float) -> dict[str, Any]:
@@ -85,10 +82,11 @@ def train_composed(base: Path, registry: Path, corner: float, log: Path, budget:
 
 
 def joint_dataset(corner: float, plugins: PluginManager) -> Dataset:
-    """The corner data with one more attribute, ``placement`` = (x, y, size / 0.5)."""
+    """The corner data with one more attribute, ``placement`` = (x, y, size scaled to the size schema's [0, 1]),
+    so that the joint model's Fourier features (``condition_frequencies``) see a radius as the size concept's do."""
     source = plugins.source("scenes")
     data = source.load(source.resolve_params(corner_params(corner)))
-    placement = np.concatenate([data.labels["position"], data.labels["size"] / SIZE_SCHEMA_HIGH], axis=1)
+    placement = np.concatenate([data.labels["position"], data.labels["size"] / data.schemas["size"].high], axis=1)
     labels = {**data.labels, "placement": placement}
     return Dataset(data.images, labels, {**data.schemas, "placement": JOINT}, data.hash)
 
@@ -214,6 +212,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                            check=True, stdout=stream, stderr=stream)
     judge, _ = load_or_train_judge("scenes", {**BASE, "seed": JUDGE_SEED_OFFSET}, device=device, plugins=plugins)
     corners = [float(c) for c in args.corners.split(",")]
+    size_schema_high = plugins.source("scenes").attributes(BASE)["size"].high  # joint_dataset scales by it
     rows = earlier_rows(args, corners)
     for corner in corners:
         registry_path = RESULTS / f"extrapolation-{corner:g}{suffix}-registry.db"
@@ -241,7 +240,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                                           device, chain=chain)
                 else:
                     leaf = Leaf("placement", 0.0)
-                    trial = Trial(leaf, {leaf: np.concatenate([positions, sizes / SIZE_SCHEMA_HIGH], axis=1)}, {})
+                    trial = Trial(leaf, {leaf: np.concatenate([positions, sizes / size_schema_high], axis=1)}, {})
                     images = sample_trial(trial, {"placement": joint}, joint, settings, generator, device)
                 label = "unseen" if unseen else "seen"
                 row[label] = grade(images, positions, sizes, judge)

@@ -22,7 +22,6 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -136,9 +135,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                              "--seed 0")
     args = parser.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    settings = SamplerSettings()  # what `concept eval` users get: its options default to these
-    if args.guidance is not None:
-        settings = replace(settings, guidance=replace(settings.guidance, scale=args.guidance))
+    # what `concept eval` users get (its options default to these), but the asked guidance
+    settings = SamplerSettings.from_options({} if args.guidance is None else {"guidance": args.guidance})
     plugins = PluginManager()
     tag = args.tag or args.source
     rows = []

@@ -93,27 +93,23 @@ class NoiseEmbedding(nn.Sequential):
 class ConditionFeatures(nn.Module):
     """What a condition vector looks like to the embedding MLP: Fourier features of its scalar axes.
 
-    A scalar such as ``size`` spans a few hundredths of its schema (radii 0.06-0.20 of a 0..0.5 schema) and,
-    fed raw into a linear layer, moves the embedding too little for Adam to find in a few thousand steps: a
-    residual size concept trained so came out ignoring size (judged radius 0.139-0.143 for asked 0.06-0.19),
-    one fed the axis scaled to [-1, 1] followed it (0.123-0.157). Each scalar axis is therefore scaled from
-    its schema range to ``u`` in [0, 1] and sent as ``2u - 1, sin(2^k pi u), cos(2^k pi u)``, k < ``frequencies``,
-    so a difference of 0.05 in ``u`` turns the highest pair by over a radian. Axes of an image point
-    (``spatial``: drawn as a bump map) and categorical one-hots pass through unchanged, as do all axes when
-    ``frequencies`` is 0 (networks stored before this existed).
+    A scalar such as ``size`` spans a few hundredths of its schema and, fed raw into a linear layer, moves
+    the embedding too little to be learned (a residual size concept so trained ignored size; docs/design.md).
+    Each scalar axis is scaled from its schema range to ``u`` in [0, 1] and sent as ``2u - 1, sin(2^k pi u),
+    cos(2^k pi u)``, k < ``frequencies``. Axes of an image point (drawn as a bump map) and categorical one-hots
+    pass through unchanged, as does everything when ``frequencies`` is 0 (networks stored before this existed).
     """
 
     def __init__(self, schema: ConditionSchema, frequencies: int) -> None:
         super().__init__()
-        continuous = isinstance(schema, Continuous)
-        self.passed = 2 if is_image_point(schema, more_axes=True) else (0 if continuous else schema.dim)
-        if not continuous or frequencies == 0:
+        self.low, self.span = 0.0, 1.0
+        if not isinstance(schema, Continuous) or frequencies == 0:
             self.passed = schema.dim
-        scalars = schema.dim - self.passed
-        self.low = float(getattr(schema, "low", 0.0))
-        self.span = float(getattr(schema, "high", 1.0)) - self.low or 1.0
+        else:
+            self.passed = 2 if is_image_point(schema, more_axes=True) else 0
+            self.low, self.span = schema.low, (schema.high - schema.low) or 1.0
         self.register_buffer("octaves", (2.0 ** torch.arange(frequencies)) * math.pi, persistent=False)
-        self.dim = self.passed + scalars * (1 + 2 * frequencies)
+        self.dim = self.passed + (schema.dim - self.passed) * (1 + 2 * frequencies)
 
     def forward(self, c: torch.Tensor) -> torch.Tensor:
         if self.passed == c.shape[1]:
