@@ -1,8 +1,9 @@
 """The learning-quality benchmark: train the default concepts continually, then grade every protocol.
 
-Run: ``.venv/bin/python benchmarks/quality.py [--registry PATH] [--train] [-n 500]``. With ``--train``
-it trains position, then shape with position frozen, then color with both frozen (continual learning,
-paper 3.3) into ``--registry`` (a fresh file) with the CLI's defaults, timing each; then it runs
+Run: ``.venv/bin/python benchmarks/quality.py [--registry PATH] [--train] [-n 500]``. By default it grades
+the shipped ``registry.db``. With ``--train`` it first builds ``--registry`` (a fresh file) with
+``scripts/build_registry.sh``, the recipe of the shipped registry (the paper's continual protocol: each
+concept on its own restricted data, each later one a residual with the earlier ones frozen); then it runs
 ``concept eval``'s protocols on ``-n`` samples each with an independent judge and writes
 ``benchmarks/results/quality.md`` and ``quality.json`` plus sample grids under ``benchmarks/results/quality/``.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import shutil
 import subprocess
@@ -28,29 +30,22 @@ from conceptlib.report import write_report
 from conceptlib.settings import SamplerSettings
 
 RESULTS = Path(__file__).parent / "results"
-CONTINUAL = [("position", []), ("shape", ["position"]), ("color", ["position", "shape"])]
+CONCEPTS = ["position", "shape", "color", "size"]
+ROOT = Path(__file__).resolve().parent.parent
 
 
-def train(registry: Path, iterations: int | None) -> dict[str, float]:
-    """Each default concept through the real CLI, the earlier ones frozen; wall seconds per concept."""
-    concept = Path(sys.executable).parent / "concept"
-    seconds = {}
-    for name, frozen in CONTINUAL:
-        command = [str(concept), "--registry", str(registry), "add", name, "--source", "scenes", "--device", "auto"]
-        command += [arg for other in frozen for arg in ("--with", other)]
-        if iterations:
-            command += ["--iterations", str(iterations)]
-        started = time.perf_counter()
-        subprocess.run(command, check=True)
-        seconds[name] = round(time.perf_counter() - started, 1)
-    return seconds
+def train(registry: Path) -> float:
+    """The shipped registry's recipe into ``registry``; wall seconds for all of it."""
+    started = time.perf_counter()
+    subprocess.run(["bash", str(ROOT / "scripts" / "build_registry.sh"), str(registry)], check=True,
+                   env={**os.environ, "CONCEPT": str(Path(sys.executable).parent / "concept")})
+    return round(time.perf_counter() - started, 1)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--registry", type=Path, default=RESULTS / "quality-registry.db")
+    parser.add_argument("--registry", type=Path, default=ROOT / "registry.db")
     parser.add_argument("--train", action="store_true", help="train the concepts into a fresh --registry first")
-    parser.add_argument("--iterations", type=int, help="override the training default")
     parser.add_argument("-n", type=int, default=500)
     parser.add_argument("--inference", type=int, default=200)
     parser.add_argument("--protocol", action="append", help="default: all")
@@ -71,11 +66,9 @@ def main() -> None:
                         help="name of the copies written to benchmarks/results/ (NAME.md, NAME.json)")
     args = parser.parse_args()
 
-    training = {}
+    build_seconds = None
     if args.train:
-        if args.registry.exists():
-            args.registry.unlink()
-        training = train(args.registry, args.iterations)
+        build_seconds = train(args.registry)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     registry = Registry.open(str(args.registry))
     settings = SamplerSettings.from_options(vars(args))
@@ -91,9 +84,11 @@ def main() -> None:
         results += run.results
         extra.update(run.extra)
         extra.update({
-            "training_seconds": training or {v.concept: v.metrics.get("seconds") for v in
-                                             (registry.resolve(c) for c, _ in CONTINUAL)},
-            "versions": {c: registry.resolve(c).to_json()["hyperparameters"] for c, _ in CONTINUAL},
+            "training_seconds": {c: registry.resolve(c).metrics.get("seconds") for c in CONCEPTS},
+            "build_seconds": build_seconds,
+            "versions": {c: {key: registry.resolve(c).to_json()[key]
+                             for key in ("hyperparameters", "source_params", "lineage", "weights_sha256")}
+                         for c in CONCEPTS},
             "machine": {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
                         "device": str(device)},
             "evaluation_seconds": round(time.perf_counter() - started, 1),

@@ -115,21 +115,26 @@ def typicality(registry: Registry, plugins: PluginManager, concept: LoadedConcep
                values: Sequence[Any]) -> Typicality:
     """How typical each of ``images`` is of the data ``concept``'s lineage was trained on.
 
-    Noise-conditioned concepts are judged by their lineage's prior at its null condition (log energy, see
-    the module docstring); a contrastive-divergence concept, which has no null condition, by its own energy
-    at ``values`` (the inferred condition of each image) against held-out images at their true conditions.
+    Noise-conditioned concepts are judged by their lineage's prior at its null condition (log energy, see the module
+    docstring), a residual by its chain through it with every member at null against its own data (a continually
+    built chain's root saw only the first stage's); a contrastive-divergence concept, which has no null condition,
+    by its own energy at ``values`` (the inferred condition of each image) against held-out images at their true
+    conditions.
     Raises ``ConceptError`` when no held-out images can be drawn (a source that cannot load here).
     """
     import torch
 
-    from conceptlib.concepts import prior_concept
+    from conceptlib.concepts import ConceptKind, prior_concept
     from conceptlib.histograms import HELD_OUT_SEED_OFFSET
     from conceptlib.imaging import images_to_tensor
     from conceptlib.inference import InferenceConfig, image_energies
+    from conceptlib.residual import load_chain
 
     device = images.device
     noisy = concept.kind.noise_conditioned
-    scorer = prior_concept(registry, plugins, [concept], device) if noisy else concept
+    chain = load_chain(registry, plugins, [concept], device) if concept.kind is ConceptKind.RESIDUAL else None
+    # a residual's chain models the data it was trained on: its root may have seen only a part of it
+    scorer = concept if chain is not None or not noisy else prior_concept(registry, plugins, [concept], device)
     version = scorer.version
     source = plugins.source(version.source)
     params = {**version.source_params, "n": REFERENCE_IMAGES,
@@ -141,7 +146,7 @@ def typicality(registry: Registry, plugins: PluginManager, concept: LoadedConcep
         if noisy:
             def score(x: torch.Tensor) -> np.ndarray:
                 shape = torch.zeros(x.shape[0], version.schema.dim, device=device)
-                energies = image_energies(scorer, x, shape, config, shared_noise=True, null=True)
+                energies = image_energies(scorer, x, shape, config, shared_noise=True, chain=chain, null=True)
                 return np.log(np.maximum(energies.cpu().numpy(), 1e-12))
 
             ours, theirs = score(images), score(reference)

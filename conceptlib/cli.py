@@ -358,7 +358,9 @@ def sampler_options(langevin: bool) -> Any:
             click.option("--init", default=SAMPLER.langevin.init, show_default=True,
                          type=click.Choice(["noise", "gray"]), help="cd: chain start."),
             click.option("--temperature", default=SAMPLER.or_temperature, show_default=True,
-                         type=FiniteRange(0, min_open=True), help="Temperature of OR (-T logsumexp(-E/T))."),
+                         type=FiniteRange(0, min_open=True),
+                         help="Temperature T of OR: each alternative drawn in proportion to its weight^(1/T) "
+                              "(cd concepts: -T logsumexp(-E/T))."),
         ]
     options.append(batch_option("Samples"))
 

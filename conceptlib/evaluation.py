@@ -21,7 +21,7 @@ import torch
 from conceptlib.concepts import LoadedConcept, load_concept
 from conceptlib.energy import Term
 from conceptlib.errors import ConceptError
-from conceptlib.expr import And, Leaf, Node, Not, Or, replace_leaves, to_text
+from conceptlib.expr import And, Leaf, Node, Not, Or, Weighted, replace_leaves, to_text
 from conceptlib.imaging import images_to_tensor, to_uint8
 from conceptlib.inference import InferenceConfig, infer_each
 from conceptlib.plugins import PluginManager
@@ -160,6 +160,43 @@ def _position_or_position(rng, n, params) -> Trial:
     return Trial(Or((first, second)), {first: p1, second: p2}, {"mode1": p1, "mode2": p2})
 
 
+WEIGHTED_OR_SHARE = 0.3
+"""The first mode's weight in ``0.3*position | 0.7*position``: it should be drawn 30 % of the time."""
+
+
+def _weighted_position_or(rng, n, params) -> Trial:
+    first, second = Leaf("position", 1.0), Leaf("position", 2.0)
+    p1 = _positions(rng, n, params)
+    p2 = _far_positions(p1, rng, params)
+    node = Or((Weighted(WEIGHTED_OR_SHARE, first), Weighted(1 - WEIGHTED_OR_SHARE, second)))
+    return Trial(node, {first: p1, second: p2}, {"mode1": p1, "mode2": p2})
+
+
+def _score_shares(predicted: dict[str, np.ndarray], targets: dict[str, np.ndarray]) -> dict[str, float]:
+    """:func:`_score`, plus how far each mode's rate is from its weight."""
+    metrics = _score(predicted, targets)
+    metrics["mode1_off"] = abs(metrics["mode1"] - WEIGHTED_OR_SHARE)
+    metrics["mode2_off"] = abs(metrics["mode2"] - (1 - WEIGHTED_OR_SHARE))
+    return metrics
+
+
+def _position_or_position_and_color(rng, n, params) -> Trial:
+    first, second, col = Leaf("position", 1.0), Leaf("position", 2.0), Leaf("color", 0.0)
+    p1 = _positions(rng, n, params)
+    p2 = _far_positions(p1, rng, params)
+    k = _names(rng, n, N_COLORS)
+    return Trial(And((Or((first, second)), col)), {first: p1, second: p2, col: _one_hot(k, N_COLORS)},
+                 {"mode1": p1, "mode2": p2, "color": k})
+
+
+def _score_nested_or(predicted: dict[str, np.ndarray], targets: dict[str, np.ndarray]) -> dict[str, float]:
+    """:func:`_score`, plus how often a sample is at either place *and* of the asked color."""
+    metrics = _score(predicted, targets)
+    either = _hit(predicted["position"], targets["mode1"]) | _hit(predicted["position"], targets["mode2"])
+    metrics["all_right"] = float((either & (predicted["color"] == targets["color"])).mean())
+    return metrics
+
+
 def _position_shape_color(rng, n, params) -> Trial:
     pos, shp, col = Leaf("position", 0.0), Leaf("shape", 0.0), Leaf("color", 0.0)
     p, s, k = _positions(rng, n, params), _names(rng, n, N_SHAPES), _names(rng, n, N_COLORS)
@@ -223,6 +260,10 @@ PROTOCOLS: dict[str, Protocol] = {p.name: p for p in [
              {"negated_position_rate": ("<=", 0.05), "color_acc": (">=", 0.95)}),
     Protocol("position | position", ("position",), _position_or_position, _score,
              {"mode1": (">=", 0.45), "mode2": (">=", 0.45), "either_mode": (">=", 0.95)}),
+    Protocol("0.3*position | 0.7*position", ("position",), _weighted_position_or, _score_shares,
+             {"mode1_off": ("<=", 0.05), "mode2_off": ("<=", 0.05), "either_mode": (">=", 0.95)}),
+    Protocol("(position | position) & color", ("position", "color"), _position_or_position_and_color,
+             _score_nested_or, {"either_mode": (">=", 0.95), "color_acc": (">=", 0.95)}),
     Protocol("position & shape & color", ("position", "shape", "color"), _position_shape_color, _score,
              {"all_right": (">=", 0.85), "position_acc": (">=", 0.95), "shape_acc": (">=", 0.90),
               "color_acc": (">=", 0.90)}),

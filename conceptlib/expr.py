@@ -25,10 +25,14 @@ from conceptlib.schema import Value, format_value
 MAX_DEPTH = 100
 """Deepest nesting of '(', '!' and weights accepted: deeper input would exhaust Python's stack."""
 
+MAX_ALTERNATIVES = 256
+"""Most OR-free alternatives an expression may expand into (:func:`alternatives`): each OR under an AND
+multiplies them, and a denoiser prior samples each alternative as its own composition."""
+
 GRAMMAR = """\
 \b
 EXPRESSION, loosest first:
-  a | b           either: OR, -T logsumexp(-E/T) (T: --temperature)
+  a | b           either: OR, a mixture; 0.3*a | 0.7*b draws a 30 % of the time
   a & b           both: AND, E_a + E_b
   a & !b          a, not b: NOT sits inside an AND with a positive term
   0.5*a           a term's energy weighted by a positive number
@@ -121,6 +125,7 @@ def validate(node: Node, text: str = "") -> None:
     ``text`` is the source the positions refer to; without it errors point at column 0.
     """
     _check(node, text, negatable=False)
+    _expand(node)
 
 
 def to_text(node: Node) -> str:
@@ -203,6 +208,11 @@ def map_leaves(node: Node, replace: Callable[[Leaf], Node]) -> Node:
     return fold(node, replace, _Rebuild())
 
 
+def map_negated_leaves(node: Node, replace: Callable[[Leaf], Node]) -> Node:
+    """``node`` with every NOT directly over a leaf replaced by ``replace(leaf)``; source positions are dropped."""
+    return fold(node, lambda leaf: leaf, _Rebuild(), negated_leaf=replace)
+
+
 @dataclass(frozen=True)
 class _Collect:
     """Leaves in source order; ``negated`` says whether the leaves under a NOT count."""
@@ -239,6 +249,41 @@ def conjuncts(node: Node) -> tuple[Node, ...]:
 def replace_leaves(node: Node, replacement: Mapping[Leaf, Leaf]) -> Node:
     """``node`` with every leaf found in ``replacement`` swapped for its value (e.g. a condition filled in)."""
     return map_leaves(node, lambda leaf: replacement.get(leaf, leaf))
+
+
+def alternatives(node: Node) -> list[tuple[float, Node]]:
+    """``node`` as a weighted mixture of OR-free expressions: ``[(share, alternative), ...]``.
+
+    OR adds densities (``exp(-E)``) and AND multiplies them, so AND distributes over OR: ``(a | b) & c`` is
+    ``a & c`` or ``b & c``, each a plain composition a denoiser prior samples exactly, where mixing the parts'
+    scores by the energies of a noisy image cannot tell them apart at high noise. A weight directly on a term
+    of an OR is that term's share of the mixture (``0.3*a | 0.7*b``: ``a`` 30 % of the time); anywhere else
+    it scales an energy. An OR under a NOT or a weight is kept as written (it has no mixture reading).
+    """
+    return [(share, parts[0] if len(parts) == 1 else And(tuple(parts))) for share, parts in _expand(node)]
+
+
+def _expand(node: Node) -> list[tuple[float, list[Node]]]:
+    """:func:`alternatives` as ``(share, conjuncts)`` pairs."""
+    if isinstance(node, Or):
+        expanded = []
+        for term in node.terms:
+            share, inner = (term.weight, term.term) if isinstance(term, Weighted) else (1.0, term)
+            expanded += [(share * inner_share, parts) for inner_share, parts in _expand(inner)]
+        return _bounded(expanded)
+    if isinstance(node, And):
+        combined: list[tuple[float, list[Node]]] = [(1.0, [])]
+        for term in node.terms:
+            combined = _bounded([(a * b, first + second) for a, first in combined for b, second in _expand(term)])
+        return combined
+    return [(1.0, [node])]
+
+
+def _bounded(expanded: list[tuple[float, list[Node]]]) -> list[tuple[float, list[Node]]]:
+    if len(expanded) > MAX_ALTERNATIVES:
+        raise ExpressionError(f"this expression expands into more than {MAX_ALTERNATIVES} alternatives (every OR "
+                              "inside an AND multiplies them); use fewer ORs", "", 0, located=False)
+    return expanded
 
 
 def _grouped(node: Node, needs_parentheses: tuple[type, ...]) -> str:

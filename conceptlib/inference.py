@@ -79,7 +79,7 @@ def image_energies(
     scene model, ``-log p(x)`` up to a constant, which says how much an image looks like the training data.
 
     A residual concept (``chain``: the chain it stacks on, see :mod:`conceptlib.residual`) is scored by the
-    denoising error of the whole chain with it at ``c`` and every other member at null.
+    denoising error of the whole chain with it at ``c`` (at null with ``null``) and every other member at null.
     """
     model = concept.model
     x = images.repeat(repeats, 1, 1, 1)
@@ -97,7 +97,7 @@ def image_energies(
             s = torch.full((x.shape[0],), sigma, device=images.device)
             if chain is not None:
                 reader = ChainReader.at(chain, x + sigma * noise, s, differentiable=True, templates=templates)
-                error = x - reader.total({concept.version.concept: conditions})
+                error = x - reader.total({concept.version.concept: None if null else conditions})
                 total = total + error.pow(2).flatten(1).sum(1) / (2 * sigma**2)
             elif concept.kind.denoises:  # its denoising error: the diffusion-classifier view of -log p(x | c)
                 error = x - model.denoise(x + sigma * noise, conditions, s, keep)

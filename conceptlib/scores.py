@@ -11,8 +11,9 @@ still applies leaf by leaf (:class:`Parts`, folded over the expression):
   that gradient is adversarial and paints speckle, on ``D(x)`` it moves the object;
 - an energy leaf (objective dsm) contributes its guided energy ratio and its gradient;
 - AND sums, NOT negates (a categorical classifier's NOT is its complement, ``-w log p(not c | D(x))``),
-  a weight scales, and OR mixes the parts' gradients by ``softmax(-E_i / T)``, so
-  ``-T logsumexp(-E_i / T)`` is differentiated exactly given the parts.
+  a weight scales, and an OR left under a NOT or a weight mixes the parts' gradients by ``softmax(-E_i / T)``,
+  so ``-T logsumexp(-E_i / T)`` is differentiated exactly given the parts. Every other OR never reaches this
+  module: :mod:`conceptlib.sampling` draws each sample's alternative first (a mixture, sampled exactly).
 
 The prior is counted once: its null score, or its score at a condition drawn per sample when the
 expression does not name it. The result has no energy, so MALA (which needs one) is refused. Measured
@@ -33,7 +34,7 @@ from conceptlib.annealed import ScoreFn, energy_scores
 from conceptlib.concepts import ConceptKind, LoadedConcept
 from conceptlib.energy import Term, compose_noisy
 from conceptlib.errors import ConceptError
-from conceptlib.expr import Leaf, Node, Or, Weighted, conjuncts, fold, map_leaves
+from conceptlib.expr import Leaf, Node, Weighted, conjuncts, fold, map_leaves
 from conceptlib.expr import leaves as expression_leaves
 from conceptlib.registry import VersionRef
 from conceptlib.residual import Chain, ChainReader, build_chain
@@ -84,16 +85,17 @@ def composed_score(
     prior: LoadedConcept,
     settings: SamplerSettings,
     prior_condition: torch.Tensor | None = None,
-    branches: torch.Tensor | None = None,
     chain: Chain | None = None,
+    member_conditions: Mapping[str, torch.Tensor] | None = None,
 ) -> ScoreFn:
     """The score of ``node`` with ``prior`` counted once, whatever kinds of concept the leaves are.
 
     An energy prior (dsm) gives the exact gradient of :func:`conceptlib.energy.compose_noisy`, classifier
     leaves weighted by ``guidance.classifier`` relative to the rest; a denoiser prior the score-space
     composition of this module. ``prior_condition`` ``(B, dim)`` is the prior's condition drawn per sample
-    when the expression does not name the prior's concept; ``branches`` ``(B,)`` names the part of a top-level
-    OR each sample follows (both from :mod:`conceptlib.sampling`). ``chain``: the root denoiser and the
+    when the expression does not name the prior's concept (drawn by :mod:`conceptlib.sampling`, which also
+    samples an OR over a denoiser prior as a mixture of its alternatives, so the ORs left here sit under a NOT
+    or a weight). ``chain``: the root denoiser and the
     residual concepts stacked on it, when any leaf is a residual (built from the leaves when not given); such
     an expression is read through the chain by :func:`chain_score`, at ``guidance.residual``.
 
@@ -111,7 +113,7 @@ def composed_score(
         if settings.annealed.corrector == "mala":
             raise ConceptError("the MALA corrector needs an energy, and residual concepts give a score only; "
                                "use --corrector ula")
-        return chain_score(node, terms, chain, settings, prior_condition, branches)
+        return chain_score(node, terms, chain, settings, prior_condition, member_conditions)
     if not prior.kind.denoises:
         if guidance.classifier != w:
             factor = guidance.classifier / w
@@ -203,9 +205,6 @@ def composed_score(
         def part(node: Node) -> Part:
             return fold(node, leaf_part, parts, negated_leaf=lambda leaf: leaf_part(leaf, True))
 
-        if branches is not None and isinstance(node, Or):
-            grads = torch.stack([part(t).grad for t in node.terms])
-            return (base - x) / s2 - grads[branches, torch.arange(n, device=x.device)], None
         return (base - x) / s2 - part(node).grad, None
 
     return score
@@ -217,7 +216,7 @@ def chain_score(
     chain: Chain,
     settings: SamplerSettings,
     prior_condition: torch.Tensor | None = None,
-    branches: torch.Tensor | None = None,
+    member_conditions: Mapping[str, torch.Tensor] | None = None,
 ) -> ScoreFn:
     """The score of an expression over one chain of residual concepts, every factor read through the whole chain.
 
@@ -228,11 +227,15 @@ def chain_score(
     the conditions the expression names once in a plain AND (the root at its drawn condition when the
     expression does not name it), a leaf of ``A`` contributes ``T(A) - T(A without it)``, any other leaf
     (under NOT, in an OR, named twice) ``T(A with it) - T(A)``. :class:`Parts` fold them (AND sums, NOT
-    negates, weights and ``guidance.residual`` scale, OR mixes by ``softmax(-E / T)`` of their denoising
-    energies, or follows ``branches``, see :func:`conceptlib.sampling.draw_branches`) on top of the base
-    ``T(A)`` less the leaves of ``A``: a plain AND at guidance 1 is exactly ``T(A)``, the chain's own
-    conditional estimate, and guidance ``w`` adds ``w - 1`` times each leaf's difference given the others.
+    negates, weights and ``guidance.residual`` scale, an OR under a NOT or a weight mixes by ``softmax(-E / T)``
+    of their denoising energies) on top of the base ``T(A)`` less the leaves of ``A``: a plain AND at guidance 1
+    is exactly ``T(A)``, the chain's own conditional estimate, and guidance ``w`` adds ``w - 1`` times each
+    leaf's difference given the others.
     ``guidance.prior`` guides the drawn root condition the same way.
+
+    ``member_conditions`` (``(B, dim)`` by concept name, drawn by :mod:`conceptlib.sampling`) are read for the
+    residuals the expression does not name, so ``color=red`` marginalises the shape rather than reading the
+    shape residual at null (which drew a triangle nearly every time).
 
     ``guidance.residual`` takes the place of ``guidance.scale`` here: on the chain of
     ``benchmarks/continual.py`` guidance 1.5 took the samples that look real from 1.00 to 0.27 (stage 2, 64
@@ -251,6 +254,9 @@ def chain_score(
     drawn = prior_condition is not None and assignment[root] is None
     if drawn:
         assignment[root] = prior_condition
+    for name, condition in (member_conditions or {}).items():  # residuals the expression does not name
+        if assignment.get(name, condition) is None:
+            assignment[name] = condition
     anchored = [leaf for leaf in expression_leaves(node)
                 if anchors.get(terms[leaf].concept.version.ref) is terms[leaf].condition]
     plain = all(isinstance(term, Leaf) for term in conjuncts(node))
@@ -287,10 +293,6 @@ def chain_score(
             base = base - (named - unnamed)
         if drawn and prior_guidance != 1.0:
             base = base + (prior_guidance - 1.0) * (joint - reader.total({**assignment, root: None}))
-        n = x.shape[0]
-        if branches is not None and isinstance(node, Or):
-            grads = torch.stack([fold(t, leaf_part, parts).grad for t in node.terms])
-            return (base - x) / s2 - grads[branches, torch.arange(n, device=x.device)], None
         return (base - x) / s2 - fold(node, leaf_part, parts).grad, None
 
     return score

@@ -190,7 +190,8 @@ class SamplerSettings:
     langevin: LangevinConfig = field(default_factory=LangevinConfig)
     guidance: Guidance = field(default_factory=Guidance)
     or_temperature: float = 1.0
-    """``T`` of OR, ``-T logsumexp(-E / T)``; ``--temperature``."""
+    """``T`` of OR, ``--temperature``: over a denoiser prior each alternative is drawn in proportion to its
+    weight ``^(1/T)`` (:func:`conceptlib.sampling.mixture_probabilities`); elsewhere ``-T logsumexp(-E / T)``."""
     batch_size: int = 64
 
     def __post_init__(self) -> None:

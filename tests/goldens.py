@@ -19,7 +19,11 @@ usability: versions record their ``loss_curve`` and eval grids are captioned; no
 b433d09 (residual chains take Langevin correctors only at noise >= 0.05: residual samples and their sidecars
 changed, nothing else), then with scalar conditions as Fourier features (U-Net config
 ``condition_frequencies``: ``show`` and the sidecars, which record the architecture config, changed; no
-image, energy or inference number did, the scenario having no scalar-conditioned U-Net).
+image, energy or inference number did, the scenario having no scalar-conditioned U-Net), then with OR sampled
+as a mixture of alternatives, a NOT of a residual's value or of the prior's own concept sampled exactly and a
+chain's unnamed residuals drawn per sample (the samples and sidecars of the five compositions with an OR or
+such a NOT changed, and the eval grid of ``position | position``; a classifier's NOT and every other digest did
+not; two compositions were added: a tempered weighted OR and a NOT of the root beside a residual).
 ``tests/test_goldens.py`` checks it. Floating-point kernels differ between CPU instruction sets, so the file
 records the torch version and CPU capability it was made with; elsewhere the check is skipped and says
 why. Regenerate it only on purpose: after a change meant to alter what users get (a new default, a fix),
@@ -68,8 +72,9 @@ COMPOSITIONS: list[tuple[str, ...]] = [
     ("position=(0.3,0.7) & shape=circle & color=red",),
     ("position=(0.3,0.7) & !color=red",),
     ("!position=(0.3,0.7) & color=blue",),
-    ("position=(0.2,0.2) | position=(0.8,0.8)",),  # OR at the top: drawn branches
-    ("(color=red | color=green) & position=(0.5,0.5)",),  # nested OR: softmax-weighed parts
+    ("position=(0.2,0.2) | position=(0.8,0.8)",),  # OR at the top: each sample's alternative drawn
+    ("(color=red | color=green) & position=(0.5,0.5)",),  # nested OR: AND distributed over it
+    ("0.3*position=(0.2,0.2) | 0.7*position=(0.8,0.8)", "--temperature", "2"),  # shares, tempered
     ("2*color=red & 0.5*!shape=square & position=(0.4,0.6)",),
     ("color=red & !(shape=square & color=blue) & position=(0.5,0.5)",),
     ("shape=triangle & color=green", "--classifier-temperature", "1", "--classifier-boost-max", "1",
@@ -86,7 +91,8 @@ COMPOSITIONS: list[tuple[str, ...]] = [
     ("ppos=(0.5,0.5)",),
     ("position=(0.4,0.6) & rshape=circle & rcolor=green",),
     ("rshape=circle",),
-    ("rcolor=red & !rshape=square",),
+    ("rcolor=red & !rshape=square",),  # NOT of a residual: the shapes it leaves
+    ("!position=(0.3,0.7) & rcolor=red",),  # NOT of the root: its condition drawn away
     ("rshape=circle | rshape=triangle",),
     ("2*rcolor=blue & rshape=circle & position=(0.5,0.5)", "--guidance", "1"),
     ("rshape=triangle", "--residual-guidance", "2", "--prior-guidance", "2"),  # the root drawn, guided

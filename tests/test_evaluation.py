@@ -46,6 +46,23 @@ def test_scoring_or_counts_each_mode():
     assert metrics == {"mode1": 0.25, "mode2": 0.5, "either_mode": 0.75}
 
 
+def test_a_weighted_or_is_scored_by_how_far_each_mode_is_from_its_weight():
+    targets = {"mode1": np.array([[0.3, 0.3]] * 4), "mode2": np.array([[0.7, 0.7]] * 4)}
+    predicted = {"position": np.array([[0.3, 0.3], [0.7, 0.7], [0.7, 0.7], [0.7, 0.7]])}
+    metrics = PROTOCOLS["0.3*position | 0.7*position"].score(predicted, targets)
+    assert metrics["mode1_off"] == pytest.approx(0.05) and metrics["mode2_off"] == pytest.approx(0.05)
+    trial = PROTOCOLS["0.3*position | 0.7*position"].make(np.random.default_rng(0), 3, {})
+    assert evaluation.to_text(trial.node) == "0.3*position=1.0 | 0.7*position=2.0"
+
+
+def test_a_nested_or_is_right_when_the_sample_is_at_either_place_in_the_asked_color():
+    targets = {"mode1": np.array([[0.3, 0.3]] * 4), "mode2": np.array([[0.7, 0.7]] * 4), "color": np.array([1] * 4)}
+    predicted = {"position": np.array([[0.3, 0.3], [0.7, 0.7], [0.5, 0.5], [0.7, 0.7]]),
+                 "color": np.array([1, 1, 1, 2])}
+    metrics = PROTOCOLS["(position | position) & color"].score(predicted, targets)
+    assert metrics == {"mode1": 0.25, "mode2": 0.5, "color_acc": 0.75, "either_mode": 0.75, "all_right": 0.5}
+
+
 def test_confusion_counts_asked_against_judged_for_categorical_targets_only():
     from conceptlib.evaluation import confusion
 
@@ -110,7 +127,7 @@ def test_concept_eval_writes_a_table_from_the_registrys_concepts(run, add_tiny, 
     assert payload["sampler"]["classifier_temperature"] == 1.5
     names = [p["protocol"] for p in payload["protocols"]]
     assert names == ["position", "color", "position & color", "position & !color", "!position & color",
-                     "position | position"]
+                     "position | position", "0.3*position | 0.7*position", "(position | position) & color"]
     assert payload["protocols"][2]["versions"] == {"position": "position@1", "color": "color@1"}
     assert set(payload["position_inference"]) == {"same distribution", "unseen size"}
     # the fake judge reads every color as red (index 0): the confusion matrix puts all four there

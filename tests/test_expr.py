@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from conceptlib.errors import ExpressionError
 from conceptlib.expr import (
+    MAX_ALTERNATIVES,
     MAX_DEPTH,
     And,
     Leaf,
@@ -17,6 +18,7 @@ from conceptlib.expr import (
     Not,
     Or,
     Weighted,
+    alternatives,
     leaves,
     parse,
     to_text,
@@ -354,3 +356,24 @@ def test_any_text_parses_to_a_round_tripping_tree_or_raises_expression_error(tex
         assert 0 <= err.position <= len(text)
     else:
         assert parse(to_text(tree)) == tree
+
+
+# ---------------------------------------------------------------- OR as a mixture of alternatives
+def test_an_or_is_a_mixture_whose_term_weights_are_its_shares():
+    a, b, c = A, B, C
+    assert alternatives(parse("a=1 | b=2")) == [(1.0, a), (1.0, b)]
+    assert alternatives(parse("0.3*a=1 | 0.7*b=2")) == [(0.3, a), (0.7, b)]
+    assert alternatives(parse("(0.3*a=1 | b=2) & c=3")) == [(0.3, And((a, c))), (1.0, And((b, c)))]
+    assert alternatives(parse("0.5*(a=1 | b=2) | c=3")) == [(0.5, a), (0.5, b), (1.0, c)]
+
+
+def test_ors_without_a_mixture_reading_stay_as_written():
+    for text in ("c=3 & !(a=1 | b=2)", "2*(a=1 | b=2) & c=3", "a=1 & 2*b=2", "a=1"):
+        node = parse(text)
+        assert alternatives(node) == [(1.0, node)], text
+
+
+def test_an_expression_expanding_into_too_many_alternatives_is_refused_when_parsed():
+    parse(" & ".join(["(a=1 | b=2)"] * 8))  # 256 alternatives: the most allowed
+    with pytest.raises(ExpressionError, match=f"more than {MAX_ALTERNATIVES} alternatives"):
+        parse(" & ".join(["(a=1 | b=2)"] * 9))

@@ -236,22 +236,61 @@ def test_an_energy_prior_scales_classifier_leaves_by_their_own_guidance(toys):
     assert torch.allclose(score, reference[0], atol=1e-5)
 
 
-def test_drawn_branches_make_each_sample_follow_one_part_of_a_top_level_or(toys):
-    from conceptlib.sampling import draw_branches
+def test_an_or_over_a_denoiser_prior_samples_each_alternative_as_its_own_composition(toys, monkeypatch):
+    """``(pos | 3*pos2) & color``: a quarter of the samples are ``pos & color``, the rest ``pos2 & color``, each
+    composed alone with its own rows of the per-sample conditions, put back in the batch's order."""
+    import conceptlib.sampling as sampling
 
-    prior, _, _, leaves, terms = toys
+    prior, _, color, leaves, terms = toys
+    n = 2000
+    rows = torch.arange(n, dtype=torch.float32)[:, None]
+    terms = {**terms, leaves["color"]: Term(color, rows)}
+    composed = []
+
+    def fake_score(node, part_terms, *_, **__):
+        composed.append(node)
+        is_first = leaves["pos"] in part_terms
+        return part_terms[leaves["color"]].condition, is_first
+
+    def fake_sample(score, count, size, *_, **__):
+        condition, is_first = score
+        assert condition.shape == (count, 1)
+        return torch.cat([condition[:, :, None, None].expand(count, 1, size, size),
+                          torch.full((count, 2, size, size), float(is_first))], 1)
+
+    monkeypatch.setattr(sampling, "composed_score", fake_score)
+    monkeypatch.setattr(sampling, "annealed_sample", fake_sample)
+    node = And((Or((leaves["pos"], Weighted(3.0, leaves["pos2"]))), leaves["color"]))
+    images = sampling.sample(node, terms, prior, n, 2, options(), torch.Generator().manual_seed(0),
+                             torch.device("cpu"))
+    assert composed == [And((leaves["pos"], leaves["color"])), And((leaves["pos2"], leaves["color"]))]
+    assert torch.equal(images[:, 0, 0, 0], rows[:, 0])  # every sample back at its own row
+    assert abs(float(images[:, 1, 0, 0].mean()) - 0.25) < 0.03
+
+
+def test_or_temperature_evens_out_or_sharpens_the_shares_of_the_alternatives():
+    from conceptlib.sampling import mixture_probabilities
+
+    mixture = [(1.0, Leaf("a", 0.0)), (3.0, Leaf("b", 0.0))]
+    assert torch.allclose(mixture_probabilities(mixture, 1.0), torch.tensor([0.25, 0.75], dtype=torch.float64))
+    hot, cold = mixture_probabilities(mixture, 4.0), mixture_probabilities(mixture, 0.25)
+    assert 0.25 < float(hot[0]) < 0.5 and float(cold[0]) < 0.02
+    assert torch.allclose(hot, torch.tensor([1.0, 3 ** 0.25], dtype=torch.float64) / (1 + 3 ** 0.25))
+
+
+def test_an_or_over_an_energy_prior_is_not_split_into_alternatives(toys, monkeypatch):
+    import conceptlib.sampling as sampling
+
+    _, _, _, leaves, terms = toys
+    energy_prior = concept("pos", ToyDenoiser(1.0), "dsm")
     node = Or((leaves["pos"], leaves["pos2"]))
-    branches = torch.tensor([1, 0, 1])
-    score, _ = composed_score(node, terms, prior, options(scale=1.5), branches=branches)(X, SIGMA)
-    null = d(prior, None)
-    parts = [(null - X) / S2 + 1.5 * (d(prior, value) - null) / S2 for value in (0.4, 0.9)]
-    for i, b in enumerate(branches.tolist()):
-        assert torch.allclose(score[i], parts[b][i], atol=1e-5)
-    generator = torch.Generator().manual_seed(0)
-    drawn = draw_branches(node, prior, 1000, generator, torch.device("cpu"))
-    assert set(drawn.tolist()) == {0, 1} and abs(float(drawn.float().mean()) - 0.5) < 0.06
-    assert draw_branches(And((leaves["pos"], leaves["color"])), prior, 4, generator, torch.device("cpu")) is None
-    assert draw_branches(node, concept("pos", ToyDenoiser(1.0), "dsm"), 4, generator, torch.device("cpu")) is None
+    seen = []
+    monkeypatch.setattr(sampling, "composed_score", lambda node, *_, **__: seen.append(node))
+    monkeypatch.setattr(sampling, "annealed_sample",
+                        lambda _, count, size, *__, **___: torch.zeros(count, 3, size, size))
+    sampling.sample(node, {k: Term(energy_prior, v.condition) for k, v in terms.items()}, energy_prior, 4, 2,
+                    options(), torch.Generator().manual_seed(0), torch.device("cpu"))
+    assert seen == [node]
 
 
 class ToyCategorical(nn.Module):
@@ -404,3 +443,82 @@ def test_the_shipped_classifier_net_reads_its_logits_at_the_temperature():
     expected = -torch.log_softmax(logits / 2, dim=1)[torch.arange(4), c.argmax(1)]
     assert torch.allclose(warm, expected, atol=1e-5)
     assert not torch.allclose(warm, plain)
+
+
+def test_not_of_a_categorical_denoiser_leaf_is_the_or_of_the_values_it_leaves(toys):
+    from dataclasses import replace as replaced
+
+    from conceptlib.expr import Not
+    from conceptlib.sampling import as_mixture
+    from conceptlib.schema import Categorical
+
+    prior, _, _, leaves, terms = toys
+    base = concept("color", ToyDenoiser(0.5), "residual")
+    color = LoadedConcept(replaced(base.version, schema=Categorical(("red", "green", "blue"))), base.model)
+    red = Leaf("color", "red")
+    shared = {**terms, red: Term(color, torch.tensor([[1.0, 0.0, 0.0]]))}
+    mixture, rewritten = as_mixture(And((leaves["pos"], Not(red))), shared, prior)
+    green, blue = Leaf("color", "green"), Leaf("color", "blue")
+    assert mixture == [(1.0, And((leaves["pos"], green))), (1.0, And((leaves["pos"], blue)))]
+    assert rewritten[green].condition.tolist() == [[0.0, 1.0, 0.0]]
+    # per sample (as `concept eval` asks): the k-th value each row leaves
+    asked = Leaf("color", 0.0)
+    per_sample = {**terms, asked: Term(color, torch.eye(3)[[0, 2, 1]])}
+    mixture, rewritten = as_mixture(And((leaves["pos"], Not(asked))), per_sample, prior)
+    firsts, seconds = (rewritten[part.terms[1]].condition.argmax(1).tolist() for _, part in mixture)
+    assert firsts == [1, 0, 0] and seconds == [2, 1, 2]
+    # a classifier keeps its own complement, and an energy prior samples the NOT as written
+    node = And((leaves["pos"], Not(leaves["color"])))
+    assert as_mixture(node, terms, prior)[0] == [(1.0, node)]
+    energy_prior = concept("pos", ToyDenoiser(1.0), "dsm")
+    negated = And((leaves["pos"], Not(red)))
+    assert as_mixture(negated, shared, energy_prior)[0] == [(1.0, negated)]
+
+
+def test_a_not_of_the_priors_own_concept_draws_its_condition_away_from_the_negated_value(toys):
+    from conceptlib.expr import Not
+    from conceptlib.sampling import NOT_MARGIN, draw_prior_conditions, negated_prior
+
+    prior, _, _, leaves, terms = toys
+    node = And((Not(leaves["pos"]), leaves["color"]))
+    rest, away = negated_prior(node, terms, prior)
+    assert rest == leaves["color"] and len(away) == 1 and torch.equal(away[0], terms[leaves["pos"]].condition)
+    # named positively too, or negating another concept: sampled as written
+    for kept in (And((leaves["pos2"], Not(leaves["pos"]))), And((leaves["pos"], Not(leaves["size"])))):
+        assert negated_prior(kept, terms, prior) == (kept, [])
+    generator = torch.Generator().manual_seed(0)
+    drawn = draw_prior_conditions(prior, 4000, generator, torch.device("cpu"), away)
+    low, high = prior.trained_range()
+    assert float((drawn - 0.4).abs().min()) >= NOT_MARGIN * float(high[0] - low[0])
+    assert float(drawn.min()) >= low[0] and float(drawn.max()) <= high[0]
+    # whatever is left of the range is still drawn uniformly: as many below 0.4 as its share of the room
+    below = (0.4 - NOT_MARGIN * (high[0] - low[0]) - low[0]) / ((high[0] - low[0]) * (1 - 2 * NOT_MARGIN))
+    assert abs(float((drawn < 0.4).float().mean()) - below) < 0.03
+
+
+def test_a_chains_residuals_the_expression_does_not_name_are_drawn_per_sample(toys, monkeypatch):
+    """``color=red`` over position -> shape -> color: the shape is drawn per sample, not read at null."""
+    from types import SimpleNamespace
+
+    import conceptlib.sampling as sampling
+
+    prior = toys[0]
+    shape, color = concept("shape", ToyDenoiser(0.3), "residual"), concept("color", ToyDenoiser(0.6), "residual")
+    red = Leaf("color", 0.6)
+    chain = SimpleNamespace(root=prior, residuals=(shape, color))
+    assert sampling.unnamed_residuals(red, {red: Term(color, torch.tensor([[0.6]]))}, chain) == [shape]
+    seen = {}
+
+    def fake_score(node, part_terms, prior_, settings, drawn, chain=None, member_conditions=None):
+        seen.update(drawn=drawn, members=member_conditions)
+
+    monkeypatch.setattr(sampling, "composed_score", fake_score)
+    monkeypatch.setattr(sampling, "annealed_sample",
+                        lambda _, count, size, *__, **___: torch.zeros(count, 3, size, size))
+    sampling.sample(red, {red: Term(color, torch.tensor([[0.6]]))}, prior, 500, 2, options(),
+                    torch.Generator().manual_seed(0), torch.device("cpu"), chain=chain)
+    drawn_shapes = seen["members"]["shape"]
+    low, high = shape.trained_range()
+    assert drawn_shapes.shape == (500, 1) and seen["drawn"].shape == (500, 1)
+    assert float(drawn_shapes.min()) >= low[0] and float(drawn_shapes.max()) <= high[0]
+    assert float(drawn_shapes.std()) > 0.2 * (high[0] - low[0])  # spread over the range, one per sample
