@@ -32,7 +32,7 @@ multiplies them, and a denoiser prior samples each alternative as its own compos
 GRAMMAR = """\
 \b
 EXPRESSION, loosest first:
-  a | b           either: OR, a mixture; 0.3*a | 0.7*b draws a 30 % of the time
+  a | b           either: OR; 0.3*a | 0.7*b draws a 30 % of the time
   a & b           both: AND, E_a + E_b
   a & !b          a, not b: NOT sits inside an AND with a positive term
   0.5*a           a term's energy weighted by a positive number
