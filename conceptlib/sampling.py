@@ -84,18 +84,18 @@ def sampler_record(node: Node, terms: Mapping[Leaf, Term], prior: LoadedConcept 
     the prior it chose, and an OR's alternatives with how often each is drawn."""
     if prior is None:
         return {"name": "langevin", **settings.langevin.to_json(), "or_temperature": settings.or_temperature}
+    mixture, _ = as_mixture(node, terms, prior)
     rest, away = negated_prior(node, terms, prior)
     drawn = "from the expression or null" if names_prior(rest, terms, prior) else "drawn per sample"
     if away:
         drawn += f", at least {NOT_MARGIN:.3g} of its trained range from the negated one"
-    unnamed = unnamed_residuals(rest, terms, chain) if len(as_mixture(node, terms, prior)[0]) == 1 else []
+    unnamed = unnamed_residuals(rest, terms, chain) if len(mixture) == 1 else []
     guidance = settings.guidance.to_json(residual=chain is not None)
     annealed = settings.annealed.for_composition(chain is not None)
     record = {**annealed.to_json(), **guidance, "prior": str(prior.version.ref),
               "prior_condition": drawn, "or_temperature": settings.or_temperature}
     if unnamed:
         record["drawn_per_sample"] = [str(member.version.ref) for member in unnamed]
-    mixture, _ = as_mixture(node, terms, prior)
     if len(mixture) > 1:
         probabilities = mixture_probabilities(mixture, settings.or_temperature).tolist()
         record["or_alternatives"] = [{"expression": to_text(part), "probability": round(p, 6)}
