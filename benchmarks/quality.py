@@ -45,7 +45,9 @@ def train(registry: Path) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--registry", type=Path, default=ROOT / "registry.db")
-    parser.add_argument("--train", action="store_true", help="train the concepts into a fresh --registry first")
+    parser.add_argument("--train", action="store_true",
+                        help="build --registry afresh first (scripts/build_registry.sh; by default that replaces "
+                             "registry.db, as `make registry` does)")
     parser.add_argument("-n", type=int, default=500)
     parser.add_argument("--inference", type=int, default=200)
     parser.add_argument("--protocol", action="append", help="default: all")
