@@ -140,18 +140,24 @@ def trial(protocol: Protocol, stage: int, n: int, rng: np.random.Generator) -> T
     return Trial(node, conditions, targets)
 
 
-def grade(registry: Registry, plugins: PluginManager, protocol: Protocol, stage: int, n: int, seed: int,
-          judge: Any, settings: SamplerSettings, device: torch.device, grids: Path, label: str) -> dict[str, Any]:
-    """Sample ``n`` images of the stage's row and judge them: accuracies, looks-real, seconds."""
+def sample_row(registry: Registry, plugins: PluginManager, protocol: Protocol, stage: int, n: int, seed: int,
+               settings: SamplerSettings, device: torch.device) -> tuple[dict[str, Any], Any, Trial, np.ndarray, float]:
+    """The stage's row: its concepts, their chain, the asked trial, ``n`` images and the seconds they took."""
     names = [name for name, _ in protocol.stages[: stage + 1]]
     concepts = {name: load_concept(registry, plugins, registry.resolve(name), device) for name in names}
     prior, chain = sampling_prior(registry, plugins, list(concepts.values()), device)
-    rng = np.random.default_rng(seed * 1000 + stage)
-    asked = trial(protocol, stage, n, rng)
+    asked = trial(protocol, stage, n, np.random.default_rng(seed * 1000 + stage))
     generator = torch.Generator(device=device).manual_seed(seed * 1000 + stage)
     started = time.perf_counter()
     images = sample_trial(asked, concepts, prior, settings, generator, device, chain=chain)
-    seconds = time.perf_counter() - started
+    return concepts, chain, asked, images, time.perf_counter() - started
+
+
+def grade(registry: Registry, plugins: PluginManager, protocol: Protocol, stage: int, n: int, seed: int,
+          judge: Any, settings: SamplerSettings, device: torch.device, grids: Path, label: str) -> dict[str, Any]:
+    """Sample ``n`` images of the stage's row and judge them: accuracies, looks-real, seconds."""
+    concepts, chain, asked, images, seconds = sample_row(registry, plugins, protocol, stage, n, seed, settings,
+                                                         device)
     corrector_above = settings.annealed.for_composition(chain is not None).corrector_above
     predicted = judge.predict(images)
     metrics = SCORE(predicted, asked.targets)

@@ -15,12 +15,9 @@ import continual
 import numpy as np
 import torch
 
-from conceptlib.concepts import load_concept
-from conceptlib.evaluation import sample_trial
 from conceptlib.judge import load_or_train_judge
 from conceptlib.plugins import PluginManager
 from conceptlib.registry import Registry
-from conceptlib.sampling import sampling_prior
 from conceptlib.settings import SamplerSettings
 
 STAGE = 2  # stage 3, counted from 0
@@ -39,13 +36,8 @@ def main() -> None:
     judge, _ = load_or_train_judge(protocol.source, judge_params, device=device, plugins=plugins)
     tag = f"{args.source}-{args.split}"
     registry = Registry.open(str(continual.RESULTS / f"continual-{tag}-residual-registry.db"))
-    names = [name for name, _ in protocol.stages[: STAGE + 1]]
-    concepts = {name: load_concept(registry, plugins, registry.resolve(name), device) for name in names}
-    prior, chain = sampling_prior(registry, plugins, list(concepts.values()), device)
-    seed = split["sample_seed"] * 1000 + STAGE  # continual.grade's seeds: the very samples of the row
-    asked = continual.trial(protocol, STAGE, args.n, np.random.default_rng(seed))
-    images = sample_trial(asked, concepts, prior, SamplerSettings(), torch.Generator(device=device).manual_seed(seed),
-                          device, chain=chain)
+    _, _, asked, images, _ = continual.sample_row(registry, plugins, protocol, STAGE, args.n, split["sample_seed"],
+                                                  SamplerSettings(), device)  # the very samples of the row
     judged = judge.predict(images)["shape"]
     right = judged == asked.targets["shape"]
     result = {"source": args.source, "split": args.split, "n": args.n, "shape_acc": float(right.mean()),

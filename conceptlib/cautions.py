@@ -124,7 +124,7 @@ def typicality(registry: Registry, plugins: PluginManager, concept: LoadedConcep
     """
     import torch
 
-    from conceptlib.concepts import ConceptKind, prior_concept
+    from conceptlib.concepts import prior_concept
     from conceptlib.histograms import HELD_OUT_SEED_OFFSET
     from conceptlib.imaging import images_to_tensor
     from conceptlib.inference import InferenceConfig, image_energies
@@ -132,7 +132,7 @@ def typicality(registry: Registry, plugins: PluginManager, concept: LoadedConcep
 
     device = images.device
     noisy = concept.kind.noise_conditioned
-    chain = load_chain(registry, plugins, [concept], device) if concept.kind is ConceptKind.RESIDUAL else None
+    chain = load_chain(registry, plugins, [concept], device)  # None unless a residual
     # a residual's chain models the data it was trained on: its root may have seen only a part of it
     scorer = concept if chain is not None or not noisy else prior_concept(registry, plugins, [concept], device)
     version = scorer.version

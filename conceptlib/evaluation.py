@@ -153,11 +153,16 @@ def _not_position_color(rng, n, params) -> Trial:
     return Trial(And((Not(pos), col)), {pos: p, col: _one_hot(k, N_COLORS)}, {"not_position": p, "color": k})
 
 
-def _position_or_position(rng, n, params) -> Trial:
+def _two_places(rng, n, params) -> tuple[Leaf, Leaf, dict[Leaf, np.ndarray]]:
+    """The two position leaves of an OR and their places, far enough apart to tell the modes apart."""
     first, second = Leaf("position", 1.0), Leaf("position", 2.0)
     p1 = _positions(rng, n, params)
-    p2 = _far_positions(p1, rng, params)
-    return Trial(Or((first, second)), {first: p1, second: p2}, {"mode1": p1, "mode2": p2})
+    return first, second, {first: p1, second: _far_positions(p1, rng, params)}
+
+
+def _position_or_position(rng, n, params) -> Trial:
+    first, second, places = _two_places(rng, n, params)
+    return Trial(Or((first, second)), places, {"mode1": places[first], "mode2": places[second]})
 
 
 WEIGHTED_OR_SHARE = 0.3
@@ -165,11 +170,9 @@ WEIGHTED_OR_SHARE = 0.3
 
 
 def _weighted_position_or(rng, n, params) -> Trial:
-    first, second = Leaf("position", 1.0), Leaf("position", 2.0)
-    p1 = _positions(rng, n, params)
-    p2 = _far_positions(p1, rng, params)
+    first, second, places = _two_places(rng, n, params)
     node = Or((Weighted(WEIGHTED_OR_SHARE, first), Weighted(1 - WEIGHTED_OR_SHARE, second)))
-    return Trial(node, {first: p1, second: p2}, {"mode1": p1, "mode2": p2})
+    return Trial(node, places, {"mode1": places[first], "mode2": places[second]})
 
 
 def _score_shares(predicted: dict[str, np.ndarray], targets: dict[str, np.ndarray]) -> dict[str, float]:
@@ -181,12 +184,10 @@ def _score_shares(predicted: dict[str, np.ndarray], targets: dict[str, np.ndarra
 
 
 def _position_or_position_and_color(rng, n, params) -> Trial:
-    first, second, col = Leaf("position", 1.0), Leaf("position", 2.0), Leaf("color", 0.0)
-    p1 = _positions(rng, n, params)
-    p2 = _far_positions(p1, rng, params)
-    k = _names(rng, n, N_COLORS)
-    return Trial(And((Or((first, second)), col)), {first: p1, second: p2, col: _one_hot(k, N_COLORS)},
-                 {"mode1": p1, "mode2": p2, "color": k})
+    first, second, places = _two_places(rng, n, params)
+    col, k = Leaf("color", 0.0), _names(rng, n, N_COLORS)
+    return Trial(And((Or((first, second)), col)), {**places, col: _one_hot(k, N_COLORS)},
+                 {"mode1": places[first], "mode2": places[second], "color": k})
 
 
 def _score_nested_or(predicted: dict[str, np.ndarray], targets: dict[str, np.ndarray]) -> dict[str, float]:

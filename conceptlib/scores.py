@@ -95,9 +95,9 @@ def composed_score(
     composition of this module. ``prior_condition`` ``(B, dim)`` is the prior's condition drawn per sample
     when the expression does not name the prior's concept (drawn by :mod:`conceptlib.sampling`, which also
     samples an OR over a denoiser prior as a mixture of its alternatives, so the ORs left here sit under a NOT
-    or a weight). ``chain``: the root denoiser and the
-    residual concepts stacked on it, when any leaf is a residual (built from the leaves when not given); such
-    an expression is read through the chain by :func:`chain_score`, at ``guidance.residual``.
+    or a weight). ``chain``: the root denoiser and the residual concepts stacked on it, when any leaf is a
+    residual (built from the leaves when not given); such an expression is read through the chain by
+    :func:`chain_score`, at ``guidance.residual``, its unnamed residuals at ``member_conditions``.
 
     Over a denoiser prior: the drawn condition is followed at ``guidance.prior`` (1 samples ``p(x)``
     exactly), except beside a NOT of the prior's concept, where it follows ``guidance.scale`` so that its
@@ -255,7 +255,7 @@ def chain_score(
     if drawn:
         assignment[root] = prior_condition
     for name, condition in (member_conditions or {}).items():  # residuals the expression does not name
-        if assignment.get(name, condition) is None:
+        if assignment[name] is None:
             assignment[name] = condition
     anchored = [leaf for leaf in expression_leaves(node)
                 if anchors.get(terms[leaf].concept.version.ref) is terms[leaf].condition]
