@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/pip install --quiet --disable-pip-version-check
 
-.PHONY: install install-dev demo test lint registry bench-speed bench-samplers bench-continual \
+.PHONY: install install-dev demo test lint registry bench-speed bench-samplers bench-quality bench-two-sample bench-continual \
 	bench-extrapolation bench-multi-object clean
 
 $(BIN)/.installed: pyproject.toml
@@ -54,6 +54,14 @@ bench-speed: $(PEERS)/.installed
 
 bench-samplers: install
 	$(BIN)/python benchmarks/samplers.py
+
+# Table 1 on the shipped registry, report split (tune with --split tune; benchmarks/results/tuning/), and how
+# much the two-sample realism critic sees on artifacts made on purpose.
+bench-quality: install
+	$(BIN)/python benchmarks/quality.py --split report
+
+bench-two-sample: install
+	$(BIN)/python benchmarks/two_sample_power.py
 
 # Continual learning on different data per stage (the paper's Table 2 protocol), on the report split; the
 # tune split (`--split tune`) is where settings were chosen. Hours on 2 CPU cores: stages already in the kept

@@ -321,6 +321,8 @@ def sampler_options(langevin: bool) -> Any:
         click.option("--corrector-above", default=annealed.corrector_above, type=FiniteRange(0), metavar="SIGMA",
                      help="denoiser, dsm: corrector steps only at noise levels at or above SIGMA [default: "
                           f"{RESIDUAL_CORRECTOR_ABOVE:g} for residual concepts, else every level]."),
+        click.option("--sigma-min", default=annealed.sigma_min, show_default=True, type=FiniteRange(0, min_open=True),
+                     help="denoiser, dsm: the last noise level, where the image is read off the denoiser."),
         click.option("--eta", default=annealed.eta, show_default=True, type=FiniteRange(0, 1),
                      help="denoiser, dsm: fresh noise per step down (1 Euler-ancestral, 0 deterministic)."),
         click.option("--guidance", default=guidance.scale, show_default=True, type=FiniteRange(0, min_open=True),
@@ -439,22 +441,29 @@ def compose_command(ctx: click.Context, expression: str, count: int, output: Pat
               help="Held-out images for position inference (0 skips it).")
 @click.option("--judge-cache", type=click.Path(file_okay=False, path_type=Path),
               help="Judge cache [default: $CONCEPTLIB_CACHE or ~/.cache/conceptlib/judges].")
-@seed_option("the asked conditions and the sampler")
+@seed_option("the asked conditions and the sampler [default with --split: the split's]")
+@click.option("--split", "split_name", default="any", show_default=True, type=click.Choice(["any", "tune", "report"]),
+              help="tune and report ask disjoint halves of the conditions (a checkerboard of position cells and "
+                   "asked values) with their own seeds (0 and 7): choose settings on tune, quote report.")
 @sampler_options(langevin=False)
 @device_option
 @click.option("--json", "as_json", is_flag=True, help="Print results.json's contents instead of the table.")
 @click.pass_context
 def eval_command(ctx: click.Context, protocols: tuple[str, ...], count: int, out_dir: Path, inference_n: int,
-                 judge_cache: Path | None, seed: int, settings: SamplerSettings, device: str, as_json: bool) -> None:
+                 judge_cache: Path | None, seed: int, split_name: str, settings: SamplerSettings, device: str,
+                 as_json: bool) -> None:
     """Grade the registry's concepts with an independent judge (paper Tables 1-3).
 
     Writes results.md, results.json and one grid per protocol, each tile captioned with what was asked.
     """
     from conceptlib.devices import resolve_device
-    from conceptlib.evaluation import PROTOCOLS, evaluate_registry
+    from conceptlib.evaluation import PROTOCOLS, SPLITS, evaluate_registry
     from conceptlib.progress import job_progress
     from conceptlib.report import write_report
 
+    split = SPLITS[split_name]
+    if ctx.get_parameter_source("seed") is click.core.ParameterSource.DEFAULT:
+        seed = split.seed
     registry = open_registry(ctx)
     plugins = plugin_manager(ctx)
     known = {c.name for c in registry.concepts()}
@@ -469,7 +478,7 @@ def eval_command(ctx: click.Context, protocols: tuple[str, ...], count: int, out
             phases[name](done, total)
 
         run = evaluate_registry(registry, plugins, names, count, settings, seed, resolve_device(device),
-                                judge_cache, inference_n, on_phase=on_phase)
+                                judge_cache, inference_n, on_phase=on_phase, split=split)
     markdown, data = write_report(run.results, run.extra, out_dir)
     if as_json:
         click.echo(data.read_text(), nl=False)

@@ -1,4 +1,5 @@
-"""The evaluation report: ``results.md`` (a table and confusion matrices), ``results.json`` and sample grids."""
+"""The evaluation report: ``results.md`` (a table and confusion matrices), ``results.json``, sample grids and,
+beside each, the grid of real renders its samples were told apart from."""
 
 from __future__ import annotations
 
@@ -28,6 +29,9 @@ def write_report(results: Sequence[ProtocolResult], extra: Mapping[str, Any], ou
         name = r.name.replace("|", "\\|")  # a bare | would split the Markdown cell
         rows.append(f"| `{name}` | {r.n} | {shown} | {wanted} | {'yes' if r.passed else 'no'} | {r.seconds:.0f} |")
         save_grid(r.images[:64], out_dir / f"{grid_name(r.name)}.png", columns=8, captions=r.asked[:64] or None)
+        if r.real is not None:  # the same captions: each real tile shows what its sample was asked for
+            save_grid(r.real[:64], out_dir / f"{grid_name(r.name)}-real.png", columns=8,
+                      captions=r.asked[:64] or None)
     for r in results:
         for key, table in r.confusion.items():
             rows.extend(_confusion_markdown(r.name, key, table))

@@ -314,11 +314,11 @@ def test_source_sample_writes_a_captioned_contact_sheet(run, tmp_path):
 
 
 def test_eval_grid_tiles_are_captioned_with_the_asked_expression():
-    from conceptlib.evaluation import PROTOCOLS, asked_expressions
+    from conceptlib.evaluation import PROTOCOLS, Conditions, asked_expressions
     from conceptlib.expr import parse
     from conceptlib.schema import Categorical, Continuous
 
-    trial = PROTOCOLS["position & !color"].make(np.random.default_rng(0), 3, {})
+    trial = PROTOCOLS["position & !color"].make(Conditions(np.random.default_rng(0), {}), 3)
     schemas = {"position": Continuous(("x", "y")), "color": Categorical(("red", "green", "blue", "yellow",
                                                                           "magenta", "cyan"))}
     asked = asked_expressions(trial, schemas)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from conceptlib import evaluation
-from conceptlib.evaluation import PROTOCOLS, ProtocolResult
+from conceptlib.evaluation import PROTOCOLS, SPLITS, Conditions, ProtocolResult, cell_key
 from conceptlib.expr import Leaf
 from conceptlib.report import write_report
 
@@ -16,7 +16,7 @@ from conceptlib.report import write_report
 def test_every_protocol_draws_conditions_in_the_sources_range():
     rng = np.random.default_rng(0)
     for protocol in PROTOCOLS.values():
-        trial = protocol.make(rng, 50, {"position_low": 0.2, "position_high": 0.8})
+        trial = protocol.make(Conditions(rng, {"position_low": 0.2, "position_high": 0.8}), 50)
         assert {leaf.concept for leaf in trial.conditions} <= set(protocol.concepts)
         for leaf, values in trial.conditions.items():
             assert len(values) == 50
@@ -25,7 +25,7 @@ def test_every_protocol_draws_conditions_in_the_sources_range():
 
 
 def test_or_modes_are_far_enough_apart_to_tell_apart():
-    trial = PROTOCOLS["position | position"].make(np.random.default_rng(1), 200, {})
+    trial = PROTOCOLS["position | position"].make(Conditions(np.random.default_rng(1), {}), 200)
     assert np.linalg.norm(trial.targets["mode1"] - trial.targets["mode2"], axis=1).min() >= 0.3
 
 
@@ -51,7 +51,7 @@ def test_a_weighted_or_is_scored_by_how_far_each_mode_is_from_its_weight():
     predicted = {"position": np.array([[0.3, 0.3], [0.7, 0.7], [0.7, 0.7], [0.7, 0.7]])}
     metrics = PROTOCOLS["0.3*position | 0.7*position"].score(predicted, targets)
     assert metrics["mode1_off"] == pytest.approx(0.05) and metrics["mode2_off"] == pytest.approx(0.05)
-    trial = PROTOCOLS["0.3*position | 0.7*position"].make(np.random.default_rng(0), 3, {})
+    trial = PROTOCOLS["0.3*position | 0.7*position"].make(Conditions(np.random.default_rng(0), {}), 3)
     assert evaluation.to_text(trial.node) == "0.3*position=1.0 | 0.7*position=2.0"
 
 
@@ -135,6 +135,34 @@ def test_concept_eval_writes_a_table_from_the_registrys_concepts(run, add_tiny, 
     assert table["values"][0] == "red" and [row[0] for row in table["matrix"]] == [sum(r) for r in table["matrix"]]
     assert sum(map(sum, table["matrix"])) == 4 and "confusion" not in payload["protocols"][0]
     assert "`color`, color: rows asked, columns judged" in (out / "results.md").read_text()
+    # every row is also told apart from real renders of what it asked, and cannot be met without that
+    for row in payload["protocols"]:
+        assert 0 <= row["metrics"]["two_sample_acc"] <= 1 and row["targets"]["two_sample_acc"] == "<= 0.75"
+        assert row["targets"]["looks_real"] == ">= 0.9"
+    assert (out / "position-and-color-real.png").exists() and payload["split"] == "any"
+
+
+def test_concept_eval_on_a_split_draws_its_seed_unless_one_is_given(run, add_tiny, tmp_path, monkeypatch):
+    import conceptlib.judge
+
+    monkeypatch.setattr(conceptlib.judge, "load_or_train_judge", lambda *a, **k: (FakeJudge(), {"attributes": {}}))
+    add_tiny("position")
+    common = ["-n", "2", "--inference", "0", "--levels", "2", "--device", "cpu", "--protocol", "position", "--json"]
+    report = json.loads(run("eval", "--split", "report", "--out-dir", str(tmp_path / "a"), *common).stdout)
+    assert (report["split"], report["seed"]) == ("report", SPLITS["report"].seed)
+    chosen = json.loads(run("eval", "--split", "tune", "--seed", "3", "--out-dir", str(tmp_path / "b"), *common).stdout)
+    assert (chosen["split"], chosen["seed"]) == ("tune", 3)
+
+
+def test_a_row_that_does_not_look_like_the_data_is_not_met():
+    images = np.zeros((1, 8, 8, 3), np.uint8)
+    targets = PROTOCOLS["color"].targets
+    right = {"color_acc": 1.0, "looks_real": 0.99}
+    assert ProtocolResult("color", 1, {**right, "two_sample_acc": 0.6}, targets, 1.0, {}, images).passed
+    assert not ProtocolResult("color", 1, {**right, "two_sample_acc": 0.9}, targets, 1.0, {}, images).passed
+    assert not ProtocolResult("color", 1, right, targets, 1.0, {}, images).passed  # not measured: not met
+    assert not ProtocolResult("color", 1, {**right, "looks_real": 0.5, "two_sample_acc": 0.5}, targets, 1.0, {},
+                              images).passed
 
 
 def test_an_unknown_protocol_is_a_one_line_error(run, add_tiny, monkeypatch):
@@ -148,7 +176,7 @@ def test_an_unknown_protocol_is_a_one_line_error(run, add_tiny, monkeypatch):
 
 def test_sample_trial_gives_one_image_per_condition(plugins_and_tiny_concepts):
     concepts, prior = plugins_and_tiny_concepts
-    trial = PROTOCOLS["position & color"].make(np.random.default_rng(0), 5, {})
+    trial = PROTOCOLS["position & color"].make(Conditions(np.random.default_rng(0), {}), 5)
     import torch
 
     from conceptlib.settings import AnnealedConfig, SamplerSettings
@@ -190,3 +218,22 @@ def test_the_judge_learns_from_the_params_every_graded_concept_shares():
     assert shared_params([first, later], defaults) == {"n": 5000, "shapes": "circle,square,triangle",
                                                        "colors": "red,green", "seed": 0}
     assert shared_params([first], defaults) == first.source_params
+
+
+def test_tune_and_report_never_ask_the_same_cell_and_values_yet_each_covers_every_cell():
+    params = {"position_low": 0.2, "position_high": 0.8}
+    asked: dict[str, set] = {}
+    for name in ("tune", "report"):
+        split = SPLITS[name]
+        draw = Conditions(np.random.default_rng(split.seed), params, split)
+        trial = PROTOCOLS["position & shape & color"].make(draw, 3000)
+        t = trial.targets
+        assert t["position"].min() >= 0.2 and t["position"].max() <= 0.8
+        cells = cell_key(t["position"], params)
+        assert set(cells) == set(range(36)) and set(t["color"]) == set(range(6)) and set(t["shape"]) == {0, 1, 2}
+        asked[name] = set(zip(cells, t["shape"], t["color"]))
+        places = PROTOCOLS["position | position"].make(draw, 500).targets
+        for mode in ("mode1", "mode2"):
+            asked[name] |= {(c, -1, -1) for c in cell_key(places[mode], params)}
+    assert not asked["tune"] & asked["report"]
+    assert SPLITS["tune"].seed != SPLITS["report"].seed

@@ -75,7 +75,7 @@ def test_show_energies_on_a_trained_concept(run, add_tiny):
     result = run("show", "color", "--energies", "-n", "12", "--json", "--device", "cpu")
     assert result.exit_code == 0, result.output
     energies = json.loads(result.output)["energies"]
-    assert 0.0 <= energies["ranked"] <= 1.0
-    assert sum(energies["matched"]["counts"]) == 12
+    assert energies["ranked"] * 12 == round(energies["ranked"] * 12)  # a fraction of the 12 images
+    assert sum(energies["matched"]["counts"]) == 12 == sum(energies["mismatched"]["counts"])
     text = run("show", "color", "--energies", "-n", "12", "--device", "cpu")
     assert "ranked below a wrong one" in text.output
