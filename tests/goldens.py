@@ -23,7 +23,10 @@ image, energy or inference number did, the scenario having no scalar-conditioned
 as a mixture of alternatives, a NOT of a residual's value or of the prior's own concept sampled exactly and a
 chain's unnamed residuals drawn per sample (the samples and sidecars of the five compositions with an OR or
 such a NOT changed, and the eval grid of ``position | position``; a classifier's NOT and every other digest did
-not; two compositions were added: a tempered weighted OR and a NOT of the root beside a residual).
+not; two compositions were added: a tempered weighted OR and a NOT of the root beside a residual), then with
+the two-sample realism test in every eval row and the protocols drawing their categorical values before their
+positions (the eval's ``results.json`` and the ``position & !color`` grid changed, the real renders' grids were
+added; every other digest stayed).
 ``tests/test_goldens.py`` checks it. Floating-point kernels differ between CPU instruction sets, so the file
 records the torch version and CPU capability it was made with; elsewhere the check is skipped and says
 why. Regenerate it only on purpose: after a change meant to alter what users get (a new default, a fix),
