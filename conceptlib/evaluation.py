@@ -135,12 +135,11 @@ class Conditions:
     def positions(self, n: int, asked_with: np.ndarray | int = 0) -> np.ndarray:
         """``n`` positions, each in a cell whose parity plus ``asked_with`` (the sum of the categorical indices
         asked beside it) is the split's: a position that lands in the other half moves to its row neighbour."""
-        low, high = float(self.params.get("position_low", 0.2)), float(self.params.get("position_high", 0.8))
+        low, high = _position_range(self.params)
         p = self.rng.uniform(low, high, (n, 2)).astype(np.float32)
         if self.split.parity is None:
             return p
-        width = (high - low) / CELLS
-        cell = np.clip(((p - low) / width).astype(np.int64), 0, CELLS - 1)
+        cell, width = _cells(p, self.params), (high - low) / CELLS
         wrong = (cell.sum(axis=1) + np.asarray(asked_with)) % 2 != self.split.parity
         step = np.where(cell[:, 0] % 2 == 0, width, -width)  # 0<->1, 2<->3, 4<->5: stays in range
         p[wrong, 0] += step[wrong].astype(np.float32)
@@ -160,10 +159,19 @@ class Conditions:
         return self.rng.integers(0, count, n)
 
 
+def _position_range(params: Mapping[str, Any]) -> tuple[float, float]:
+    return float(params.get("position_low", 0.2)), float(params.get("position_high", 0.8))
+
+
+def _cells(position: np.ndarray, params: Mapping[str, Any]) -> np.ndarray:
+    """Each position's cell ``(column, row)`` on the ``CELLS x CELLS`` grid over the source's range."""
+    low, high = _position_range(params)
+    return np.clip(((position - low) / ((high - low) / CELLS)).astype(np.int64), 0, CELLS - 1)
+
+
 def cell_key(position: np.ndarray, params: Mapping[str, Any]) -> np.ndarray:
     """Each position's cell index ``(row * CELLS + column)``: what tests compare between splits."""
-    low, high = float(params.get("position_low", 0.2)), float(params.get("position_high", 0.8))
-    cell = np.clip(((position - low) / ((high - low) / CELLS)).astype(np.int64), 0, CELLS - 1)
+    cell = _cells(position, params)
     return cell[:, 1] * CELLS + cell[:, 0]
 
 

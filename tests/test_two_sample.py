@@ -15,13 +15,18 @@ def renders(seed: int, n: int, size: int = 16) -> tuple[np.ndarray, dict[str, np
     return data.images, dict(data.labels)
 
 
+def pool_index(pool: np.ndarray, images: np.ndarray) -> list[int]:
+    """Which pool image each matched image is."""
+    return [int(np.flatnonzero((pool == image).all(axis=(1, 2, 3)))[0]) for image in images]
+
+
 def test_real_renders_show_what_each_sample_was_asked():
     pool, labels = renders(1, 4000)
     rng = np.random.default_rng(0)
     targets = {"position": rng.uniform(0.2, 0.8, (20, 2)), "color": rng.integers(0, 6, 20),
                "not_shape": rng.integers(0, 3, 20)}
     matched = match_real(targets, pool, labels, rng)
-    index = [int(np.flatnonzero((pool == image).all(axis=(1, 2, 3)))[0]) for image in matched.images]
+    index = pool_index(pool, matched.images)
     assert len(set(index)) == 20  # no real render used twice
     assert (labels["color"][index] == targets["color"]).all()
     assert (labels["shape"][index] != targets["not_shape"]).all()
@@ -34,11 +39,11 @@ def test_or_pairs_follow_the_first_modes_share_and_not_position_stays_away():
     rng = np.random.default_rng(0)
     targets = {"mode1": np.full((200, 2), 0.3), "mode2": np.full((200, 2), 0.7)}
     matched = match_real(targets, pool, labels, rng, first_mode_share=0.2)
-    index = [int(np.flatnonzero((pool == image).all(axis=(1, 2, 3)))[0]) for image in matched.images]
+    index = pool_index(pool, matched.images)
     near_first = np.linalg.norm(labels["position"][index] - 0.3, axis=1) < 0.1
     assert 0.12 < near_first.mean() < 0.28
     away = match_real({"not_position": np.full((50, 2), 0.5)}, pool, labels, rng)
-    index = [int(np.flatnonzero((pool == image).all(axis=(1, 2, 3)))[0]) for image in away.images]
+    index = pool_index(pool, away.images)
     assert (np.linalg.norm(labels["position"][index] - 0.5, axis=1) >= NOT_POSITION_AWAY).all()
 
 
