@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/pip install --quiet --disable-pip-version-check
 
-.PHONY: install install-dev demo test lint registry bench-speed bench-samplers bench-quality bench-two-sample bench-continual \
+.PHONY: install install-dev demo test lint registry bench-speed bench-samplers bench-frontier bench-quality bench-two-sample bench-continual \
 	bench-extrapolation bench-multi-object clean
 
 $(BIN)/.installed: pyproject.toml
@@ -54,6 +54,12 @@ bench-speed: $(PEERS)/.installed
 
 bench-samplers: install
 	$(BIN)/python benchmarks/samplers.py
+
+# Judged accuracy against network evaluations and seconds: conceptlib's annealed sampler at several budgets
+# beside diffusers' and k-diffusion's samplers driving the same composed model (the peer venv), report split;
+# `--split tune` is where the sampler's defaults were chosen (benchmarks/results/tuning/).
+bench-frontier: $(PEERS)/.installed
+	$(PEERS)/bin/python benchmarks/sampling_frontier.py --split report
 
 # Table 1 on the shipped registry, report split (tune with --split tune; benchmarks/results/tuning/), and how
 # much the two-sample realism critic sees on artifacts made on purpose.

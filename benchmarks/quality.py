@@ -26,7 +26,6 @@ from pathlib import Path
 
 import torch
 
-from conceptlib import two_sample
 from conceptlib.cli import option_defaults
 from conceptlib.evaluation import PROTOCOLS, SPLITS, evaluate_registry
 from conceptlib.plugins import PluginManager
@@ -69,8 +68,6 @@ def main() -> None:
     parser.add_argument("--classifier-boost-below", type=float, default=sampler["classifier_boost_below"])
     parser.add_argument("--classifier-boost-max", type=float, default=sampler["classifier_boost_max"])
     parser.add_argument("--classifier-temperature", type=float, default=sampler["classifier_temperature"])
-    parser.add_argument("--critic-high-pass", action="store_true",
-                        help="two-sample critics also see each image's high-pass residual (not the shipped test)")
     parser.add_argument("--split", choices=["tune", "report"], default="report",
                         help="tune: where settings are chosen (seed 0); report: the figures quoted (seed 7); "
                              "they ask disjoint halves of the conditions")
@@ -80,7 +77,6 @@ def main() -> None:
                              "[default: quality, or tuning/quality-tune with --split tune]")
     args = parser.parse_args()
     split = SPLITS[args.split]
-    two_sample.HIGH_PASS = args.critic_high_pass
     args.report = args.report or ("quality" if args.split == "report" else "tuning/quality-tune")
     args.out = args.out or (RESULTS / "quality" if args.split == "report" else RESULTS / args.report)
 

@@ -573,7 +573,7 @@ def _serial(work: Callable[[slice], Any], chunks: Sequence[slice], device: torch
 def _stacked(terms: dict[expr.Leaf, Term], leaves: Sequence[expr.Leaf]) -> Callable[[torch.Tensor], torch.Tensor]:
     """The concepts' specialised networks as one: the first convolution (shared input) with all their
     output channels, then grouped convolutions (one group per concept)."""
-    parts = [terms[leaf]._specialised for leaf in leaves]
+    parts = [terms[leaf].specialised for leaf in leaves]
     k = len(parts)
     first_bias = torch.cat([p.biases[0] for p in parts])  # type: ignore[union-attr]
     bump = next((p.bump for p in parts if p.bump is not None), None)  # type: ignore[union-attr]

@@ -1,6 +1,6 @@
 """How much the two-sample realism critic sees, on artifacts made on purpose.
 
-Run: ``.venv/bin/python benchmarks/two_sample_power.py [--steps 300] [--no-crop] [--high-pass]``; writes
+Run: ``.venv/bin/python benchmarks/two_sample_power.py [--steps 300] [--no-crop] [--plain]``; writes
 ``benchmarks/results/two_sample_power.json`` (``two_sample_power-steps1000.json`` etc. off the defaults).
 500 real renders (scenes, 32 px, seed 11) against 500 others (seed 12): as they are, with speckle over the
 whole image (uniform +-4, +-8 of 255), on the object only (+-8, +-16, +-32), and blurred by a 3x3 binomial
@@ -33,9 +33,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=300, help="Adam steps per critic (the eval's: 300)")
     parser.add_argument("--no-crop", action="store_true", help="train on whole images, not random windows")
-    parser.add_argument("--high-pass", action="store_true", help="critics also see x - blur(x)")
+    parser.add_argument("--plain", action="store_true",
+                        help="critics see the images alone, not also x - blur(x) (the critic before 2026-12)")
     args = parser.parse_args()
-    critic = {"steps": args.steps, "crop": not args.no_crop, "high_pass": args.high_pass}
+    critic = {"steps": args.steps, "crop": not args.no_crop, "high_pass": not args.plain}
     a, b = renders(11), renders(12)
     mask = ((a.max(axis=3).astype(np.int16) - a.min(axis=3)) > 30)[..., None]  # the object: chroma on gray
     rng = np.random.default_rng(0)
@@ -61,7 +62,7 @@ def main() -> None:
     add("blurred 3x3 binomial", soft.round().clamp(0, 255).byte().permute(0, 2, 3, 1).numpy())
     RESULTS.mkdir(exist_ok=True)
     suffix = (("" if args.steps == 300 else f"-steps{args.steps}") + ("-nocrop" if args.no_crop else "")
-              + ("-highpass" if args.high_pass else ""))
+              + ("-plain" if args.plain else ""))
     (RESULTS / f"two_sample_power{suffix}.json").write_text(json.dumps({"critic": critic, **out}, indent=2) + "\n")
 
 

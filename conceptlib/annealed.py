@@ -27,6 +27,7 @@ StepCallback = Callable[[int, int], None]
 
 def karras_sigmas(config: AnnealedConfig, device: torch.device) -> torch.Tensor:
     """``levels`` noise scales from sigma_max down to sigma_min, dense near the bottom (rho)."""
+    config = config.for_composition(residual_chain=False)  # what a caller left unset: the generic defaults
     ramp = torch.linspace(0, 1, config.levels, device=device, dtype=torch.float64)
     high, low = config.sigma_max ** (1 / config.rho), config.sigma_min ** (1 / config.rho)
     return ((high + ramp * (low - high)) ** config.rho).float()
@@ -36,6 +37,7 @@ def evaluations(config: AnnealedConfig, sigmas: torch.Tensor | None = None) -> i
     """Network evaluations per chain of :func:`annealed_sample`, for progress bars: one per level, and the
     corrector steps of the levels that take them, counted on the float32 noise levels the sampler walks
     (``sigmas``, by default :func:`karras_sigmas` on the CPU)."""
+    config = config.for_composition(residual_chain=False)
     levels = (karras_sigmas(config, torch.device("cpu")) if sigmas is None else sigmas).tolist()
     return config.levels + config.corrector_steps * sum(config.corrects(sigma) for sigma in levels)
 
@@ -64,6 +66,7 @@ def annealed_sample(
 ) -> torch.Tensor:
     """``n`` images following ``scores`` by annealed Euler-ancestral steps plus Langevin correctors."""
     keep_freed_memory(device)
+    config = config.for_composition(residual_chain=False)  # composition resolves first: see AnnealedConfig
     sigmas = karras_sigmas(config, device)
     x = 0.5 + sigmas[0] * torch.randn((n, 3, image_size, image_size), generator=generator, device=device)
     done, total = 0, evaluations(config, sigmas)

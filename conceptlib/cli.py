@@ -25,8 +25,12 @@ from conceptlib.expr import GRAMMAR
 from conceptlib.limits import MAX_BATCH_SIZE, MAX_SEED
 from conceptlib.redaction import redact_text
 from conceptlib.settings import (
+    ETA,
+    LEVELS,
     OBJECTIVES,
     RESIDUAL_CORRECTOR_ABOVE,
+    RESIDUAL_ETA,
+    RESIDUAL_LEVELS,
     TRAIN_CONFIGS,
     CdConfig,
     DsmConfig,
@@ -308,8 +312,9 @@ def sampler_options(langevin: bool) -> Any:
     share the annealed sampler's and the guidance; compose also takes Langevin's (cd concepts) and OR's."""
     annealed, guidance = SAMPLER.annealed, SAMPLER.guidance
     options = [
-        click.option("--levels", default=annealed.levels, show_default=True, type=click.IntRange(2),
-                     help="denoiser, dsm: noise levels of the annealed sampler."),
+        click.option("--levels", default=annealed.levels, type=click.IntRange(2),
+                     help=f"denoiser, dsm: noise levels of the annealed sampler [default: {RESIDUAL_LEVELS} for "
+                          f"residual concepts, else {LEVELS}]."),
         click.option("--corrector", default=annealed.corrector, show_default=True,
                      type=click.Choice(["none", "ula", "mala"]),
                      help="denoiser, dsm: Langevin corrector per level (mala: Metropolis accept; dsm only)."),
@@ -323,8 +328,9 @@ def sampler_options(langevin: bool) -> Any:
                           f"{RESIDUAL_CORRECTOR_ABOVE:g} for residual concepts, else every level]."),
         click.option("--sigma-min", default=annealed.sigma_min, show_default=True, type=FiniteRange(0, min_open=True),
                      help="denoiser, dsm: the last noise level, where the image is read off the denoiser."),
-        click.option("--eta", default=annealed.eta, show_default=True, type=FiniteRange(0, 1),
-                     help="denoiser, dsm: fresh noise per step down (1 Euler-ancestral, 0 deterministic)."),
+        click.option("--eta", default=annealed.eta, type=FiniteRange(0, 1),
+                     help="denoiser, dsm: fresh noise per step down (1 Euler-ancestral, 0 deterministic) "
+                          f"[default: {RESIDUAL_ETA:g} for residual concepts, else {ETA:g}]."),
         click.option("--guidance", default=guidance.scale, show_default=True, type=FiniteRange(0, min_open=True),
                      help="denoiser, dsm: scale of every concept's E(x|c) - E(x|null) (1 = plain product)."),
         click.option("--classifier-guidance", default=guidance.classifier, show_default=True,
@@ -413,7 +419,7 @@ def compose_command(ctx: click.Context, expression: str, count: int, output: Pat
     plugins = plugin_manager(ctx)
     with job_progress(err if ranks.is_main else quiet) as progress:
         result = compose_images(registry, plugins, expression, count, settings, seed=seed, device=torch_device,
-                                shard=(ranks.rank, ranks.world_size), on_step=progress.phase("sampling"))
+                                shard=(ranks.rank, ranks.world_size), on_progress=progress.samples("sampling"))
     for warning in result.warnings if ranks.is_main else ():
         print_warning(err, warning)
     if output is not None:

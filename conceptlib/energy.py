@@ -45,7 +45,9 @@ class Term:
         return self.condition.expand(n, -1) if self.condition.shape[0] == 1 else self.condition
 
     @cached_property
-    def _specialised(self) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    def specialised(self) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        """The network specialised to this term's shared condition (:func:`conceptlib.batched.for_condition`),
+        which Langevin calls in its place, or None."""
         return batched.for_condition(self.concept.model, self.condition) if self.fast else None
 
     def _model(self, x: torch.Tensor, *per_sample: torch.Tensor) -> torch.Tensor:
@@ -54,8 +56,8 @@ class Term:
         return self.concept.model(x, *per_sample)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if self._specialised is not None:
-            return batched.evaluate(self._specialised, x)
+        if self.specialised is not None:
+            return batched.evaluate(self.specialised, x)
         return self._model(x, self._conditions(x.shape[0]))
 
     def with_null(self, x: torch.Tensor, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -81,7 +83,7 @@ def compose(node: Node, terms: Mapping[Leaf, Term], or_temperature: float = 1.0,
     every network. Every operation in an expression is per sample, so chunking the whole is exact (the same
     samples bit for bit), and faster with several concepts (docs/speed.md).
     """
-    specialised = {leaf: term._specialised for leaf, term in terms.items()} if fuse and all(
+    specialised = {leaf: term.specialised for leaf, term in terms.items()} if fuse and all(
         term.fast for term in terms.values()) else {}
     energies = Energies(or_temperature)
     if specialised and all(part is not None for part in specialised.values()):

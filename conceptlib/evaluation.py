@@ -25,6 +25,7 @@ from conceptlib.errors import ConceptError
 from conceptlib.expr import And, Leaf, Node, Not, Or, Weighted, replace_leaves, to_text
 from conceptlib.imaging import images_to_tensor, to_uint8
 from conceptlib.inference import InferenceConfig, infer_each
+from conceptlib.network_calls import counting
 from conceptlib.plugins import PluginManager
 from conceptlib.registry import Registry
 from conceptlib.residual import Chain
@@ -403,14 +404,18 @@ def run_protocols(
         params = concepts[protocol.concepts[0]].version.source_params
         trial = protocol.make(Conditions(np.random.default_rng(seed), params, split), n)
         generator = torch.Generator(device=device).manual_seed(seed)
+        networks = [(str(c.version.ref), c.model) for c in [*concepts.values(), *([prior] if prior else []),
+                                                              *(chain.members if chain else ())]]
         started = time.perf_counter()
-        images = sample_trial(trial, concepts, prior, settings, generator, device,
-                              on_batch=(lambda done, name=name: on_progress(name, done, n)) if on_progress else None,
-                              chain=chain)
+        on_batch = (lambda done, name=name: on_progress(name, done, n)) if on_progress else None
+        with counting(networks) as calls:
+            images = sample_trial(trial, concepts, prior, settings, generator, device, on_batch=on_batch, chain=chain)
         seconds = time.perf_counter() - started
         predicted = judge.predict(images)
         metrics = protocol.score(predicted, trial.targets)
         metrics["looks_real"] = float(np.mean(judge.realism(images)))
+        spent = calls.per_sample(n)
+        metrics["network_evaluations"] = spent["forward"] + spent["backward"]
         paired = None
         if real is not None:
             paired = _two_sample(protocol, trial, images, *real(protocol), seed, device, metrics)
@@ -519,7 +524,11 @@ def evaluate_registry(
     )
     extra: dict[str, Any] = {
         "judge_held_out": report.get("attributes", report.get("held_out_test")),
-        "sampler": {**settings.annealed.to_json(), **settings.guidance.to_json()},
+        "sampler": {**settings.annealed.to_json(), **settings.guidance.to_json(),
+                    # what was left unset, as each kind of composition resolves it
+                    **{f"{kind}_{key}": value for kind, chain in (("residual_chain", True), ("other", False))
+                       for key, value in settings.annealed.for_composition(chain).to_json().items()
+                       if key in ("levels", "eta", "corrector_above") and key not in settings.annealed.to_json()}},
         "seed": seed,
         "split": split.name,
         "device": str(device),

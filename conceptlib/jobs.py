@@ -41,6 +41,7 @@ from conceptlib.errors import (
 from conceptlib.imaging import to_uint8
 from conceptlib.limits import MAX_HELD_IMAGES_BYTES
 from conceptlib.names import check_name
+from conceptlib.network_calls import counting
 from conceptlib.plots import loss_curve
 from conceptlib.plugins import PluginManager
 from conceptlib.registry import NewVersion, Registry, VersionInfo, VersionRef, split_ref
@@ -48,7 +49,7 @@ from conceptlib.registry.api import ImportResult
 from conceptlib.registry.blobs import Header
 from conceptlib.registry.transfer import ConceptFile, read_concept_file
 from conceptlib.residual import build_chain, lineage_closure
-from conceptlib.sampling import sample, sampler_record, sampling_prior, steps
+from conceptlib.sampling import sample, sampler_record, sampling_networks, sampling_prior
 from conceptlib.schema import ConditionSchema
 from conceptlib.settings import SamplerSettings, TrainConfig, resolve_objective, train_config
 from conceptlib.sources import Progress, Source, canonical_hash
@@ -303,12 +304,15 @@ def compose_images(
     seed: int = 0,
     device: torch.device | None = None,
     shard: tuple[int, int] = (0, 1),
-    on_step: Callable[[int, int], None] | None = None,
+    on_progress: Callable[[float, int], None] | None = None,
 ) -> Composition:
     """Sample ``n`` images of ``expression`` with ``settings`` (default: what ``concept compose`` uses).
 
     Batch ``b`` draws from its own random stream of ``seed``, so ``shard=(rank, ranks)`` (a contiguous
     run of batches) gives exactly the samples a single process draws at those indices, for any rank count.
+    ``on_progress(done, total)`` follows the samples this process draws (``done`` counts a batch's share of
+    its steps). The provenance records the network evaluations spent per sample (forward and backward, by
+    network), counted as they happen (:mod:`conceptlib.network_calls`).
     """
     if n < 1:
         raise ConceptError(f"-n must be at least 1; got {n}")
@@ -333,26 +337,27 @@ def compose_images(
             "across ranks with torchrun"
         )
     batches = [np.zeros((0, image_size, image_size, 3), np.uint8)]
-    steps_per_batch = steps(prior, settings, chain)
-    done_steps = 0
-    total_steps = steps_per_batch * len(mine)
+    held_samples = sum(min(batch_size, n - batch * batch_size) for batch in mine)
+    done_samples = 0
     started = time.perf_counter()
-    for batch in mine:
-        count = min(batch_size, n - batch * batch_size)
+    with counting(sampling_networks(terms, prior, chain)) as calls:
+        for batch in mine:
+            count = min(batch_size, n - batch * batch_size)
 
-        def step(done: int, _total: int, offset: int = done_steps) -> None:
-            if on_step is not None:
-                on_step(offset + done, total_steps)
+            def step(done: int, total: int, finished: int = done_samples, count: int = count) -> None:
+                if on_progress is not None:  # in samples: the finished batches' and this one's share so far
+                    on_progress(finished + count * min(done / total, 1.0), held_samples)
 
-        generator = torch.Generator(device=device).manual_seed(distributed.stream_seed(seed, batch))
-        images = sample(node, terms, prior, count, image_size, settings, generator, device, on_step=step, chain=chain)
-        if not bool(torch.isfinite(images).all()):
-            raise ConceptError(
-                f"sampling diverged: batch {batch} came out NaN or infinite, so nothing was written; lower the "
-                "expression's weights, --guidance or --step-size"
-            )
-        batches.append(to_uint8(images))
-        done_steps += steps_per_batch
+            generator = torch.Generator(device=device).manual_seed(distributed.stream_seed(seed, batch))
+            images = sample(node, terms, prior, count, image_size, settings, generator, device, on_step=step,
+                            chain=chain)
+            if not bool(torch.isfinite(images).all()):
+                raise ConceptError(
+                    f"sampling diverged: batch {batch} came out NaN or infinite, so nothing was written; lower the "
+                    "expression's weights, --guidance or --step-size"
+                )
+            batches.append(to_uint8(images))
+            done_samples += count
     versions = {v.concept: v.number for v in loaded}
     provenance = {
         "expression": expr.to_text(node),
@@ -364,6 +369,7 @@ def compose_images(
         "image_size": image_size,
         "device": str(device),
         "seconds": round(time.perf_counter() - started, 3),
+        "network_evaluations": calls.per_sample(done_samples),
     }
     return Composition(np.concatenate(batches), provenance, cautions + _lineage_warnings(loaded, versions),
                        mine.start * batch_size)

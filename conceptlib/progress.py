@@ -56,6 +56,11 @@ class JobProgress:
 
         return update
 
+    def samples(self, description: str) -> Callable[[float, int], None]:
+        """A ``(samples done, samples)`` callback: a bar counting whole samples, a batch's share as its steps pass."""
+        update = self.phase(description)
+        return lambda done, total: update(int(done), total)
+
     def training(self, iterations: int) -> Callable[[int, dict[str, float]], None]:
         """A per-iteration callback showing the run's metrics (loss, energies or gradient norm) beside the bar."""
         task: list[TaskID] = []

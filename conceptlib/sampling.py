@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from conceptlib.annealed import annealed_sample, evaluations
+from conceptlib.annealed import ScoreFn, annealed_sample
 from conceptlib.concepts import ConceptKind, LoadedConcept, prior_concept
 from conceptlib.energy import Term, compose
 from conceptlib.errors import ConceptError
@@ -61,20 +61,38 @@ def sample(
     mixture, terms = as_mixture(node, terms, prior)
     if len(mixture) > 1:
         return _sample_mixture(mixture, terms, prior, n, image_size, settings, generator, device, on_step, chain)
-    node, away = negated_prior(node, terms, prior)
-    drawn = None if names_prior(node, terms, prior) else draw_prior_conditions(prior, n, generator, device, away)
-    members = {member.version.concept: draw_prior_conditions(member, n, generator, device)
-               for member in unnamed_residuals(node, terms, chain)}
-    scores = composed_score(node, terms, prior, settings, drawn, chain=chain, member_conditions=members)
+    scores = score_field(node, terms, prior, n, settings, generator, device, chain)
     annealed = settings.annealed.for_composition(chain is not None)
     return annealed_sample(scores, n, image_size, annealed, generator, device, on_step=on_step)
 
 
-def steps(prior: LoadedConcept | None, settings: SamplerSettings, chain: Chain | None = None) -> int:
-    """Network evaluations per chain of :func:`sample`, for progress bars."""
-    if prior is None:
-        return settings.langevin.steps
-    return evaluations(settings.annealed.for_composition(chain is not None))
+def score_field(node: Node, terms: Mapping[Leaf, Term], prior: LoadedConcept, n: int, settings: SamplerSettings,
+                generator: torch.Generator, device: torch.device, chain: Chain | None = None) -> ScoreFn:
+    """The composed score :func:`sample` follows for ``n`` samples of ``node`` (an expression without an OR
+    to sample as a mixture) over a noise-conditioned ``prior``, with what is drawn per sample (the prior's
+    condition, unnamed residuals' conditions) drawn from ``generator`` first. Any sampler can follow it:
+    benchmarks hand it to other libraries' samplers as a denoiser, ``D = x + sigma^2 * score``."""
+    node, away = negated_prior(node, terms, prior)
+    drawn = None if names_prior(node, terms, prior) else draw_prior_conditions(prior, n, generator, device, away)
+    members = {member.version.concept: draw_prior_conditions(member, n, generator, device)
+               for member in unnamed_residuals(node, terms, chain)}
+    return composed_score(node, terms, prior, settings, drawn, chain=chain, member_conditions=members)
+
+
+def sampling_networks(terms: Mapping[Leaf, Term], prior: LoadedConcept | None,
+                      chain: Chain | None = None) -> list[tuple[str, torch.nn.Module]]:
+    """Every network :func:`sample` may run for ``terms``, by version, for
+    :func:`conceptlib.network_calls.counting`: the leaves' (and their specialisations to a shared condition,
+    which Langevin calls instead), the prior's and the chain's."""
+    found: list[tuple[str, torch.nn.Module]] = []
+    for term in terms.values():
+        found.append((str(term.concept.version.ref), term.concept.model))
+        specialised = term.specialised
+        if isinstance(specialised, torch.nn.Module):
+            found.append((str(term.concept.version.ref), specialised))
+    for concept in ([prior] if prior is not None else []) + list(chain.members if chain is not None else ()):
+        found.append((str(concept.version.ref), concept.model))
+    return found
 
 
 def sampler_record(node: Node, terms: Mapping[Leaf, Term], prior: LoadedConcept | None,

@@ -26,13 +26,30 @@ RESIDUAL_CORRECTOR_ABOVE = 0.05
 below it the chain's score is too rough to walk on. Residual stage 3 on seed 0, 64 samples (tune split): all
 three right 0.906 and looks real 0.64 with correctors at every level; 0.938 and 0.92 above 0.05; 0.812 and
 0.92 with one corrector step per level; 0.56 and 0.92 with none."""
+LEVELS = 40
+"""Noise levels of a composition that is not a residual chain (``levels`` left unset): measured on a denoiser
+prior with classifier concepts, 20 levels left two rows below target (docs/design.md)."""
+RESIDUAL_LEVELS = 10
+"""Noise levels on a residual chain (``levels`` left unset). The triple on the tune split, 200 samples,
+benchmarks/results/tuning/sampling_frontier-tune.md: 10 levels spend 34 evaluations per sample against 144 at
+40 levels, all three right 0.945 against 0.955, with the stronger two-sample critic 0.882 against 0.902."""
+ETA = 1.0
+RESIDUAL_ETA = 0.5
+"""A residual chain's fresh noise per step down (``eta`` left unset): at 10 levels, 1.0 drew the speckle the
+two-sample critic finds most easily (0.973 against 0.882 at 0.5; 0 gave 0.897), same tune samples."""
 
 
 @dataclass(frozen=True)
 class AnnealedConfig:
-    """The annealed sampler (noise-conditioned concepts): noise levels, and Langevin correctors at each."""
+    """The annealed sampler (noise-conditioned concepts): noise levels, and Langevin correctors at each.
 
-    levels: int = 40
+    ``levels``, ``eta`` and ``corrector_above`` left unset (None) take the defaults measured for the kind of
+    composition (:meth:`for_composition`, which :mod:`conceptlib.sampling` applies); the sampler itself, which
+    knows nothing of chains, gives what is still unset the defaults of a composition that is not one.
+    """
+
+    levels: int | None = None
+    """Noise levels: :data:`RESIDUAL_LEVELS` on a residual chain, else :data:`LEVELS`."""
     sigma_min: float = 0.005
     sigma_max: float = 1.0
     rho: float = 7.0
@@ -41,15 +58,15 @@ class AnnealedConfig:
     """Langevin steps per level: four of 0.3 sigma^2 finish objects that one of 0.1 left as dark blobs."""
     corrector_step: float = 0.3
     """Langevin step as a fraction of sigma^2 at each level (the score's natural scale)."""
-    eta: float = 1.0
+    eta: float | None = None
     """Fresh noise of each step down, as a fraction of the ancestral amount: 1 = Euler-ancestral, 0 = the
-    deterministic probability-flow (DDIM) step."""
+    deterministic probability-flow (DDIM) step. :data:`RESIDUAL_ETA` on a residual chain, else :data:`ETA`."""
     corrector_above: float | None = None
     """Corrector steps only at levels whose sigma is at least this. ``None``: every level, except on a residual
     chain (:meth:`for_composition`), where it is :data:`RESIDUAL_CORRECTOR_ABOVE`."""
 
     def __post_init__(self) -> None:
-        if self.levels < 2:
+        if self.levels is not None and self.levels < 2:
             raise ConceptError(f"levels must be at least 2; got {self.levels}")
         if not 0 < self.sigma_min < self.sigma_max:
             raise ConceptError("noise scales must satisfy 0 < sigma_min < sigma_max")
@@ -57,25 +74,29 @@ class AnnealedConfig:
             raise ConceptError(f"unknown corrector {self.corrector!r}; use one of {', '.join(CORRECTORS)}")
         if self.corrector_steps < 0 or self.corrector_step <= 0:
             raise ConceptError("corrector steps must be >= 0 and the corrector step positive")
-        if not 0 <= self.eta <= 1:
+        if self.eta is not None and not 0 <= self.eta <= 1:
             raise ConceptError(f"eta must lie in [0, 1]; got {self.eta}")
         if self.corrector_above is not None and not (math.isfinite(self.corrector_above) and self.corrector_above >= 0):
             raise ConceptError(f"--corrector-above must be a finite number >= 0; got {self.corrector_above}")
 
     def for_composition(self, residual_chain: bool) -> AnnealedConfig:
-        """The settings a composition samples with: an unset ``corrector_above`` resolved for a residual chain."""
-        if self.corrector_above is None and residual_chain:
-            return dataclasses.replace(self, corrector_above=RESIDUAL_CORRECTOR_ABOVE)
-        return self
+        """The settings a composition samples with: unset ``levels``, ``eta`` and (on a residual chain)
+        ``corrector_above`` resolved for its kind."""
+        return dataclasses.replace(
+            self,
+            levels=self.levels if self.levels is not None else (RESIDUAL_LEVELS if residual_chain else LEVELS),
+            eta=self.eta if self.eta is not None else (RESIDUAL_ETA if residual_chain else ETA),
+            corrector_above=(RESIDUAL_CORRECTOR_ABOVE if self.corrector_above is None and residual_chain
+                             else self.corrector_above))
 
     def corrects(self, sigma: float) -> bool:
         """Whether the level at ``sigma`` takes corrector steps."""
         return self.corrector != "none" and sigma >= (self.corrector_above or 0.0)
 
     def to_json(self) -> dict[str, object]:
-        fields = asdict(self)
-        if fields["corrector_above"] is None:  # every level, as before the setting existed
-            del fields["corrector_above"]
+        """The settings, without those left unset (every level corrects; levels and eta by composition)."""
+        fields = {key: value for key, value in asdict(self).items()
+                  if value is not None or key not in ("corrector_above", "levels", "eta")}
         return {"name": "annealed", **fields}
 
 

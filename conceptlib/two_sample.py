@@ -85,17 +85,11 @@ def match_real(
     return Matched(pool_images[chosen], float(np.mean(errors)) if errors else 0.0)
 
 
-HIGH_PASS = False
-"""Whether critics also see each image's high-pass residual (``x - blur(x)``, scaled by 8). Off in the shipped
-test; on, it sees speckle confined to the object (±16 of 255: 0.968 held out, against 0.472 off) and tells the
-shipped registry's triple from real renders at 0.902 (tune split, 200 samples): docs/quality.md."""
-
-
 class _Critic(nn.Module):
     """Small enough to train in seconds on a CPU, deep enough to see texture and outlines at 32-64 px;
     batch norm lets it learn in a few hundred steps."""
 
-    def __init__(self, width: int = 16, high_pass: bool = False) -> None:
+    def __init__(self, width: int = 16, high_pass: bool = True) -> None:
         super().__init__()
         self.high_pass = high_pass
 
@@ -123,7 +117,7 @@ def two_sample_accuracy(
     batch_size: int = 64,
     width: int = 16,
     crop: bool = True,
-    high_pass: bool | None = None,
+    high_pass: bool = True,
     device: torch.device | None = None,
 ) -> dict[str, float]:
     """Held-out accuracy of classifiers telling ``generated`` from ``real`` (uint8 ``(n, H, W, 3)`` each,
@@ -132,6 +126,10 @@ def two_sample_accuracy(
     Pairs stay together so each fold's two sets ask the same conditions. Each critic takes ``steps`` Adam
     steps whatever ``n`` (a count of epochs starves small sets). Returns ``accuracy`` (over every held-out
     image), ``train_accuracy`` (its last steps', to tell a weak critic from a hard test) and ``n``.
+
+    ``high_pass``: critics also see each image's high-pass residual (``x - blur3(x)``, scaled by 8). Without
+    it they miss speckle confined to a small object, which a person sees at once (±16 of 255 on the object:
+    0.472 held out without, 0.968 with; docs/quality.md).
     """
     if generated.shape != real.shape:
         raise ValueError(f"generated {generated.shape} and real {real.shape} images must pair one to one")
@@ -147,7 +145,7 @@ def two_sample_accuracy(
         train, test = (fold_of != fold).nonzero().squeeze(1), (fold_of == fold).nonzero().squeeze(1)
         with torch.random.fork_rng(devices=[]):  # seeded weights, the caller's global RNG left as it was
             torch.manual_seed(seed * 1000 + fold)
-            critic = _Critic(width, HIGH_PASS if high_pass is None else high_pass).to(device)
+            critic = _Critic(width, high_pass).to(device)
         optimizer = torch.optim.Adam(critic.parameters(), lr=2e-3)
         x = torch.cat([x_gen[train], x_real[train]])
         y = torch.cat([torch.ones(len(train)), torch.zeros(len(train))]).to(device)

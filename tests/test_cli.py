@@ -73,6 +73,9 @@ def test_compose_sidecar_records_expression_sampler_and_seed(run, add_tiny, tmp_
     assert meta["seed"] == 7 and meta["index"] == 2
     assert meta["sampler"]["name"] == "annealed" and meta["sampler"]["levels"] == 3
     assert meta["sampler"]["prior"] == "shape@1" and meta["sampler"]["prior_guidance"] == 1.0
+    # counted as spent: 3 levels + 4 corrector steps at each, every one a conditioned and a null estimate
+    assert meta["network_evaluations"] == {"forward": 2 * (3 + 4 * 3), "backward": 0.0,
+                                           "by_network": {"shape@1": {"forward": 30.0, "backward": 0.0}}}
 
 
 @pytest.mark.parametrize("command", ["compose", "eval"])
@@ -300,6 +303,8 @@ def test_a_denoiser_prior_composes_with_classifiers_and_refuses_mala(run, add_ti
     assert sampler["corrector_above"] == 0.2  # set explicitly, so recorded (unset, only residual chains record it)
     assert sampler["classifier_boost_below"] == 0.3 and sampler["classifier_boost_max"] == 2.0
     assert sampler["classifier_temperature"] == 2.0  # the CLI's default reading of categorical classifiers
+    spent = sidecar(out)["network_evaluations"]["by_network"]  # the classifier's gradient goes through the prior
+    assert spent["color@1"]["backward"] == spent["color@1"]["forward"] == spent["position@1"]["backward"] > 0
     refused = run("compose", "color=red", "-n", "2", "-o", str(tmp_path / "g.png"), "--corrector", "mala",
                   *TINY_SAMPLING)
     assert_one_line_error(refused, "MALA corrector needs an energy", "--corrector ula")
