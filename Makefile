@@ -39,14 +39,20 @@ test: lint
 registry: install
 	scripts/build_registry.sh registry.db
 
-# The speed benchmark runs in its own venv with the peer libraries it is compared with (never project
-# dependencies); results go to benchmarks/results/speed.md and speed.json. Not part of `make test`.
+# The speed and sampling-frontier benchmarks run in their own venv with the peer libraries they are compared
+# with (never project dependencies); results go to benchmarks/results/. Not part of `make test`.
+# k-diffusion goes in --no-deps: its package __init__ imports torchvision, which this torch wheel cannot sit
+# beside, so benchmarks/peer_samplers.py loads its sampling module alone and only that module's imports
+# (scipy, torchdiffeq, torchsde, tqdm) are installed. The recipe reruns when the pins below change.
 PEERS := benchmarks/.venv-peers
+PEERS_PIP := $(PEERS)/bin/pip install --quiet --disable-pip-version-check
 
-$(PEERS)/.installed: pyproject.toml
+$(PEERS)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(PEERS)
-	$(PEERS)/bin/pip install --quiet --disable-pip-version-check torch==2.13.0 ebmkit==0.16.0 torchebm==0.8.9
-	$(PEERS)/bin/pip install --quiet --disable-pip-version-check -e .
+	$(PEERS_PIP) torch==2.13.0 ebmkit==0.16.0 torchebm==0.8.9 diffusers==0.42.1 scipy==1.17.1 \
+		torchdiffeq==0.2.5 torchsde==0.2.6 tqdm==4.70.1
+	$(PEERS_PIP) --no-deps k-diffusion==0.1.1.post1
+	$(PEERS_PIP) -e .
 	touch $@
 
 bench-speed: $(PEERS)/.installed
