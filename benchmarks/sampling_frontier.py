@@ -58,17 +58,26 @@ RESULTS = ROOT / "results"
 BUDGETS = (10, 20, 34, 50)
 """Evaluations per sample each peer sampler is run at (the most steps that spend no more)."""
 OURS: dict[str, dict[str, Any]] = {
-    "40 levels, ULA x4 (previous default)": {"levels": 40},
+    "40 levels, ULA x4, eta 1 (previous default)": {"levels": 40, "eta": 1.0},
     "20 levels, ULA x4": {"levels": 20},
-    "10 levels, ULA x4": {"levels": 10},
-    "10 levels, ULA x4, eta 0.5": {"levels": 10, "eta": 0.5},
+    "14 levels, ULA x4": {"levels": 14},
+    "10 levels, ULA x4 (default)": {},
+    "10 levels, ULA x4, eta 1": {"levels": 10, "eta": 1.0},
     "8 levels, ULA x4": {"levels": 8},
     "6 levels, ULA x4": {"levels": 6},
     "4 levels, ULA x4": {"levels": 4},
+    "10 levels, ULA x2": {"levels": 10, "corrector_steps": 2},
+    "8 levels, ULA x2": {"levels": 8, "corrector_steps": 2},
+    "6 levels, ULA x2": {"levels": 6, "corrector_steps": 2},
+    "6 levels, ULA x1": {"levels": 6, "corrector_steps": 1},
+    "6 levels, ULA x1, eta 1": {"levels": 6, "corrector_steps": 1, "eta": 1.0},
+    "4 levels, ULA x2": {"levels": 4, "corrector_steps": 2},
+    "10 levels, no corrector, eta 1": {"levels": 10, "corrector": "none", "eta": 1.0},
     "20 levels, no corrector": {"levels": 20, "corrector": "none"},
     "10 levels, no corrector": {"levels": 10, "corrector": "none"},
 }
-"""conceptlib's annealed sampler, each a change from the defaults (correctors above sigma 0.05 on a chain)."""
+"""conceptlib's annealed sampler, each a change from the CLI's defaults on a residual chain (10 levels, eta 0.5,
+four ULA corrector steps of 0.3 sigma^2 at noise levels >= 0.05)."""
 
 Sampler = Callable[[ScoreFn, int, int, torch.Generator, torch.device], torch.Tensor]
 
@@ -161,14 +170,29 @@ class Bench:
 
 
 def plot(rows: list[dict[str, Any]], path: Path) -> None:
-    """All three right against evaluations per sample (left) and seconds per 100 samples (right)."""
+    """All three right against evaluations per sample (left) and seconds per 100 samples (right): every
+    point, conceptlib's upper frontier as a line (its variants differ in more than budget), each peer sampler
+    as a line over its budgets; squares are diffusers, circles k-diffusion, diamonds conceptlib."""
     image = Image.new("RGB", (2 * PANEL[0], PANEL[1] + 90), PAPER)
+    draw = ImageDraw.Draw(image)
     families = sorted({r["family"] for r in rows}, key=lambda f: (f != "conceptlib", f))
-    palette = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
-               (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207), (0, 0, 0), (120, 160, 60)]
+    palette = [(0, 0, 0), (230, 25, 75), (60, 180, 75), (255, 180, 0), (0, 130, 200), (245, 130, 48),
+               (145, 30, 180), (70, 200, 220), (240, 50, 230), (150, 150, 0), (0, 128, 128), (170, 110, 40),
+               (128, 0, 0), (128, 128, 255), (100, 100, 100)]
     colors = {family: palette[i % len(palette)] for i, family in enumerate(families)}
     accuracy = [r["metrics"]["all_right"] for r in rows]
     low = max(0.0, min(accuracy) - 0.05)
+
+    def mark(panel: Panel, x: float, y: float, family: str) -> None:
+        box = [panel.x(x) - 3, panel.y(y) - 3, panel.x(x) + 3, panel.y(y) + 3]
+        if family == "conceptlib":
+            cx, cy = panel.x(x), panel.y(y)
+            draw.polygon([(cx, cy - 5), (cx + 5, cy), (cx, cy + 5), (cx - 5, cy)], fill=colors[family])
+        elif family.startswith("diffusers"):
+            draw.rectangle(box, fill=colors[family])
+        else:
+            draw.ellipse(box, fill=colors[family])
+
     for column, (key, label) in enumerate((("evaluations", "network evaluations per sample"),
                                            ("seconds_per_100", "seconds per 100 samples"))):
         top = max(r[key] for r in rows) * 1.05
@@ -176,17 +200,15 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
         panel.frame("all three right (judge)", label, "")
         for family in families:
             points = sorted((r[key], r["metrics"]["all_right"]) for r in rows if r["family"] == family)
-            if family == "conceptlib":  # its variants differ in more than budget: the frontier's upper hull
-                hull: list[tuple[float, float]] = []
+            line = points
+            if family == "conceptlib":
+                line = []
                 for x, y in points:
-                    if not hull or y > hull[-1][1]:
-                        hull.append((x, y))
-                points = hull
-            panel.line([p[0] for p in points], [p[1] for p in points], colors[family])
+                    if not line or y > line[-1][1]:
+                        line.append((x, y))
+            panel.line([p[0] for p in line], [p[1] for p in line], colors[family])
             for x, y in points:
-                panel.draw.ellipse([panel.x(x) - 3, panel.y(y) - 3, panel.x(x) + 3, panel.y(y) + 3],
-                                   fill=colors[family])
-    draw = ImageDraw.Draw(image)
+                mark(panel, x, y, family)
     x, y = 70, PANEL[1] + 10
     for family in families:
         draw.rectangle((x, y, x + 10, y + 10), fill=colors[family])
@@ -227,7 +249,8 @@ def main() -> None:
     parser.add_argument("--protocol", default="position & shape & color")
     parser.add_argument("--registry", type=Path, default=ROOT.parent / "registry.db")
     parser.add_argument("--budgets", default=",".join(map(str, BUDGETS)))
-    parser.add_argument("--only", default="", help="run only samplers whose name contains this")
+    parser.add_argument("--only", default="",
+                        help="run only samplers whose name contains one of these (comma-separated)")
     parser.add_argument("--out", type=Path, default=None,
                         help="results path without suffix [default: results/sampling_frontier, tuning/ for tune]")
     args = parser.parse_args()
@@ -246,7 +269,8 @@ def main() -> None:
             steps = most_steps(sampler.evaluations, budget)
             if steps is not None:
                 points.append((sampler.name, sampler.name, sampler.library, str(steps), peer(sampler, steps)))
-    points = [p for p in points if args.only in p[0]]
+    wanted = args.only.split(",")
+    points = [p for p in points if any(part in p[0] for part in wanted)]
     with tempfile.TemporaryDirectory() as tmp:
         copy = Path(tmp) / "registry.db"
         shutil.copyfile(args.registry, copy)

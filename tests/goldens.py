@@ -26,7 +26,10 @@ such a NOT changed, and the eval grid of ``position | position``; a classifier's
 not; two compositions were added: a tempered weighted OR and a NOT of the root beside a residual), then with
 the two-sample realism test in every eval row and the protocols drawing their categorical values before their
 positions (the eval's ``results.json`` and the ``position & !color`` grid changed, the real renders' grids were
-added; every other digest stayed).
+added; every other digest stayed), then with residual chains sampling at eta 0.5 by default, every sidecar
+recording the network evaluations it spent, the eval rows recording theirs and the two-sample critic seeing
+the high-pass residual (the samples of the compositions over residual concepts, every sidecar and the eval's
+``results.json`` changed; the scenario names ``--levels``, so only eta moved; no other image did).
 ``tests/test_goldens.py`` checks it. Floating-point kernels differ between CPU instruction sets, so the file
 records the torch version and CPU capability it was made with; elsewhere the check is skipped and says
 why. Regenerate it only on purpose: after a change meant to alter what users get (a new default, a fix),
