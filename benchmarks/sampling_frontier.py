@@ -43,14 +43,14 @@ from speed import peak_memory
 from conceptlib.annealed import ScoreFn, annealed_sample
 from conceptlib.concepts import load_concept
 from conceptlib.energy import Term
-from conceptlib.evaluation import JUDGE_SEED_OFFSET, PROTOCOLS, SPLITS, Conditions, shared_params
+from conceptlib.evaluation import PROTOCOLS, SPLITS, Conditions, judge_params
 from conceptlib.imaging import to_uint8
 from conceptlib.judge import load_or_train_judge
 from conceptlib.network_calls import counting
 from conceptlib.plots import PANEL, PAPER, Panel
 from conceptlib.plugins import PluginManager
 from conceptlib.registry import Registry
-from conceptlib.sampling import sampling_prior, score_field
+from conceptlib.sampling import sampling_networks, sampling_prior, score_field
 from conceptlib.settings import AnnealedConfig, SamplerSettings
 
 ROOT = Path(__file__).parent
@@ -129,12 +129,10 @@ class Bench:
         self.trial = self.protocol.make(Conditions(np.random.default_rng(self.split.seed), first.source_params,
                                                    self.split), n)
         self.n = n
-        source = plugins.source(first.source)
-        params = shared_params([c.version for c in self.concepts.values()], source.default_params)
-        params["seed"] = int(params.get("seed", 0)) + JUDGE_SEED_OFFSET
+        params = judge_params([c.version for c in self.concepts.values()], first,
+                              plugins.source(first.source).default_params)
         self.judge, _ = load_or_train_judge(first.source, params, None, device, plugins=plugins)
-        self.networks = [(str(c.version.ref), c.model) for c in [*self.concepts.values(), self.prior,
-                                                                 *(self.chain.members if self.chain else ())] if c]
+        self.networks = sampling_networks(self.concepts.values(), self.prior, self.chain)
 
     def grade(self, sampler: Sampler, batch_size: int = 64, count: int | None = None) -> dict[str, Any]:
         """``sampler``'s samples of the first ``count`` (default all) asked conditions, judged and timed."""

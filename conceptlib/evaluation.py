@@ -29,7 +29,7 @@ from conceptlib.network_calls import counting
 from conceptlib.plugins import PluginManager
 from conceptlib.registry import Registry
 from conceptlib.residual import Chain
-from conceptlib.sampling import sample, sampling_prior
+from conceptlib.sampling import sample, sampling_networks, sampling_prior
 from conceptlib.schema import Categorical, ConditionSchema, Value
 from conceptlib.settings import SamplerSettings
 
@@ -404,11 +404,9 @@ def run_protocols(
         params = concepts[protocol.concepts[0]].version.source_params
         trial = protocol.make(Conditions(np.random.default_rng(seed), params, split), n)
         generator = torch.Generator(device=device).manual_seed(seed)
-        networks = [(str(c.version.ref), c.model) for c in [*concepts.values(), *([prior] if prior else []),
-                                                              *(chain.members if chain else ())]]
         started = time.perf_counter()
         on_batch = (lambda done, name=name: on_progress(name, done, n)) if on_progress else None
-        with counting(networks) as calls:
+        with counting(sampling_networks(concepts.values(), prior, chain)) as calls:
             images = sample_trial(trial, concepts, prior, settings, generator, device, on_batch=on_batch, chain=chain)
         seconds = time.perf_counter() - started
         predicted = judge.predict(images)
@@ -485,6 +483,24 @@ def shared_params(versions: Sequence[Any], defaults: Mapping[str, Any]) -> dict[
             for key, value in first.items()}
 
 
+def judge_params(graded: Sequence[Any], anchor: Any, defaults: Mapping[str, Any]) -> dict[str, Any]:
+    """The source params of the judge for the ``graded`` versions: the data they share (on ``anchor``'s source),
+    at another seed than any concept trained on."""
+    params = shared_params([v for v in graded if v.source == anchor.source] or [anchor], defaults)
+    return {**params, "seed": int(params.get("seed", 0)) + JUDGE_SEED_OFFSET}
+
+
+def resolved_unset(settings: SamplerSettings) -> dict[str, Any]:
+    """The annealed settings left unset, as each kind of composition resolves them (``residual_chain_levels``,
+    ``other_eta``, ...), for a record that covers rows of both kinds."""
+    unset = [key for key in ("levels", "eta", "corrector_above") if getattr(settings.annealed, key) is None]
+    found = {}
+    for kind, chain in (("residual_chain", True), ("other", False)):
+        resolved = settings.annealed.for_composition(chain)
+        found.update({f"{kind}_{key}": getattr(resolved, key) for key in unset if getattr(resolved, key) is not None})
+    return found
+
+
 @dataclass
 class EvaluationRun:
     results: list[ProtocolResult]
@@ -514,21 +530,15 @@ def evaluate_registry(
     anchor = registry.resolve(PROTOCOLS[names[0]].concepts[0] if names else "position")
     source = plugins.source(anchor.source)
     graded = [registry.resolve(c) for c in dict.fromkeys(c for name in names for c in PROTOCOLS[name].concepts)]
-    judge_params = shared_params([v for v in graded if v.source == anchor.source] or [anchor], source.default_params)
-    judge_params["seed"] = int(judge_params.get("seed", 0)) + JUDGE_SEED_OFFSET
     judge, report = load_or_train_judge(
-        anchor.source, judge_params, judge_cache, device,
+        anchor.source, judge_params(graded, anchor, source.default_params), judge_cache, device,
         progress=(lambda done, total: on_phase("training judge", done, total)) if on_phase else None,
         plugins=plugins,
         on_load=(lambda done, total: on_phase("judge's images", done, total)) if on_phase else None,
     )
     extra: dict[str, Any] = {
         "judge_held_out": report.get("attributes", report.get("held_out_test")),
-        "sampler": {**settings.annealed.to_json(), **settings.guidance.to_json(),
-                    # what was left unset, as each kind of composition resolves it
-                    **{f"{kind}_{key}": value for kind, chain in (("residual_chain", True), ("other", False))
-                       for key, value in settings.annealed.for_composition(chain).to_json().items()
-                       if key in ("levels", "eta", "corrector_above") and key not in settings.annealed.to_json()}},
+        "sampler": {**settings.annealed.to_json(), **settings.guidance.to_json(), **resolved_unset(settings)},
         "seed": seed,
         "split": split.name,
         "device": str(device),

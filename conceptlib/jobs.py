@@ -340,7 +340,7 @@ def compose_images(
     held_samples = sum(min(batch_size, n - batch * batch_size) for batch in mine)
     done_samples = 0
     started = time.perf_counter()
-    with counting(sampling_networks(terms, prior, chain)) as calls:
+    with counting(sampling_networks(loaded.values(), prior, chain, terms)) as calls:
         for batch in mine:
             count = min(batch_size, n - batch * batch_size)
 

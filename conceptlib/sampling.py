@@ -14,7 +14,7 @@ The composition core, read in this order:
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -79,19 +79,16 @@ def score_field(node: Node, terms: Mapping[Leaf, Term], prior: LoadedConcept, n:
     return composed_score(node, terms, prior, settings, drawn, chain=chain, member_conditions=members)
 
 
-def sampling_networks(terms: Mapping[Leaf, Term], prior: LoadedConcept | None,
-                      chain: Chain | None = None) -> list[tuple[str, torch.nn.Module]]:
-    """Every network :func:`sample` may run for ``terms``, by version, for
-    :func:`conceptlib.network_calls.counting`: the leaves' (and their specialisations to a shared condition,
-    which Langevin calls instead), the prior's and the chain's."""
-    found: list[tuple[str, torch.nn.Module]] = []
-    for term in terms.values():
-        found.append((str(term.concept.version.ref), term.concept.model))
-        specialised = term.specialised
-        if isinstance(specialised, torch.nn.Module):
-            found.append((str(term.concept.version.ref), specialised))
-    for concept in ([prior] if prior is not None else []) + list(chain.members if chain is not None else ()):
-        found.append((str(concept.version.ref), concept.model))
+def sampling_networks(concepts: Iterable[LoadedConcept], prior: LoadedConcept | None, chain: Chain | None = None,
+                      terms: Mapping[Leaf, Term] | None = None) -> list[tuple[str, torch.nn.Module]]:
+    """Every network :func:`sample` may run, by version, for :func:`conceptlib.network_calls.counting`: the
+    ``concepts``', the prior's, the chain's, and the specialisations of ``terms`` to a shared condition (which
+    Langevin calls in place of the network)."""
+    found = [(str(concept.version.ref), concept.model)
+             for concept in [*concepts, *([prior] if prior is not None else []), *(chain.members if chain else ())]]
+    for term in (terms or {}).values():
+        if isinstance(term.specialised, torch.nn.Module):
+            found.append((str(term.concept.version.ref), term.specialised))
     return found
 
 
