@@ -30,7 +30,7 @@ from conceptlib.cli import option_defaults
 from conceptlib.evaluation import PROTOCOLS, SPLITS, evaluate_registry
 from conceptlib.plugins import PluginManager
 from conceptlib.registry import Registry
-from conceptlib.report import write_report
+from conceptlib.report import write_report, write_samples
 from conceptlib.settings import SamplerSettings
 
 RESULTS = Path(__file__).parent / "results"
@@ -72,6 +72,9 @@ def main() -> None:
                         help="tune: where settings are chosen (seed 0); report: the figures quoted (seed 7); "
                              "they ask disjoint halves of the conditions")
     parser.add_argument("--out", type=Path, help="grids [default: results/quality/, or results/tuning/NAME/]")
+    parser.add_argument("--samples", type=Path,
+                        help="where each row's images go as NPZ (benchmarks/regrade.py grades them again) "
+                             "[default: results/quality-samples/SPLIT/, not committed]")
     parser.add_argument("--report",
                         help="name of the copies written to benchmarks/results/ (NAME.md, NAME.json) "
                              "[default: quality, or tuning/quality-tune with --split tune]")
@@ -79,6 +82,7 @@ def main() -> None:
     split = SPLITS[args.split]
     args.report = args.report or ("quality" if args.split == "report" else "tuning/quality-tune")
     args.out = args.out or (RESULTS / "quality" if args.split == "report" else RESULTS / args.report)
+    args.samples = args.samples or RESULTS / "quality-samples" / args.split
 
     build_seconds = None
     if args.train:
@@ -98,6 +102,8 @@ def main() -> None:
                                 seed=split.seed, device=device, inference_n=args.inference if last else 0,
                                 split=split)
         results += run.results
+        for result in run.results:
+            write_samples(result, args.samples)
         extra.update(run.extra)
         extra.update({
             "training_seconds": {c: registry.resolve(c).metrics.get("seconds") for c in present},

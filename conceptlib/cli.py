@@ -454,10 +454,13 @@ def compose_command(ctx: click.Context, expression: str, count: int, output: Pat
 @sampler_options(langevin=False)
 @device_option
 @click.option("--json", "as_json", is_flag=True, help="Print results.json's contents instead of the table.")
+@click.option("--keep-samples", is_flag=True,
+              help="Also write each protocol's images to OUT_DIR/samples/PROTOCOL.npz (the samples, the real renders "
+                   "they were told apart from, what each was asked), to grade them again without sampling.")
 @click.pass_context
 def eval_command(ctx: click.Context, protocols: tuple[str, ...], count: int, out_dir: Path, inference_n: int,
                  judge_cache: Path | None, seed: int, split_name: str, settings: SamplerSettings, device: str,
-                 as_json: bool) -> None:
+                 as_json: bool, keep_samples: bool) -> None:
     """Grade the registry's concepts with an independent judge (paper Tables 1-3).
 
     Writes results.md, results.json and one grid per protocol, each tile captioned with what was asked.
@@ -485,7 +488,7 @@ def eval_command(ctx: click.Context, protocols: tuple[str, ...], count: int, out
 
         run = evaluate_registry(registry, plugins, names, count, settings, seed, resolve_device(device),
                                 judge_cache, inference_n, on_phase=on_phase, split=split)
-    markdown, data = write_report(run.results, run.extra, out_dir)
+    markdown, data = write_report(run.results, run.extra, out_dir, out_dir / "samples" if keep_samples else None)
     if as_json:
         click.echo(data.read_text(), nl=False)
         return

@@ -44,6 +44,10 @@ REAL_POOL = 20_000
 CRITIC_STEPS, CRITIC_STEPS_PER_SAMPLE = 300, 10
 """Adam steps per two-sample critic: 300 from 30 samples up (every committed row), fewer for the toy rows of
 tests, which could not teach a critic anything anyway."""
+CRITICS = 3
+"""Critics per row, each of another seed, their held-out accuracies averaged: on the same 500 samples one
+critic's figure moved by up to 0.28 with its seed alone (``shape``, report split: 0.597-0.878; docs/quality.md),
+enough to decide a row near the 0.75 line."""
 REALISM_TARGETS: dict[str, tuple[str, float]] = {"looks_real": (">=", 0.90), "two_sample_acc": ("<=", 0.75)}
 """Every row must also look like the data: to the judge's features, and to a critic trained on the row itself
 (:mod:`conceptlib.two_sample`; 0.5 is indistinguishable)."""
@@ -429,18 +433,20 @@ def run_protocols(
 def _two_sample(protocol: Protocol, trial: Trial, images: np.ndarray, pool: np.ndarray,
                 labels: dict[str, np.ndarray], seed: int, device: torch.device,
                 metrics: dict[str, float]) -> np.ndarray:
-    """Pair each sample with a real render of its asked conditions, and record how well a critic tells them
-    apart (``two_sample_acc``, held out) and how closely positions were matched. Returns the real renders."""
-    from conceptlib.two_sample import match_real, two_sample_accuracy
+    """Pair each sample with a real render of its asked conditions, and record how well critics tell them apart
+    (``two_sample_acc``, held out, the mean of :data:`CRITICS` seeds, with its extremes) and how closely positions
+    were matched. Returns the real renders."""
+    from conceptlib.two_sample import match_real, repeated_two_sample_accuracy
 
     try:
         matched = match_real(trial.targets, pool, labels, np.random.default_rng(seed + REAL_SEED_OFFSET),
                              protocol.first_mode_share)
     except ValueError as exc:
         raise ConceptError(f"protocol {protocol.name!r}: {exc}") from None
-    test = two_sample_accuracy(images, matched.images, seed=seed, device=device,
-                               steps=min(CRITIC_STEPS, CRITIC_STEPS_PER_SAMPLE * len(images)))
+    test = repeated_two_sample_accuracy(images, matched.images, range(seed, seed + CRITICS), device=device,
+                                        steps=min(CRITIC_STEPS, CRITIC_STEPS_PER_SAMPLE * len(images)))
     metrics["two_sample_acc"] = test["accuracy"]
+    metrics["two_sample_acc_min"], metrics["two_sample_acc_max"] = test["accuracy_min"], test["accuracy_max"]
     metrics["two_sample_train_acc"] = test["train_accuracy"]
     metrics["real_position_error"] = matched.position_error
     return matched.images

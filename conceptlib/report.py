@@ -1,5 +1,6 @@
 """The evaluation report: ``results.md`` (a table and confusion matrices), ``results.json``, sample grids and,
-beside each, the grid of real renders its samples were told apart from."""
+beside each, the grid of real renders its samples were told apart from; and every row's images themselves,
+so a critic can grade them again without sampling again (:func:`load_samples`)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from conceptlib.evaluation import ProtocolResult
 from conceptlib.imaging import save_grid
@@ -19,9 +22,14 @@ def grid_name(protocol: str) -> str:
     return "-".join(text.split())
 
 
-def write_report(results: Sequence[ProtocolResult], extra: Mapping[str, Any], out_dir: Path) -> tuple[Path, Path]:
-    """``results.md`` (a table), ``results.json`` and one sample grid per protocol under ``out_dir``."""
+def write_report(results: Sequence[ProtocolResult], extra: Mapping[str, Any], out_dir: Path,
+                 samples_dir: Path | None = None) -> tuple[Path, Path]:
+    """``results.md`` (a table), ``results.json`` and one sample grid per protocol under ``out_dir``; with
+    ``samples_dir``, each protocol's images too (:func:`write_samples`)."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    if samples_dir is not None:
+        for r in results:
+            write_samples(r, samples_dir)
     rows = ["| protocol | n | metrics | target | met | s |", "|---|---|---|---|---|---|"]
     for r in results:
         shown = ", ".join(f"{k} {v:.3f}" for k, v in r.metrics.items())
@@ -53,3 +61,25 @@ def _confusion_markdown(protocol: str, key: str, table: Mapping[str, Any]) -> li
     lines += [f"| {value} | " + " | ".join(str(count) for count in row) + " |"
               for value, row in zip(values, table["matrix"])]
     return lines
+
+
+def write_samples(result: ProtocolResult, samples_dir: Path) -> Path:
+    """``samples_dir/<protocol>.npz``: the row's samples (``generated``), the real renders they were paired
+    with (``real``, when the row had a two-sample test) and what each was asked (``asked``), all plain arrays
+    (no pickle)."""
+    samples_dir.mkdir(parents=True, exist_ok=True)
+    path = samples_dir / f"{grid_name(result.name)}.npz"
+    arrays = {"generated": result.images, "asked": np.array(result.asked, dtype=str),
+              "protocol": np.array(result.name)}
+    if result.real is not None:
+        arrays["real"] = result.real
+    partial = path.with_name(path.name + ".part.npz")
+    np.savez_compressed(partial, **arrays)
+    partial.replace(path)  # whole or absent: an interrupted write leaves no half file under the real name
+    return path
+
+
+def load_samples(path: Path) -> dict[str, np.ndarray]:
+    """A row written by :func:`write_samples` (read without pickle)."""
+    with np.load(path, allow_pickle=False) as data:
+        return {key: data[key] for key in data.files}

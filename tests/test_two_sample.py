@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from conceptlib.plugins import PluginManager
-from conceptlib.two_sample import NOT_POSITION_AWAY, match_real, two_sample_accuracy
+from conceptlib.two_sample import NOT_POSITION_AWAY, match_real, repeated_two_sample_accuracy, two_sample_accuracy
 
 
 def renders(seed: int, n: int, size: int = 16) -> tuple[np.ndarray, dict[str, np.ndarray]]:
@@ -76,3 +76,17 @@ def test_a_high_pass_critic_sees_speckle_on_the_object_alone():
     noisy = np.clip(a.astype(np.int16) + speckle, 0, 255).astype(np.uint8)
     assert two_sample_accuracy(noisy, b, seed=0, high_pass=True)["accuracy"] >= 0.75  # 0.84 here
     assert two_sample_accuracy(a, b, seed=0, high_pass=True)["accuracy"] <= 0.62
+
+
+def test_repeated_critics_average_their_seeds():
+    a, _ = renders(11, 60)
+    b, _ = renders(12, 60)
+    speckle = np.random.default_rng(0).integers(-6, 7, a.shape)
+    noisy = np.clip(a.astype(np.int16) + speckle, 0, 255).astype(np.uint8)
+    each = [two_sample_accuracy(noisy, b, seed=seed, steps=40)["accuracy"] for seed in (3, 4, 5)]
+    repeated = repeated_two_sample_accuracy(noisy, b, (3, 4, 5), steps=40)
+    assert repeated["accuracy"] == pytest.approx(np.mean(each)) and repeated["critics"] == 3
+    assert (repeated["accuracy_min"], repeated["accuracy_max"]) == (min(each), max(each))
+    assert len(set(each)) > 1  # the seeds do differ: otherwise the average would hide nothing
+    with pytest.raises(ValueError, match="at least one critic seed"):
+        repeated_two_sample_accuracy(noisy, b, ())
