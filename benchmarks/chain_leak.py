@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from denoiser_error import per_registry
 from torch.nn import functional as F
 
 from conceptlib.concepts import load_concept
@@ -93,17 +94,7 @@ def main() -> None:
     torch.set_num_threads(2)
     plugins = PluginManager()
     started = time.perf_counter()
-    results = {}
-    for item in args.registries:
-        label, _, path = item.partition("=")
-        if not path:
-            parser.error(f"{item!r}: give LABEL=REGISTRY, e.g. shipped=registry.db")
-        if not Path(path).is_file():
-            parser.error(f"{path}: no such registry file")
-        try:
-            results[label] = leaks(Path(path), plugins, args.n, args.seed)
-        except ConceptError as error:
-            parser.error(f"{path}: {error}")
+    results = per_registry(parser, args.registries, lambda path: leaks(path, plugins, args.n, args.seed))
     data = {"n": args.n, "seed": args.seed, "seconds": round(time.perf_counter() - started, 1), "results": results}
     (RESULTS / f"{args.out}.json").write_text(json.dumps(data, indent=2) + "\n")
     header = " | ".join(f"leak / rmse at {s}" for s in SIGMAS)

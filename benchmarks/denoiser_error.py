@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +53,23 @@ def errors(registry_path: Path, plugins: PluginManager, n: int, seed: int) -> di
             "levels": rows}
 
 
+def per_registry(parser: argparse.ArgumentParser, items: list[str], measure: Callable[[Path], Any]) -> dict[str, Any]:
+    """``measure(REGISTRY)`` for each ``LABEL=REGISTRY`` argument, by label; a malformed item, a missing file
+    or a :class:`ConceptError` (e.g. no position concept) ends the run in one line, not a traceback."""
+    results = {}
+    for item in items:
+        label, _, path = item.partition("=")
+        if not path:
+            parser.error(f"{item!r}: give LABEL=REGISTRY, e.g. shipped=registry.db")
+        if not Path(path).is_file():
+            parser.error(f"{path}: no such registry file")
+        try:
+            results[label] = measure(Path(path))
+        except ConceptError as error:
+            parser.error(f"{path}: {error}")
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("registries", nargs="+", metavar="LABEL=REGISTRY")
@@ -62,17 +80,7 @@ def main() -> None:
     torch.set_num_threads(2)
     plugins = PluginManager()
     started = time.perf_counter()
-    results = {}
-    for item in args.registries:
-        label, _, path = item.partition("=")
-        if not path:
-            parser.error(f"{item!r}: give LABEL=REGISTRY, e.g. shipped=registry.db")
-        if not Path(path).is_file():
-            parser.error(f"{path}: no such registry file")
-        try:
-            results[label] = errors(Path(path), plugins, args.n, args.seed)
-        except ConceptError as error:  # e.g. no position concept: one line, not a traceback
-            parser.error(f"{path}: {error}")
+    results = per_registry(parser, args.registries, lambda path: errors(path, plugins, args.n, args.seed))
     data = {"n": args.n, "seed": args.seed, "seconds": round(time.perf_counter() - started, 1), "results": results}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "denoiser_error.json").write_text(json.dumps(data, indent=2) + "\n")
