@@ -420,7 +420,9 @@ def run_protocols(
         metrics["network_evaluations"] = spent["forward"] + spent["backward"]
         paired = None
         if real is not None:
-            paired = _two_sample(protocol, trial, images, *real(protocol), seed, device, metrics)
+            on_critic = (lambda done, name=name: on_progress(f"{name}: critics", done, CRITICS)
+                         ) if on_progress else None
+            paired = _two_sample(protocol, trial, images, *real(protocol), seed, device, metrics, on_critic)
         values = {c: v.version.schema.values for c, v in concepts.items() if v.version.schema.kind == "categorical"}
         results.append(ProtocolResult(name, n, metrics, protocol.targets, seconds,
                                       {c: str(v.version.ref) for c, v in concepts.items()}, images,
@@ -432,7 +434,7 @@ def run_protocols(
 
 def _two_sample(protocol: Protocol, trial: Trial, images: np.ndarray, pool: np.ndarray,
                 labels: dict[str, np.ndarray], seed: int, device: torch.device,
-                metrics: dict[str, float]) -> np.ndarray:
+                metrics: dict[str, float], on_critic: Callable[[int], None] | None = None) -> np.ndarray:
     """Pair each sample with a real render of its asked conditions, and record how well critics tell them apart
     (``two_sample_acc``, held out, the mean of :data:`CRITICS` seeds, with its extremes) and how closely positions
     were matched. Returns the real renders."""
@@ -443,8 +445,8 @@ def _two_sample(protocol: Protocol, trial: Trial, images: np.ndarray, pool: np.n
                              protocol.first_mode_share)
     except ValueError as exc:
         raise ConceptError(f"protocol {protocol.name!r}: {exc}") from None
-    test = repeated_two_sample_accuracy(images, matched.images, range(seed, seed + CRITICS), device=device,
-                                        steps=min(CRITIC_STEPS, CRITIC_STEPS_PER_SAMPLE * len(images)))
+    test = repeated_two_sample_accuracy(images, matched.images, range(seed, seed + CRITICS), on_critic=on_critic,
+                                        device=device, steps=min(CRITIC_STEPS, CRITIC_STEPS_PER_SAMPLE * len(images)))
     metrics["two_sample_acc"] = test["accuracy"]
     metrics["two_sample_acc_min"], metrics["two_sample_acc_max"] = test["accuracy_min"], test["accuracy_max"]
     metrics["two_sample_train_acc"] = test["train_accuracy"]

@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from conceptlib import evaluation
 from conceptlib.evaluation import (
@@ -263,3 +264,20 @@ def test_tune_and_report_never_ask_the_same_cell_and_values_yet_each_covers_ever
             asked[name] |= {(c, -1, -1) for c in cell_key(places[mode], params)}
     assert not asked["tune"] & asked["report"]
     assert SPLITS["tune"].seed != SPLITS["report"].seed
+
+
+def test_eval_reports_the_critics_as_they_finish(add_tiny, registry_path, monkeypatch):
+    """Three critics take over a minute a row on a CPU: the progress bar counts them, not a frozen row."""
+    import conceptlib.judge
+    from conceptlib.plugins import PluginManager
+    from conceptlib.registry import Registry
+    from conceptlib.settings import AnnealedConfig, SamplerSettings
+
+    monkeypatch.setattr(conceptlib.judge, "load_or_train_judge", lambda *a, **k: (FakeJudge(), {"attributes": {}}))
+    add_tiny("color")
+    phases: list[tuple[str, int, int]] = []
+    evaluation.evaluate_registry(Registry.open(f"sqlite:///{registry_path}"), PluginManager(), ["color"], 4,
+                                 SamplerSettings(annealed=AnnealedConfig(levels=2)), 0, torch.device("cpu"),
+                                 on_phase=lambda *phase: phases.append(phase))
+    assert [p for p in phases if p[0] == "color: critics"] == [("color: critics", k, CRITICS) for k in (1, 2, 3)]
+    assert phases[-1][0] == "color: critics" and ("color", 4, 4) in phases

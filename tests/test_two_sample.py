@@ -84,7 +84,9 @@ def test_repeated_critics_average_their_seeds():
     speckle = np.random.default_rng(0).integers(-6, 7, a.shape)
     noisy = np.clip(a.astype(np.int16) + speckle, 0, 255).astype(np.uint8)
     each = [two_sample_accuracy(noisy, b, seed=seed, steps=40)["accuracy"] for seed in (3, 4, 5)]
-    repeated = repeated_two_sample_accuracy(noisy, b, (3, 4, 5), steps=40)
+    finished: list[int] = []
+    repeated = repeated_two_sample_accuracy(noisy, b, (3, 4, 5), on_critic=finished.append, steps=40)
+    assert finished == [1, 2, 3]  # a progress bar's steps, one per critic
     assert repeated["accuracy"] == pytest.approx(np.mean(each)) and repeated["critics"] == 3
     assert (repeated["accuracy_min"], repeated["accuracy_max"]) == (min(each), max(each))
     assert len(set(each)) > 1  # the seeds do differ: otherwise the average would hide nothing
