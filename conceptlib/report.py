@@ -73,8 +73,9 @@ def write_samples(result: ProtocolResult, samples_dir: Path) -> Path:
               "protocol": np.array(result.name)}
     if result.real is not None:
         arrays["real"] = result.real
-    partial = path.with_name(path.name + ".part.npz")
-    np.savez_compressed(partial, **arrays)
+    partial = path.with_name(path.name + ".part")  # not *.npz: what reads saved rows never takes a half file
+    with partial.open("wb") as file:
+        np.savez_compressed(file, **arrays)
     partial.replace(path)  # whole or absent: an interrupted write leaves no half file under the real name
     return path
 

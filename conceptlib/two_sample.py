@@ -182,8 +182,9 @@ def repeated_two_sample_accuracy(generated: np.ndarray, real: np.ndarray, seeds:
     """:func:`two_sample_accuracy` under each of ``seeds`` (other folds, other weights, other batches), averaged;
     ``on_critic(done)`` after each critic (each takes ~27 s on a 2-core CPU: a progress bar's step).
 
-    Why: one critic's held-out accuracy moves by several hundredths with its seed alone, which decides a row
-    near the 0.75 line; the mean of a few is steadier, and ``accuracy_min`` / ``accuracy_max`` show the spread.
+    Why: one critic's held-out accuracy moved by up to 0.28 with its seed alone on the same 500 samples
+    (docs/quality.md), which decides a row near the 0.75 line; the mean of a few is steadier, and
+    ``accuracy_min`` / ``accuracy_max`` show the spread.
     """
     if not seeds:
         raise ValueError("repeated_two_sample_accuracy needs at least one critic seed")

@@ -112,7 +112,7 @@ def test_every_protocol_gets_its_own_grid_and_an_or_keeps_its_markdown_cell(tmp_
     markdown, _ = write_report([either], {}, tmp_path, tmp_path / "samples")
     assert "| `position \\| position` | 1 |" in markdown.read_text()
     # its images are kept whole under the grid's name; a row without a two-sample test has no real renders
-    assert [p.name for p in (tmp_path / "samples").iterdir()] == ["position-or-position.npz"]
+    assert [p.name for p in (tmp_path / "samples").iterdir()] == ["position-or-position.npz"]  # no .part left
     saved = load_samples(tmp_path / "samples" / "position-or-position.npz")
     assert set(saved) == {"generated", "asked", "protocol"} and (saved["generated"] == images).all()
 
