@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from conceptlib.evaluation import CRITIC_STEPS, CRITIC_STEPS_PER_SAMPLE
+from conceptlib.evaluation import critic_steps
 from conceptlib.report import load_samples
 from conceptlib.two_sample import repeated_two_sample_accuracy
 
@@ -46,7 +46,7 @@ def main() -> None:
         generated = saved["generated"]
         started = time.perf_counter()
         test = repeated_two_sample_accuracy(generated, saved["real"], seeds, high_pass=not args.plain,
-                                            steps=min(CRITIC_STEPS, CRITIC_STEPS_PER_SAMPLE * len(generated)))
+                                            steps=critic_steps(len(generated)))
         name = str(saved.get("protocol", path.stem))
         out["rows"][name] = {**test, "seconds": round(time.perf_counter() - started, 1)}
         cell = name.replace("|", "\\|")

@@ -44,6 +44,13 @@ REAL_POOL = 20_000
 CRITIC_STEPS, CRITIC_STEPS_PER_SAMPLE = 300, 10
 """Adam steps per two-sample critic: 300 from 30 samples up (every committed row), fewer for the toy rows of
 tests, which could not teach a critic anything anyway."""
+
+
+def critic_steps(n: int) -> int:
+    """Adam steps for each critic of a row of ``n`` samples (:data:`CRITIC_STEPS`)."""
+    return min(CRITIC_STEPS, CRITIC_STEPS_PER_SAMPLE * n)
+
+
 CRITICS = 3
 """Critics per row, each of another seed, their held-out accuracies averaged: on the same 500 samples one
 critic's figure moved by up to 0.28 with its seed alone (``shape``, report split: 0.597-0.878; docs/quality.md),
@@ -446,7 +453,7 @@ def _two_sample(protocol: Protocol, trial: Trial, images: np.ndarray, pool: np.n
     except ValueError as exc:
         raise ConceptError(f"protocol {protocol.name!r}: {exc}") from None
     test = repeated_two_sample_accuracy(images, matched.images, range(seed, seed + CRITICS), on_critic=on_critic,
-                                        device=device, steps=min(CRITIC_STEPS, CRITIC_STEPS_PER_SAMPLE * len(images)))
+                                        device=device, steps=critic_steps(len(images)))
     metrics["two_sample_acc"] = test["accuracy"]
     metrics["two_sample_acc_min"], metrics["two_sample_acc_max"] = test["accuracy_min"], test["accuracy_max"]
     metrics["two_sample_train_acc"] = test["train_accuracy"]

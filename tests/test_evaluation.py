@@ -10,14 +10,13 @@ import torch
 
 from conceptlib import evaluation
 from conceptlib.evaluation import (
-    CRITIC_STEPS,
-    CRITIC_STEPS_PER_SAMPLE,
     CRITICS,
     PROTOCOLS,
     SPLITS,
     Conditions,
     ProtocolResult,
     cell_key,
+    critic_steps,
 )
 from conceptlib.expr import Leaf
 from conceptlib.report import load_samples, write_report
@@ -165,7 +164,7 @@ def test_concept_eval_writes_a_table_from_the_registrys_concepts(run, add_tiny, 
     assert str(saved["protocol"]) == "position & color" and len(saved["asked"]) == 4
     assert all(asked.startswith("position=(") and "& color=" in asked for asked in saved["asked"])
     again = repeated_two_sample_accuracy(saved["generated"], saved["real"], range(CRITICS),
-                                         steps=min(CRITIC_STEPS, CRITIC_STEPS_PER_SAMPLE * 4))
+                                         steps=critic_steps(4))
     assert again["accuracy"] == pytest.approx(row["metrics"]["two_sample_acc"], abs=2 / 24)
 
 
