@@ -307,9 +307,10 @@ SAMPLER = SamplerSettings()
 """The sampling defaults the options show (see conceptlib.settings)."""
 
 
-def sampler_options(langevin: bool) -> Any:
+def sampler_options(langevin: bool, or_temperature: bool = False) -> Any:
     """The sampler's options, gathered into one ``settings: SamplerSettings`` argument. compose and eval
-    share the annealed sampler's and the guidance; compose also takes Langevin's (cd concepts) and OR's."""
+    share the annealed sampler's, the guidance and Langevin's (cd concepts); compose also takes OR's
+    temperature (eval's protocols fix their own OR)."""
     annealed, guidance = SAMPLER.annealed, SAMPLER.guidance
     options = [
         click.option("--levels", default=annealed.levels, type=click.IntRange(2),
@@ -365,6 +366,9 @@ def sampler_options(langevin: bool) -> Any:
                          help="cd: Langevin noise."),
             click.option("--init", default=SAMPLER.langevin.init, show_default=True,
                          type=click.Choice(["noise", "gray"]), help="cd: chain start."),
+        ]
+    if or_temperature:
+        options += [
             click.option("--temperature", default=SAMPLER.or_temperature, show_default=True,
                          type=FiniteRange(0, min_open=True),
                          help="Temperature T of OR: each alternative drawn in proportion to its weight^(1/T) "
@@ -392,7 +396,7 @@ def sampler_options(langevin: bool) -> Any:
 @click.option("--out-dir", type=click.Path(file_okay=False, path_type=Path),
               help="Also write each sample as a PNG plus a JSON sidecar.")
 @seed_option("the sampler's noise (the same seed gives the same images)")
-@sampler_options(langevin=True)
+@sampler_options(langevin=True, or_temperature=True)
 @device_option
 @click.pass_context
 def compose_command(ctx: click.Context, expression: str, count: int, output: Path | None, out_dir: Path | None,
@@ -451,7 +455,7 @@ def compose_command(ctx: click.Context, expression: str, count: int, output: Pat
 @click.option("--split", "split_name", default="any", show_default=True, type=click.Choice(["any", "tune", "report"]),
               help="tune and report ask disjoint halves of the conditions (a checkerboard of position cells and "
                    "asked values) with their own seeds (0 and 7): choose settings on tune, quote report.")
-@sampler_options(langevin=False)
+@sampler_options(langevin=True)
 @device_option
 @click.option("--json", "as_json", is_flag=True, help="Print results.json's contents instead of the table.")
 @click.option("--keep-samples", is_flag=True,

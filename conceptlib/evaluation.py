@@ -553,7 +553,8 @@ def evaluate_registry(
     )
     extra: dict[str, Any] = {
         "judge_held_out": report.get("attributes", report.get("held_out_test")),
-        "sampler": {**settings.annealed.to_json(), **settings.guidance.to_json(), **resolved_unset(settings)},
+        "sampler": {**settings.annealed.to_json(), **settings.guidance.to_json(), **resolved_unset(settings),
+                    "langevin": settings.langevin.to_json()},
         "seed": seed,
         "split": split.name,
         "device": str(device),

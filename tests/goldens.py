@@ -30,7 +30,10 @@ added; every other digest stayed), then with residual chains sampling at eta 0.5
 recording the network evaluations it spent, the eval rows recording theirs and the two-sample critic seeing
 the high-pass residual (the samples of the compositions over residual concepts, every sidecar and the eval's
 ``results.json`` changed; the scenario names ``--levels``, so only eta moved; no other image did), then with
-each eval row's two-sample accuracy the mean of three critics (only the eval's ``results.json`` changed).
+each eval row's two-sample accuracy the mean of three critics (only the eval's ``results.json`` changed), then
+with the Langevin step's default at 10 instead of 100 (the cd concepts trained and sampled with it: their
+``show`` and ``infer`` records and the samples and sidecars of their compositions changed, and the eval's
+``results.json``, which now records the Langevin settings; no denoiser, residual or dsm digest moved).
 ``tests/test_goldens.py`` checks it. Floating-point kernels differ between CPU instruction sets, so the file
 records the torch version and CPU capability it was made with; elsewhere the check is skipped and says
 why. Regenerate it only on purpose: after a change meant to alter what users get (a new default, a fix),

@@ -168,6 +168,26 @@ def test_concept_eval_writes_a_table_from_the_registrys_concepts(run, add_tiny, 
     assert again["accuracy"] == pytest.approx(row["metrics"]["two_sample_acc"], abs=2 / 24)
 
 
+def test_concept_eval_samples_cd_concepts_with_the_langevin_options_given(run, add_tiny, tmp_path, monkeypatch):
+    """A cd concept is sampled by Langevin dynamics: eval takes its steps and step size (a concept trained at
+    another step than the default is graded as it samples) and records them."""
+    import conceptlib.judge
+
+    monkeypatch.setattr(conceptlib.judge, "load_or_train_judge", lambda *a, **k: (FakeJudge(), {"attributes": {}}))
+    add_tiny("position", "--objective", "cd")
+    evaluations = {}
+    for steps in (2, 5):
+        out = tmp_path / f"eval-{steps}"
+        result = run("eval", "-n", "4", "--protocol", "position", "--out-dir", str(out), "--inference", "2",
+                     "--steps", str(steps), "--step-size", "3", "--batch-size", "2", "--device", "cpu")
+        assert result.exit_code == 0, result.output
+        payload = json.loads((out / "results.json").read_text())
+        assert payload["sampler"]["langevin"] == {**payload["sampler"]["langevin"], "steps": steps, "step_size": 3}
+        evaluations[steps] = payload["protocols"][0]["metrics"]["network_evaluations"]
+    assert evaluations[5] == evaluations[2] * 5 / 2
+    assert "--temperature" not in run("eval", "--help").output  # eval's protocols fix their own OR
+
+
 def test_concept_eval_on_a_split_draws_its_seed_unless_one_is_given(run, add_tiny, tmp_path, monkeypatch):
     import conceptlib.judge
 
