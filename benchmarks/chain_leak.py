@@ -19,15 +19,13 @@ magenta shapes alone (data its frozen members know), each from the registry's cu
 
 from __future__ import annotations
 
-import argparse
 import json
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from denoiser_error import per_registry
+from denoiser_error import measure_registries, registry_arguments
 from torch.nn import functional as F
 
 from conceptlib.concepts import load_concept
@@ -85,17 +83,11 @@ def leaks(registry_path: Path, plugins: PluginManager, n: int, seed: int) -> lis
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("registries", nargs="+", metavar="LABEL=REGISTRY")
-    parser.add_argument("-n", type=int, default=256, help="fresh renders per chain")
-    parser.add_argument("--seed", type=int, default=999, help="render seed (training used the version's own)")
+    parser = registry_arguments(__doc__.splitlines()[0], "fresh renders per chain", seed=999)
     parser.add_argument("--out", default="chain_leak", help="name of the result files under benchmarks/results/")
     args = parser.parse_args()
-    torch.set_num_threads(2)
-    plugins = PluginManager()
-    started = time.perf_counter()
-    results = per_registry(parser, args.registries, lambda path: leaks(path, plugins, args.n, args.seed))
-    data = {"n": args.n, "seed": args.seed, "seconds": round(time.perf_counter() - started, 1), "results": results}
+    data = measure_registries(parser, args, leaks)
+    results = data["results"]
     (RESULTS / f"{args.out}.json").write_text(json.dumps(data, indent=2) + "\n")
     header = " | ".join(f"leak / rmse at {s}" for s in SIGMAS)
     lines = ["# Residual chains: input noise left inside objects", "",

@@ -70,18 +70,31 @@ def per_registry(parser: argparse.ArgumentParser, items: list[str], measure: Cal
     return results
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def registry_arguments(description: str, n_help: str, seed: int) -> argparse.ArgumentParser:
+    """The arguments of a benchmark run over ``LABEL=REGISTRY`` items: fresh renders ``-n`` of ``--seed``."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("registries", nargs="+", metavar="LABEL=REGISTRY")
-    parser.add_argument("-n", type=int, default=256, help="fresh renders")
-    parser.add_argument("--seed", type=int, default=99, help="render seed (training used the version's own)")
-    parser.add_argument("--out", type=Path, default=RESULTS)
-    args = parser.parse_args()
+    parser.add_argument("-n", type=int, default=256, help=n_help)
+    parser.add_argument("--seed", type=int, default=seed, help="render seed (training used the version's own)")
+    return parser
+
+
+def measure_registries(parser: argparse.ArgumentParser, args: argparse.Namespace,
+                       measure: Callable[[Path, PluginManager, int, int], Any]) -> dict[str, Any]:
+    """``measure(registry, plugins, n, seed)`` of every registry on two threads, timed: the results file."""
     torch.set_num_threads(2)
     plugins = PluginManager()
     started = time.perf_counter()
-    results = per_registry(parser, args.registries, lambda path: errors(path, plugins, args.n, args.seed))
-    data = {"n": args.n, "seed": args.seed, "seconds": round(time.perf_counter() - started, 1), "results": results}
+    results = per_registry(parser, args.registries, lambda path: measure(path, plugins, args.n, args.seed))
+    return {"n": args.n, "seed": args.seed, "seconds": round(time.perf_counter() - started, 1), "results": results}
+
+
+def main() -> None:
+    parser = registry_arguments(__doc__.splitlines()[0], "fresh renders", seed=99)
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    data = measure_registries(parser, args, errors)
+    results = data["results"]
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "denoiser_error.json").write_text(json.dumps(data, indent=2) + "\n")
     lines = ["# Scene model: denoising error on fresh renders, inside objects and out", "",

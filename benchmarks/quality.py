@@ -74,7 +74,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="grids [default: results/quality/, or results/tuning/NAME/]")
     parser.add_argument("--samples", type=Path,
                         help="where each row's images go as NPZ (benchmarks/regrade.py grades them again) "
-                             "[default: results/quality-samples/SPLIT/, not committed]")
+                             "[default: results/REPORT-samples/SPLIT/ (REPORT: --report's last part, so another "
+                             "registry's run never overwrites the shipped one's rows), not committed]")
     parser.add_argument("--report",
                         help="name of the copies written to benchmarks/results/ (NAME.md, NAME.json) "
                              "[default: quality, or tuning/quality-tune with --split tune]")
@@ -82,7 +83,7 @@ def main() -> None:
     split = SPLITS[args.split]
     args.report = args.report or ("quality" if args.split == "report" else "tuning/quality-tune")
     args.out = args.out or (RESULTS / "quality" if args.split == "report" else RESULTS / args.report)
-    args.samples = args.samples or RESULTS / "quality-samples" / args.split
+    args.samples = args.samples or RESULTS / f"{Path(args.report).name}-samples" / args.split
 
     build_seconds = None
     if args.train:

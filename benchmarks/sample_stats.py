@@ -28,7 +28,9 @@ from typing import Any
 
 import numpy as np
 
+from conceptlib.evaluation import critic_steps
 from conceptlib.report import load_samples
+from conceptlib.two_sample import repeated_two_sample_accuracy
 
 LEGEND = ("`benchmarks/sample_stats.py`: per saved row, samples (real renders in brackets); area and outline in "
           "pixels per image, interior sd in 1/255; critics: mean held-out accuracy of the two-sample critics.")
@@ -95,15 +97,13 @@ def main() -> None:
         cells = [f"{g['area']:.1f} ({r['area']:.1f})", f"{g['outline']:.1f} ({r['outline']:.1f})",
                  f"{g['interior_sd']:.1f} ({r['interior_sd']:.1f})"]
         if args.critics:
-            from conceptlib.evaluation import critic_steps
-            from conceptlib.two_sample import repeated_two_sample_accuracy
-
             seeds = range(args.first_seed, args.first_seed + args.critics)
             for key, images in (("critic", generated), ("critic_ideal_interiors", ideal_interiors(generated))):
                 row[key] = repeated_two_sample_accuracy(images, real, seeds, steps=critic_steps(len(images)))
                 cells.append(f"{row[key]['accuracy']:.3f}")
         out["rows"][name] = row
-        table.append(f"| `{name.replace('|', chr(92) + '|')}` | " + " | ".join(cells) + " |")
+        cell = name.replace("|", "\\|")
+        table.append(f"| `{cell}` | " + " | ".join(cells) + " |")
         print(table[-1], flush=True)
     target = args.out or args.directory / "sample_stats.json"
     target.write_text(json.dumps(out, indent=2) + "\n")
