@@ -33,7 +33,10 @@ the high-pass residual (the samples of the compositions over residual concepts, 
 each eval row's two-sample accuracy the mean of three critics (only the eval's ``results.json`` changed), then
 with the Langevin step's default at 10 instead of 100 (the cd concepts trained and sampled with it: their
 ``show`` and ``infer`` records and the samples and sidecars of their compositions changed, and the eval's
-``results.json``, which now records the Langevin settings; no denoiser, residual or dsm digest moved).
+``results.json``, which now records the Langevin settings; no denoiser, residual or dsm digest moved), then
+on an AMD machine with the library unchanged since (every JSON record differed in its last float bits from
+the goldens made on the previous machine, every PNG was identical), so the platform now records the CPU's
+vendor too.
 ``tests/test_goldens.py`` checks it. Floating-point kernels differ between CPU instruction sets, so the file
 records the torch version and CPU capability it was made with; elsewhere the check is skipped and says
 why. Regenerate it only on purpose: after a change meant to alter what users get (a new default, a fix),
@@ -172,8 +175,24 @@ def _without_timing(value: Any) -> Any:
 
 
 def platform() -> dict[str, str]:
-    """What the bits depend on beyond the code: the torch build and the CPU kernels it picks."""
-    return {"torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability()}
+    """What the bits depend on beyond the code: the torch build, the CPU kernels it picks and the CPU's vendor
+    (an AMD machine at the same torch and AVX512 capability gave other last float bits than the machine the
+    goldens were made on before; the vendor is the likeliest difference, so it is recorded)."""
+    return {"torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "cpu_vendor": cpu_vendor()}
+
+
+def cpu_vendor() -> str:
+    """``vendor_id`` of /proc/cpuinfo (GenuineIntel, AuthenticAMD), or the machine's processor string elsewhere."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("vendor_id"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform as host
+
+    return host.processor() or host.machine()
 
 
 def main() -> None:
